@@ -1,0 +1,171 @@
+"""`MMTARDConfig`: `TrainingArguments` plus the attack, teachers, loss and weighting of MMT-ARD.
+
+Every MMT-ARD field defaults to `None`, meaning "take it from the preset"; a value set explicitly always wins.
+The preset also supplies the optimiser defaults of the method (lr 2e-5, weight decay 1e-4, 7 % warmup, cosine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .presets import ATTACK_LOSSES, PRESETS, get_preset
+from .weighting import WEIGHTINGS
+
+TEACHER_DTYPES = ("fp32", "bf16", "fp16")
+BAD_SAMPLE_POLICIES = ("raise", "skip")
+
+
+@dataclass
+class MMTARDConfig(TrainingArguments):
+    """Configuration of `MMTARDTrainer`.
+
+    Args:
+        preset: the recipe whose defaults fill every unset field (`mmt-ard`, `mmt-ard-sigmoid`, `single-teacher`,
+            `tecoa`, `fare`, `pmg-aft`, `mtard`).
+        attack_eps: training attack budget in [0,1] pixel units.
+        attack_step_size: training attack step size.
+        attack_steps: training attack iterations (0 trains on clean images).
+        attack_norm: `linf` or `l2`.
+        attack_momentum: sign-momentum factor of the authors' PGD (0 for plain PGD).
+        attack_random_init: start the attack from a uniform random point of the ball.
+        attack_loss: inner loss the attack maximises: `kl` (to a teacher's clean prediction), `ce`, `embedding-l2`.
+        attack_target: role or name of the teacher whose clean output the `kl`/`embedding-l2` attack pushes away from.
+        attack_autocast: run the training attack under bf16 autocast (faster on GPU; never used in evaluation).
+        eval_attack_eps: budget of the PGD-CE attack in `evaluate()` (default: `attack_eps`).
+        eval_attack_steps: iterations of the evaluation attack (default: `attack_steps`).
+        eval_attack_step_size: step of the evaluation attack (default: `attack_step_size`).
+        weighting: teacher weighting strategy (`fixed`, `confidence`, `sigmoid`, `mtard`).
+        robust_coef: coefficient `beta` of teachers with role `robust`.
+        clean_coef: coefficient `beta` of teachers with role `clean`.
+        original_coef: coefficient of the frozen `original` teacher (`fare`, `pmg-aft`).
+        feature_weight: `lambda_feat` of the feature term of `robust`/`clean` teachers (0 disables it).
+        feature_loss: `cosine` or `l2`.
+        ce_weight: weight of `CE(z_S(x_adv), y)`.
+        self_kl_weight: weight of `KL(p_S(x_adv) || p_S(x))`.
+        temperature: KL temperature `tau`.
+        kl_reduction: `class_mean` (the authors' mean over the `(B, C)` tensor) or `sum` (per-sample KL).
+        logit_scale: fixed zero-shot logit scale `s`.
+        use_model_logit_scale: use each model's own `logit_scale.exp()` instead of `logit_scale`.
+        prompt_templates: training prompt templates, each with one `{}`.
+        train_text_tower: also train the student's text tower (frozen by default).
+        teacher_dtype: dtype teachers run in: `fp32`, `bf16` or `fp16`.
+        sigmoid_gamma: `gamma` of the `sigmoid` weighting.
+        sigmoid_momentum: EMA momentum of the `sigmoid` weighting's statistics.
+        mtard_lr: balancing rate of the `mtard` weighting.
+        max_bad_steps: consecutive non-finite losses tolerated (each such step is skipped) before the run stops.
+        cache_teacher_outputs: cache clean-input teacher outputs per sample (needs deterministic preprocessing and a
+            dataset yielding a unique `sample_id` per row).
+        bad_samples: `raise` or `skip` unreadable/invalid samples (data loading).
+    """
+
+    preset: str = field(default="mmt-ard", metadata={"help": f"Recipe filling unset fields: {sorted(PRESETS)}."})
+    attack_eps: float | None = field(default=None, metadata={"help": "Training attack budget in [0,1] pixels."})
+    attack_step_size: float | None = field(default=None, metadata={"help": "Training attack step size."})
+    attack_steps: int | None = field(default=None, metadata={"help": "Training attack iterations (0: no attack)."})
+    attack_norm: str | None = field(default=None, metadata={"help": "Threat model: `linf` or `l2`."})
+    attack_momentum: float | None = field(default=None, metadata={"help": "Sign momentum of PGD (0: plain PGD)."})
+    attack_random_init: bool | None = field(default=None, metadata={"help": "Uniform random start in the ball."})
+    attack_loss: str | None = field(default=None, metadata={"help": f"Attack inner loss: {list(ATTACK_LOSSES)}."})
+    attack_target: str | None = field(
+        default=None, metadata={"help": "Role/name of the teacher the `kl`/`embedding-l2` attack uses as target."}
+    )
+    attack_autocast: bool = field(default=False, metadata={"help": "bf16 autocast for the training attack only."})
+    eval_attack_eps: float | None = field(default=None, metadata={"help": "Evaluation PGD budget (default: train)."})
+    eval_attack_steps: int | None = field(default=None, metadata={"help": "Evaluation PGD iterations."})
+    eval_attack_step_size: float | None = field(default=None, metadata={"help": "Evaluation PGD step size."})
+    weighting: str | None = field(default=None, metadata={"help": f"Teacher weighting: {sorted(WEIGHTINGS)}."})
+    robust_coef: float | None = field(default=None, metadata={"help": "Coefficient of `robust` teachers."})
+    clean_coef: float | None = field(default=None, metadata={"help": "Coefficient of `clean` teachers."})
+    original_coef: float | None = field(default=None, metadata={"help": "Coefficient of the `original` teacher."})
+    feature_weight: float | None = field(default=None, metadata={"help": "Feature-term weight (0: off)."})
+    feature_loss: str | None = field(default=None, metadata={"help": "Feature term: `cosine` or `l2`."})
+    ce_weight: float | None = field(default=None, metadata={"help": "Weight of CE on adversarial logits."})
+    self_kl_weight: float | None = field(default=None, metadata={"help": "Weight of KL(S(x_adv) || S(x))."})
+    temperature: float | None = field(default=None, metadata={"help": "KL temperature."})
+    kl_reduction: str | None = field(default=None, metadata={"help": "`class_mean` or `sum`."})
+    logit_scale: float | None = field(default=None, metadata={"help": "Fixed zero-shot logit scale (100)."})
+    use_model_logit_scale: bool = field(default=False, metadata={"help": "Use each model's own logit scale."})
+    prompt_templates: list[str] | None = field(default=None, metadata={"help": "Prompt templates with one '{}'."})
+    train_text_tower: bool = field(default=False, metadata={"help": "Also train the student's text tower."})
+    teacher_dtype: str = field(default="fp32", metadata={"help": f"Teacher dtype: {list(TEACHER_DTYPES)}."})
+    sigmoid_gamma: float = field(default=1.0, metadata={"help": "Sharpness of the `sigmoid` weighting."})
+    sigmoid_momentum: float = field(default=0.99, metadata={"help": "EMA momentum of the `sigmoid` weighting."})
+    mtard_lr: float = field(default=0.025, metadata={"help": "Balancing rate of the `mtard` weighting."})
+    max_bad_steps: int = field(default=5, metadata={"help": "Consecutive non-finite losses before stopping."})
+    cache_teacher_outputs: bool = field(
+        default=False, metadata={"help": "Cache clean-input teacher outputs by `sample_id` across epochs."}
+    )
+    bad_samples: str = field(default="raise", metadata={"help": "Unreadable samples: `raise` or `skip`."})
+
+    # optimiser defaults of the method, filled by the preset unless set
+    learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate (preset: 2e-5)."})
+    weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay (preset: 1e-4)."})
+    warmup_steps: float | None = field(default=None, metadata={"help": "Warmup steps or ratio (preset: 0.07)."})
+    lr_scheduler_type: str | None = field(default=None, metadata={"help": "Scheduler (preset: cosine)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all dataset columns (needed)."})
+
+    def __post_init__(self):
+        preset = get_preset(self.preset)
+        for key, value in preset.items():
+            if hasattr(self, key) and getattr(self, key) is None:
+                setattr(self, key, value)
+        self.preset_roles = preset["roles"]
+        self.preset_required_roles = tuple(preset["required_roles"])
+        self.preset_make_original = bool(preset.get("make_original", False))
+        self.preset_max_teachers = preset.get("max_teachers")
+        super().__post_init__()
+        self._validate()
+
+    def _validate(self) -> None:
+        from .attacks import check_attack_args
+
+        check_attack_args(self.attack_eps, self.attack_step_size, self.attack_steps, self.attack_norm)
+        for name in ("eval_attack_eps", "eval_attack_steps", "eval_attack_step_size"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(self, name.replace("eval_", "")))
+        check_attack_args(
+            self.eval_attack_eps, self.eval_attack_step_size, self.eval_attack_steps, self.attack_norm, "eval_attack_"
+        )
+        if self.attack_loss not in ATTACK_LOSSES:
+            raise ValueError(f"`attack_loss`={self.attack_loss!r} is not supported: use one of {list(ATTACK_LOSSES)}.")
+        if self.attack_loss in ("kl", "embedding-l2") and not self.attack_target:
+            raise ValueError(
+                f"`attack_loss`={self.attack_loss!r} needs `attack_target`: the role or name of a teacher that sees "
+                "clean images (e.g. 'clean')."
+            )
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"`weighting`={self.weighting!r} is not a weighting strategy: use one of {sorted(WEIGHTINGS)}.")
+        if not (0.0 <= self.attack_momentum < 1.0):
+            raise ValueError(f"`attack_momentum`={self.attack_momentum} must be in [0, 1): 0 is plain PGD, 0.9 the authors'.")
+        if self.temperature <= 0:
+            raise ValueError(f"`temperature`={self.temperature} must be > 0 (1.0 is the method's).")
+        if self.kl_reduction not in ("class_mean", "sum"):
+            raise ValueError(f"`kl_reduction`={self.kl_reduction!r}: use 'class_mean' or 'sum'.")
+        if self.feature_loss not in ("cosine", "l2"):
+            raise ValueError(f"`feature_loss`={self.feature_loss!r}: use 'cosine' or 'l2'.")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(f"`teacher_dtype`={self.teacher_dtype!r}: use one of {list(TEACHER_DTYPES)}.")
+        if self.bad_samples not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"`bad_samples`={self.bad_samples!r}: use one of {list(BAD_SAMPLE_POLICIES)}.")
+        if self.max_bad_steps < 1:
+            raise ValueError(f"`max_bad_steps`={self.max_bad_steps} must be >= 1.")
+        if self.logit_scale is not None and self.logit_scale <= 0:
+            raise ValueError(f"`logit_scale`={self.logit_scale} must be > 0 (100 is CLIP's).")
+        for name in ("robust_coef", "clean_coef", "original_coef", "feature_weight", "ce_weight", "self_kl_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}`={getattr(self, name)} is negative: loss weights must be >= 0.")
+        templates = self.prompt_templates
+        if isinstance(templates, str):
+            self.prompt_templates = templates = [templates]
+        if not templates or any("{}" not in t for t in templates):
+            raise ValueError(
+                f"`prompt_templates`={templates!r}: each template needs one '{{}}' for the class name, "
+                "e.g. 'This is a photo of a {}'."
+            )
+
+    @property
+    def effective_logit_scale(self) -> float | None:
+        """The fixed scale passed to every `ZeroShotCLIP`, or None for the models' own."""
+        return None if self.use_model_logit_scale else float(self.logit_scale)

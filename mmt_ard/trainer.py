@@ -1,0 +1,484 @@
+"""`MMTARDTrainer`: a `transformers.Trainer` whose `compute_loss` attacks the student and distills N teachers.
+
+One training step (method.md section 2, generalised to N teachers):
+
+1. teachers that see clean images run on `x` (no gradient);
+2. the student is attacked: `x_adv = PGD(x)` maximising the preset's inner loss (e.g. KL to the clean teacher);
+3. teachers that see adversarial images run on `x_adv`;
+4. the student runs once on the inputs it is matched on (`x` and/or `x_adv`, concatenated into one forward);
+5. per-teacher per-sample weights come from the weighting strategy (confidence = cosine of the teacher's image
+   embedding to the true class's text embedding);
+6. `fused_distillation_loss` sums the weighted KL terms and the optional feature / CE / self-KL terms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections import defaultdict
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer
+
+from .attacks import ce_inner_loss, embedding_l2_inner_loss, kl_inner_loss, pgd
+from .config import MMTARDConfig
+from .losses import TeacherTerm, fused_distillation_loss
+from .models import ZeroShotCLIP
+from .teachers import Teacher, build_teacher_module, frozen_copy
+from .weighting import make_weighting
+
+STATE_NAME = "mmt_ard_state.json"
+PROJECTIONS_NAME = "mmt_ard_projections.safetensors"
+CONFIG_JSON_NAME = "mmt_ard_config.json"
+
+
+class StudentBundle(nn.Module):
+    """What the Trainer optimises: the student plus the learned feature projections.
+
+    `accepts_loss_kwargs = True` makes the Trainer count `num_items_in_batch` over the whole accumulated batch, so the
+    loss is normalised exactly under gradient accumulation.
+    """
+
+    accepts_loss_kwargs = True
+
+    def __init__(self, student: ZeroShotCLIP):
+        super().__init__()
+        self.student = student
+        self.projections = nn.ModuleDict()
+
+    def forward(self, pixel_values: torch.Tensor, **unused):
+        return self.student(pixel_values)
+
+
+def robust_accuracy_metrics(eval_pred) -> dict[str, float]:
+    """Default `compute_metrics`: accuracy on clean and on PGD images from `(B, 2, C)` stacked logits."""
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    preds = np.asarray(logits).argmax(-1)  # (N, 2)
+    labels = np.asarray(labels).reshape(-1)
+    return {
+        "clean_accuracy": float((preds[:, 0] == labels).mean()),
+        "adv_accuracy": float((preds[:, 1] == labels).mean()),
+        "num_samples": int(labels.shape[0]),
+    }
+
+
+class MMTARDTrainer(Trainer):
+    """Multimodal multi-teacher adversarial robust distillation of a CLIP student.
+
+    Args:
+        model: the student `CLIPModel` (or a peft model wrapping one).
+        args: an `MMTARDConfig`.
+        teachers: `Teacher` specs (or bare models / Hub ids, taken as `robust` then `clean`).
+        class_names: class names of the labels; defaults to the train dataset's `labels` `ClassLabel`.
+        processing_class: the student's `CLIPProcessor` (tokenizer + image statistics; saved with the model).
+        **kwargs: everything else `transformers.Trainer` takes (`train_dataset`, `eval_dataset`, `callbacks`, ...).
+    """
+
+    _tag_names = ["mmt-ard", "adversarial-robustness", "distillation", "clip"]
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: MMTARDConfig | None = None,
+        teachers: list | None = None,
+        class_names: list[str] | None = None,
+        processing_class=None,
+        **kwargs,
+    ):
+        if args is None:
+            args = MMTARDConfig(output_dir="mmt_ard_output")
+        if not isinstance(args, MMTARDConfig):
+            raise TypeError(f"`args` is a {type(args).__name__}: pass an `MMTARDConfig` (a TrainingArguments subclass).")
+        if model is None:
+            raise ValueError("`model` is None: pass the student `CLIPModel` (or a Hub id loaded with `load_clip`).")
+        if processing_class is None:
+            raise ValueError("`processing_class` is None: pass the student's `CLIPProcessor` (its tokenizer builds the text head).")
+        self.class_names = self._resolve_class_names(class_names, kwargs.get("train_dataset"))
+
+        student = ZeroShotCLIP(model, processing_class, logit_scale=args.effective_logit_scale)
+        self._freeze_towers(student, args.train_text_tower)
+        student.set_classes(self.class_names, args.prompt_templates)
+        bundle = StudentBundle(student)
+
+        self.teacher_specs = self._resolve_teachers(teachers or [], args, student)
+        self.teacher_modules = [
+            build_teacher_module(spec, args.effective_logit_scale) if spec.model is not student else None
+            for spec in self.teacher_specs
+        ]
+        for spec, module in zip(self.teacher_specs, self.teacher_modules):
+            module.set_classes(self.class_names, args.prompt_templates)
+            if spec.feature_weight and module.embed_dim != student.embed_dim:
+                # P_k: student embedding -> teacher embedding space, trained with the student, never exported
+                bundle.projections[spec.name] = nn.Linear(student.embed_dim, module.embed_dim, bias=False)
+
+        self.weighting = make_weighting(
+            args.weighting, gamma=args.sigmoid_gamma, momentum=args.sigmoid_momentum, lr=args.mtard_lr
+        )
+        self.attack_target_index = self._resolve_attack_target(args)
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._bad_steps = 0
+
+        if kwargs.get("compute_metrics") is None:
+            kwargs["compute_metrics"] = robust_accuracy_metrics
+        super().__init__(model=bundle, args=args, processing_class=processing_class, **kwargs)
+        for module in self.teacher_modules:
+            module.to(self.accelerator.device)  # placed by Accelerate, never wrapped, never in the optimizer
+
+    # ---- construction helpers ----
+    @staticmethod
+    def _resolve_class_names(class_names, train_dataset) -> list[str]:
+        if class_names is not None:
+            names = [str(n) for n in class_names]
+        else:
+            features = getattr(train_dataset, "features", None) or {}
+            label_feature = features.get("labels") if hasattr(features, "get") else None
+            names = list(getattr(label_feature, "names", None) or [])
+            if not names:
+                raise ValueError(
+                    "`class_names` is not given and the train dataset's `labels` column is not a `ClassLabel`: pass "
+                    "`class_names=[...]` (one name per label id)."
+                )
+        if not names or any(not n.strip() for n in names):
+            raise ValueError(f"`class_names`={names!r}: give one non-empty name per class.")
+        return names
+
+    @staticmethod
+    def _freeze_towers(student: ZeroShotCLIP, train_text_tower: bool) -> None:
+        """Only the vision tower (and its projection) train, unless the text tower is unfrozen."""
+        base = student.base
+        text_parts = [base.text_model, getattr(base, "text_projection", None)]
+        for part in text_parts:
+            if part is not None and not train_text_tower:
+                part.requires_grad_(False)
+        if hasattr(base, "logit_scale") and isinstance(base.logit_scale, nn.Parameter):
+            base.logit_scale.requires_grad_(False)
+
+    @staticmethod
+    def _resolve_teachers(teachers: list, args: MMTARDConfig, student: ZeroShotCLIP) -> list[Teacher]:
+        specs = []
+        default_roles = ["robust", "clean"]
+        for i, teacher in enumerate(teachers):
+            if not isinstance(teacher, Teacher):
+                role = default_roles[i] if i < len(default_roles) else f"teacher{i}"
+                teacher = Teacher(model=teacher, role=role)
+            specs.append(teacher)
+        if args.preset_max_teachers is not None and len(specs) > args.preset_max_teachers:
+            raise ValueError(f"`preset`={args.preset!r} takes no teachers, got {len(specs)}: drop `teachers` or pick another preset.")
+        if args.preset_make_original and not any(t.role == "original" for t in specs):
+            specs.append(Teacher(model=frozen_copy(student), role="original", processor=student.processor))
+        roles = [t.role for t in specs]
+        missing = [r for r in args.preset_required_roles if r not in roles]
+        if missing:
+            raise ValueError(
+                f"`preset`={args.preset!r} needs teachers with roles {list(args.preset_required_roles)}; missing "
+                f"{missing}. Pass e.g. `teachers=[Teacher(robust_clip, role='robust'), Teacher(clean_clip, role='clean')]`."
+            )
+        resolved = [t.resolved(args) for t in specs]
+        names = [t.name for t in resolved]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Teacher names {names} repeat: give each teacher a distinct `name=`.")
+        return resolved
+
+    def _resolve_attack_target(self, args: MMTARDConfig) -> int | None:
+        if args.attack_loss == "ce" or args.attack_steps == 0:
+            return None
+        for i, spec in enumerate(self.teacher_specs):
+            if args.attack_target in (spec.name, spec.role):
+                if spec.input != "clean":
+                    raise ValueError(
+                        f"`attack_target`={args.attack_target!r} names teacher `{spec.name}`, which sees adversarial "
+                        "images; the attack's target must be a teacher's clean output."
+                    )
+                return i
+        raise ValueError(
+            f"`attack_target`={args.attack_target!r} matches no teacher ({[s.name for s in self.teacher_specs]}): "
+            "name a teacher that sees clean images, or set `attack_loss='ce'`."
+        )
+
+    # ---- the step ----
+    @contextlib.contextmanager
+    def _timed(self, mode: str, key: str):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._metrics[mode][f"time/{key}_s"].append(time.perf_counter() - start)
+
+    def _check_batch(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [k for k in ("pixel_values", "labels") if k not in inputs]
+        if missing:
+            raise ValueError(
+                f"The batch has no {missing} (keys: {sorted(inputs)}): batches need `pixel_values` (B,3,H,W) in [0,1] "
+                "and `labels` (B,). Use `mmt_ard.data.ImageClassificationCollator` or rename the columns."
+            )
+        x, y = inputs["pixel_values"], inputs["labels"]
+        if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"`pixel_values` has shape {shape}: expected (B, 3, H, W) RGB in [0, 1].")
+        x = x.float()
+        y = y.long().view(-1)
+        n = len(self.class_names)
+        bad = y[(y < 0) | (y >= n)]
+        if bad.numel():
+            raise ValueError(
+                f"`labels` holds {sorted(set(bad.tolist()))[:10]}, outside the {n} classes of `class_names`: check the "
+                "label column or pass the full class list."
+            )
+        return x, y
+
+    def _attack_fn(self, model: nn.Module):
+        """The student the attack runs on, and the context it runs in."""
+        if self.is_fsdp_enabled:
+            # sharded parameters: attack through the wrapper, without gradient synchronisation
+            return model, self.accelerator.no_sync(model)
+        return self.accelerator.unwrap_model(model).student, contextlib.nullcontext()
+
+    def _inner_loss(self, y: torch.Tensor, teacher_clean: dict[int, object]):
+        args = self.args
+        if args.attack_loss == "ce":
+            return ce_inner_loss(y)
+        target = teacher_clean[self.attack_target_index]
+        if args.attack_loss == "kl":
+            return kl_inner_loss(F.softmax(target.logits.float() / args.temperature, -1), args.temperature)
+        return embedding_l2_inner_loss(target.image_embeds)
+
+    def _teacher_forward(self, index: int, pixels: torch.Tensor):
+        module = self.teacher_modules[index]
+        with torch.no_grad():
+            return module(pixels)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        mode = "train" if model.training else "eval"
+        x, y = self._check_batch(inputs)
+
+        # 1. teachers on clean images (also the attack's target)
+        teacher_out: dict[int, object] = {}
+        with self._timed(mode, "teachers"):
+            for i, spec in enumerate(self.teacher_specs):
+                if spec.input == "clean":
+                    teacher_out[i] = self._teacher_forward(i, x)
+
+        # 2. attack the student
+        with self._timed(mode, "attack"):
+            attack_model, ctx = self._attack_fn(model)
+            with ctx:
+                x_adv = pgd(
+                    attack_model,
+                    x,
+                    self._inner_loss(y, teacher_out),
+                    eps=args.attack_eps,
+                    step_size=args.attack_step_size,
+                    steps=args.attack_steps,
+                    norm=args.attack_norm,
+                    random_init=args.attack_random_init,
+                    momentum=args.attack_momentum or None,
+                    autocast_dtype=torch.bfloat16 if (args.attack_autocast and mode == "train") else None,
+                )
+
+        # 3. teachers on adversarial images
+        with self._timed(mode, "teachers"):
+            for i, spec in enumerate(self.teacher_specs):
+                if spec.input == "adversarial":
+                    teacher_out[i] = self._teacher_forward(i, x_adv)
+
+        # 4. the student, one forward over what it is matched on
+        need_clean = args.self_kl_weight > 0 or any(s.match == "clean" for s in self.teacher_specs)
+        with self._timed(mode, "student"):
+            pixels = torch.cat([x, x_adv]) if need_clean else x_adv
+            out = model(pixel_values=pixels)
+            b = x.shape[0]
+            student = {"adversarial": (out.logits[-b:], out.image_embeds[-b:])}
+            if need_clean:
+                student["clean"] = (out.logits[:b], out.image_embeds[:b])
+
+            # 5. per-teacher per-sample weights
+            k = len(self.teacher_specs)
+            coefs = torch.tensor([s.coef for s in self.teacher_specs], device=x.device, dtype=torch.float32)
+            if self.weighting.needs_confidence and k:
+                conf = torch.stack(
+                    [self.teacher_modules[i].confidence(teacher_out[i].image_embeds.float(), y) for i in range(k)]
+                ).float()  # (K, B)
+            else:
+                conf = torch.ones(k, b, device=x.device)
+            weights = self.weighting.weights(conf, coefs) if k else conf  # (K, B)
+
+            # 6. the fused loss
+            bundle = self.accelerator.unwrap_model(model)
+            terms = []
+            for i, spec in enumerate(self.teacher_specs):
+                s_logits, s_feats = student[spec.match]
+                if spec.name in bundle.projections:
+                    s_feats = bundle.projections[spec.name](s_feats)
+                terms.append(
+                    TeacherTerm(
+                        name=spec.name,
+                        teacher_logits=teacher_out[i].logits if spec.kl else None,
+                        student_logits=s_logits if spec.kl else None,
+                        weights=weights[i],
+                        kl_direction=spec.kl_direction,
+                        teacher_feats=teacher_out[i].image_embeds,
+                        student_feats=s_feats,
+                        feature_weight=spec.feature_weight or 0.0,
+                        feature_kind=args.feature_loss if spec.role != "original" else "l2",
+                    )
+                )
+            normalizer, scale = self._normalizer(num_items_in_batch, b)
+            losses = fused_distillation_loss(
+                terms,
+                temperature=args.temperature,
+                kl_reduction=args.kl_reduction,
+                labels=y,
+                student_adv_logits=student["adversarial"][0],
+                student_clean_logits=student.get("clean", (None,))[0],
+                ce_weight=args.ce_weight,
+                self_kl_weight=args.self_kl_weight,
+                normalizer=normalizer,
+            )
+        loss = losses["loss"] * scale
+        if mode == "train":
+            self.weighting.update(conf, losses["per_teacher_kl"])
+        self._record(mode, losses, weights, student, teacher_out, y, scale_back=normalizer / b / scale)
+        if return_outputs:
+            outputs = {"logits": student["adversarial"][0], "adv_logits": student["adversarial"][0]}
+            if "clean" in student:
+                outputs["clean_logits"] = student["clean"][0]
+            return loss, outputs
+        return loss
+
+    def _normalizer(self, num_items_in_batch, batch_size: int):
+        """Divide the per-sample sum by the accumulated batch size; mirror the Trainer's cross-device scaling."""
+        if num_items_in_batch is None:
+            return float(batch_size), 1.0
+        n = num_items_in_batch.item() if torch.is_tensor(num_items_in_batch) else float(num_items_in_batch)
+        scale = 1.0
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            scale = float(self.accelerator.num_processes)
+        return float(n), scale
+
+    @torch.no_grad()
+    def _record(self, mode, losses, weights, student, teacher_out, y, scale_back: float) -> None:
+        m = self._metrics[mode]
+        # per-batch values, independent of the accumulation normaliser
+        for key, value in losses.items():
+            if key.endswith("_loss") or key == "loss":
+                m[key].append(float(value) * scale_back)
+        for i, spec in enumerate(self.teacher_specs):
+            m[f"weight/{spec.name}"].append(float(weights[i].mean()))
+            m[f"teacher_accuracy/{spec.name}"].append(float((teacher_out[i].logits.argmax(-1) == y).float().mean()))
+        for kind, (logits, _) in student.items():
+            key = "adv_accuracy" if kind == "adversarial" else "clean_accuracy"
+            m[f"student_{key}"].append(float((logits.argmax(-1) == y).float().mean()))
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in self._metrics[mode].items():
+            if values and key not in ("loss",):
+                logs[prefix + key] = sum(values) / len(values)
+        self._metrics[mode].clear()
+        super().log(logs, *args, **kwargs)
+
+    # ---- evaluation: clean and PGD-CE accuracy ----
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        x, y = self._check_batch(inputs)
+        student = self.accelerator.unwrap_model(model).student
+        args = self.args
+        with torch.no_grad():
+            clean = student(x).logits
+        generator = torch.Generator().manual_seed(args.seed)
+        x_adv = pgd(
+            student,
+            x,
+            ce_inner_loss(y),
+            eps=args.eval_attack_eps,
+            step_size=args.eval_attack_step_size,
+            steps=args.eval_attack_steps,
+            norm=args.attack_norm,
+            random_init=True,
+            generator=generator,
+        )
+        with torch.no_grad():
+            adv = student(x_adv).logits
+            loss = F.cross_entropy(adv, y)
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, torch.stack([clean, adv], dim=1), y  # (B, 2, C)
+
+    # ---- saving and loading ----
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the student as a plain `CLIPModel` (safetensors) + processor, and the trainer's own state."""
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        bundle = self.accelerator.unwrap_model(self.model)
+        clip = bundle.student.clip
+        clip_state = None
+        if state_dict is not None:
+            prefix = "student.clip."
+            clip_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        clip.save_pretrained(output_dir, state_dict=clip_state, safe_serialization=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        if len(bundle.projections):
+            proj = {k: v.detach().contiguous().cpu() for k, v in bundle.projections.state_dict().items()}
+            safetensors.torch.save_file(proj, os.path.join(output_dir, PROJECTIONS_NAME))
+        state = {"weighting": self.weighting.state_dict(), "weighting_name": self.weighting.name,
+                 "bad_steps": self._bad_steps, "class_names": self.class_names,
+                 "teachers": [{"name": s.name, "role": s.role, "input": s.input, "match": s.match, "coef": s.coef}
+                              for s in self.teacher_specs]}
+        with open(os.path.join(output_dir, STATE_NAME), "w") as f:
+            json.dump(state, f, indent=2)
+        with open(os.path.join(output_dir, CONFIG_JSON_NAME), "w") as f:
+            f.write(self.args.to_json_string())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Restore the student, the projections and the weighting state written by `_save`."""
+        bundle = self.accelerator.unwrap_model(model if model is not None else self.model)
+        load_student_weights(bundle.student.clip, resume_from_checkpoint)
+        proj_path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
+        if os.path.isfile(proj_path):
+            bundle.projections.load_state_dict(safetensors.torch.load_file(proj_path))
+        state_path = os.path.join(resume_from_checkpoint, STATE_NAME)
+        if os.path.isfile(state_path):
+            with open(state_path) as f:
+                state = json.load(f)
+            self.weighting.load_state_dict(state.get("weighting", {}))
+            self._bad_steps = int(state.get("bad_steps", 0))
+
+
+def load_student_weights(clip: nn.Module, checkpoint_dir: str) -> None:
+    """Load the student's weights from a checkpoint written by `MMTARDTrainer._save` (safetensors only)."""
+    from .models import _base_clip as base_of
+
+    adapter = os.path.join(checkpoint_dir, "adapter_model.safetensors")
+    full = os.path.join(checkpoint_dir, "model.safetensors")
+    if os.path.isfile(adapter) and hasattr(clip, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(clip, safetensors.torch.load_file(adapter))
+        return
+    if not os.path.isfile(full):
+        raise FileNotFoundError(
+            f"`resume_from_checkpoint`={checkpoint_dir!r} holds no model.safetensors: pick a checkpoint-* folder "
+            "written by MMTARDTrainer."
+        )
+    state = safetensors.torch.load_file(full)
+    missing, unexpected = base_of(clip).load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k]:
+        raise RuntimeError(
+            f"Checkpoint {checkpoint_dir!r} does not match the student: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+
+
