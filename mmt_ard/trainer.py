@@ -347,7 +347,7 @@ class MMTARDTrainer(Trainer):
         loss = losses["loss"] * scale
         if mode == "train":
             self.weighting.update(conf, losses["per_teacher_kl"])
-        self._record(mode, losses, weights, student, teacher_out, y, scale_back=normalizer / b / scale)
+        self._record(mode, losses, weights, student, teacher_out, y, scale_back=normalizer / b)
         if return_outputs:
             outputs = {"logits": student["adversarial"][0], "adv_logits": student["adversarial"][0]}
             if "clean" in student:
