@@ -138,8 +138,10 @@ def pgd(
                 else:
                     direction = grad / _lp_norm(grad)
                 if momentum is not None:
+                    # the authors' update keeps the *signed* velocity: v <- sign(m v + sign(g))
                     velocity = momentum * velocity + direction
-                    direction = velocity.sign() if norm == "linf" else velocity / _lp_norm(velocity)
+                    velocity = velocity.sign() if norm == "linf" else velocity / _lp_norm(velocity)
+                    direction = velocity
                 delta = project(delta.detach() + step_size * direction.to(delta.dtype), x, eps, norm)
     return (x + delta).detach()
 
