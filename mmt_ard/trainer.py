@@ -27,6 +27,7 @@ from torch import nn
 from transformers import Trainer
 
 from .attacks import ce_inner_loss, embedding_l2_inner_loss, kl_inner_loss, pgd
+from .checkpointing import last_good_checkpoint, remove_stale_staging, save_checkpoint_atomically
 from .config import MMTARDConfig
 from .losses import TeacherTerm, fused_distillation_loss
 from .models import ZeroShotCLIP
@@ -116,7 +117,9 @@ class MMTARDTrainer(Trainer):
             module.set_classes(self.class_names, args.prompt_templates)
             if spec.feature_weight and module.embed_dim != student.embed_dim:
                 # P_k: student embedding -> teacher embedding space, trained with the student, never exported
-                bundle.projections[spec.name] = nn.Linear(student.embed_dim, module.embed_dim, bias=False)
+                with torch.random.fork_rng(devices=[]):  # initialised from `args.seed`, not the caller's RNG state
+                    torch.manual_seed(args.seed + len(bundle.projections))
+                    bundle.projections[spec.name] = nn.Linear(student.embed_dim, module.embed_dim, bias=False)
 
         self.weighting = make_weighting(
             args.weighting, gamma=args.sigmoid_gamma, momentum=args.sigmoid_momentum, lr=args.mtard_lr
@@ -416,6 +419,27 @@ class MMTARDTrainer(Trainer):
         return loss, torch.stack([clean, adv], dim=1), y  # (B, 2, C)
 
     # ---- saving and loading ----
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` picks the last *complete* checkpoint (see `checkpointing`)."""
+        if self.args.should_save:
+            remove_stale_staging(self.args.output_dir)
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_good_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"`resume_from_checkpoint`=True but {self.args.output_dir!r} holds no complete checkpoint-* folder: "
+                    "train from scratch (resume_from_checkpoint=None) or pass a checkpoint path."
+                )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write the checkpoint under a temporary name and publish it with one atomic rename."""
+        save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
+
+    def _get_output_dir(self, trial) -> str:
+        staging = getattr(self, "_checkpoint_staging_dir", None)
+        return staging if staging is not None else super()._get_output_dir(trial)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write the student as a plain `CLIPModel` (safetensors) + processor, and the trainer's own state."""
         output_dir = output_dir or self.args.output_dir

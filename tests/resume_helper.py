@@ -1,0 +1,107 @@
+"""A small MMT-ARD training run for the kill-and-resume tests, usable in-process and as a script.
+
+As a script it trains and, with `--hang_at_step K`, stops making progress after optimizer step K (it writes
+`<output_dir>/hung-at-K` and sleeps) so that the test can `SIGKILL` it mid-training at a known point:
+
+    python tests/resume_helper.py --output_dir OUT --hang_at_step 7
+
+The run is the `mmt-ard-sigmoid` preset (so the weighting strategy has state) with a feature term towards teachers of
+other embedding sizes (so learned projection heads exist), 48 digits at batch 8 (6 steps per epoch, so 8 steps cross
+an epoch boundary), PGD-2 with a random start drawn from the global torch RNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher  # noqa: E402
+from mmt_ard.tiny import build_tiny_clip, digits_dataset  # noqa: E402
+
+MAX_STEPS = 8
+SAVE_STEPS = 3
+NUM_ROWS = 48
+
+
+class HangAtStep(TrainerCallback):
+    """After optimizer step `step`, write a marker file and sleep until killed."""
+
+    def __init__(self, step: int, output_dir: str):
+        self.step, self.output_dir = step, output_dir
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            with open(os.path.join(self.output_dir, f"hung-at-{self.step}"), "w") as f:
+                f.write(str(os.getpid()))
+            while True:
+                time.sleep(1)
+
+
+@functools.lru_cache(maxsize=1)
+def _train_rows():
+    return digits_dataset(16).select(range(NUM_ROWS))
+
+
+def build_trainer(output_dir: str, callbacks=(), **overrides) -> MMTARDTrainer:
+    student, processor = build_tiny_clip(hidden=32, image_size=16, seed=0)
+    robust, robust_proc = build_tiny_clip(hidden=48, projection_dim=40, image_size=20, seed=1)
+    clean, clean_proc = build_tiny_clip(hidden=48, projection_dim=44, image_size=12, seed=2)
+    kwargs = dict(
+        output_dir=output_dir,
+        preset="mmt-ard-sigmoid",
+        feature_weight=0.5,
+        attack_steps=2,
+        attack_eps=8 / 255,
+        attack_step_size=4 / 255,
+        learning_rate=1e-3,
+        max_steps=MAX_STEPS,
+        save_steps=SAVE_STEPS,
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        seed=7,
+    )
+    kwargs.update(overrides)
+    return MMTARDTrainer(
+        model=student,
+        args=MMTARDConfig(**kwargs),
+        teachers=[
+            Teacher(robust, role="robust", processor=robust_proc),
+            Teacher(clean, role="clean", processor=clean_proc),
+        ],
+        processing_class=processor,
+        train_dataset=_train_rows(),
+        callbacks=list(callbacks),
+    )
+
+
+def final_state(trainer: MMTARDTrainer) -> dict[str, torch.Tensor]:
+    """Every trained tensor of the run: the student CLIP and the projection heads, by name."""
+    return {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--hang_at_step", type=int, default=None)
+    opts = parser.parse_args(argv)
+    callbacks = [HangAtStep(opts.hang_at_step, opts.output_dir)] if opts.hang_at_step else []
+    build_trainer(opts.output_dir, callbacks).train()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
