@@ -31,6 +31,7 @@ from .checkpointing import last_good_checkpoint, remove_stale_staging, save_chec
 from .config import MMTARDConfig
 from .losses import TeacherTerm, fused_distillation_loss
 from .models import ZeroShotCLIP
+from .nonfinite import NonFiniteGuard
 from .teachers import Teacher, build_teacher_module, frozen_copy
 from .weighting import make_weighting
 
@@ -126,7 +127,9 @@ class MMTARDTrainer(Trainer):
         )
         self.attack_target_index = self._resolve_attack_target(args)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-        self._bad_steps = 0
+        self._bad_steps = 0  # consecutive skipped (non-finite) updates
+        self._nonfinite_steps = 0  # all skipped updates
+        self._nonfinite = NonFiniteGuard(self)
 
         if kwargs.get("compute_metrics") is None:
             kwargs["compute_metrics"] = robust_accuracy_metrics
@@ -258,6 +261,17 @@ class MMTARDTrainer(Trainer):
         module = self.teacher_modules[index]
         with torch.no_grad():
             return module(pixels)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """`Trainer.training_step`, with the loss checked for NaN/inf (see `nonfinite`)."""
+        self._nonfinite.before_micro_batch()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._nonfinite.after_micro_batch(loss)
+        return loss
+
+    def create_optimizer(self, model=None):
+        """`Trainer.create_optimizer`, with `step` guarded so that a non-finite window changes nothing."""
+        return self._nonfinite.install(super().create_optimizer(model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
@@ -459,7 +473,7 @@ class MMTARDTrainer(Trainer):
             proj = {k: v.detach().contiguous().cpu() for k, v in bundle.projections.state_dict().items()}
             safetensors.torch.save_file(proj, os.path.join(output_dir, PROJECTIONS_NAME))
         state = {"weighting": self.weighting.state_dict(), "weighting_name": self.weighting.name,
-                 "bad_steps": self._bad_steps, "class_names": self.class_names,
+                 "bad_steps": self._bad_steps, "nonfinite_steps": self._nonfinite_steps, "class_names": self.class_names,
                  "teachers": [{"name": s.name, "role": s.role, "input": s.input, "match": s.match, "coef": s.coef}
                               for s in self.teacher_specs]}
         with open(os.path.join(output_dir, STATE_NAME), "w") as f:
@@ -480,6 +494,7 @@ class MMTARDTrainer(Trainer):
                 state = json.load(f)
             self.weighting.load_state_dict(state.get("weighting", {}))
             self._bad_steps = int(state.get("bad_steps", 0))
+            self._nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
 
 def load_student_weights(clip: nn.Module, checkpoint_dir: str) -> None:
