@@ -156,14 +156,18 @@ class ZeroShotCLIP(nn.Module):
 
 
 def _base_clip(model: nn.Module) -> nn.Module:
-    """Strip peft wrappers: `PeftModel.base_model.model` is the original module."""
-    seen = 0
-    while not hasattr(model, "get_image_features") and hasattr(model, "base_model") and seen < 4:
-        inner = model.base_model
-        model = getattr(inner, "model", inner)
-        seen += 1
-    if hasattr(model, "get_base_model") and not hasattr(model, "text_model"):
-        model = model.get_base_model()
+    """Strip peft wrappers: the `CLIPModel` under a `PeftModel` (or a bare peft tuner), adapters still injected.
+
+    A `PeftModel` forwards unknown attributes (`get_image_features`, `text_model`, ...) to the wrapped model, so the
+    wrapper is recognised by its `peft_config`, not by what it seems to have.
+    """
+    for _ in range(4):
+        if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):  # PeftModel
+            model = model.get_base_model()
+        elif hasattr(model, "peft_config") and isinstance(getattr(model, "model", None), nn.Module):  # LoraModel
+            model = model.model
+        else:
+            break
     return model
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -104,8 +103,10 @@ def build_teacher_module(teacher: Teacher, logit_scale: float | None) -> ZeroSho
 
 
 def frozen_copy(student: ZeroShotCLIP) -> nn.Module:
-    """A frozen deep copy of the student's CLIP (the `original` teacher of FARE and PMG-AFT)."""
-    base = copy.deepcopy(student.base)
+    """A frozen deep copy of the student's CLIP (the `original` teacher of FARE and PMG-AFT), without LoRA adapters."""
+    from .lora import unadapted_copy
+
+    base = unadapted_copy(student.clip)
     base.eval()
     base.requires_grad_(False)
     return base

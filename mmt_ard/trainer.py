@@ -508,6 +508,12 @@ def load_student_weights(clip: nn.Module, checkpoint_dir: str) -> None:
 
         set_peft_model_state_dict(clip, safetensors.torch.load_file(adapter))
         return
+    if not os.path.isfile(full) and os.path.isfile(adapter):
+        raise ValueError(
+            f"{checkpoint_dir!r} holds a LoRA adapter (adapter_model.safetensors) but the model is a plain "
+            f"{type(clip).__name__}: wrap it first with `mmt_ard.lora.apply_lora` (same r/alpha/targets), or merge "
+            "the adapter into it with `mmt_ard.lora.merge_checkpoint`."
+        )
     if not os.path.isfile(full):
         raise FileNotFoundError(
             f"`resume_from_checkpoint`={checkpoint_dir!r} holds no model.safetensors: pick a checkpoint-* folder "
