@@ -30,7 +30,7 @@ from .attacks import ce_inner_loss, embedding_l2_inner_loss, kl_inner_loss, pgd
 from .checkpointing import last_good_checkpoint, remove_stale_staging, save_checkpoint_atomically
 from .config import MMTARDConfig
 from .losses import TeacherTerm, fused_distillation_loss
-from .models import ZeroShotCLIP
+from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
 from .teachers import Teacher, build_teacher_module, frozen_copy
 from .weighting import make_weighting
@@ -38,6 +38,24 @@ from .weighting import make_weighting
 STATE_NAME = "mmt_ard_state.json"
 PROJECTIONS_NAME = "mmt_ard_projections.safetensors"
 CONFIG_JSON_NAME = "mmt_ard_config.json"
+
+
+@contextlib.contextmanager
+def _params_frozen(module: nn.Module):
+    """Parameters stop requiring grad inside (their flags are restored in `finally`).
+
+    The attack takes gradients w.r.t. the perturbation only; with the parameters frozen, autograd neither records
+    their gradient paths nor keeps the activations those need (the attack ran ~4 % faster on CPU, see
+    `benchmarks/attack_flags.py`). Existing `.grad` (gradient accumulation) is left alone.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class StudentBundle(nn.Module):
@@ -210,14 +228,19 @@ class MMTARDTrainer(Trainer):
 
     # ---- the step ----
     @contextlib.contextmanager
-    def _timed(self, mode: str, key: str):
+    def _timed(self, mode: str, key: str, add_to_last: bool = False):
+        """Time a phase of the step; `add_to_last` adds to the step's previous entry (one logged value per step)."""
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
         yield
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        self._metrics[mode][f"time/{key}_s"].append(time.perf_counter() - start)
+        values = self._metrics[mode][f"time/{key}_s"]
+        if add_to_last and values:
+            values[-1] += time.perf_counter() - start
+        else:
+            values.append(time.perf_counter() - start)
 
     def _check_batch(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         missing = [k for k in ("pixel_values", "labels") if k not in inputs]
@@ -246,7 +269,10 @@ class MMTARDTrainer(Trainer):
         if self.is_fsdp_enabled:
             # sharded parameters: attack through the wrapper, without gradient synchronisation
             return model, self.accelerator.no_sync(model)
-        return self.accelerator.unwrap_model(model).student, contextlib.nullcontext()
+        student = self.accelerator.unwrap_model(model).student
+        single = self.accelerator.num_processes == 1 and not self.is_deepspeed_enabled and not self.args.torch_compile
+        # the attack needs input gradients only; distributed wrappers and compiled graphs keep their flags untouched
+        return student, (_params_frozen(student) if single else contextlib.nullcontext())
 
     def _inner_loss(self, y: torch.Tensor, teacher_clean: dict[int, object]):
         args = self.args
@@ -259,8 +285,10 @@ class MMTARDTrainer(Trainer):
 
     def _teacher_forward(self, index: int, pixels: torch.Tensor):
         module = self.teacher_modules[index]
-        with torch.no_grad():
-            return module(pixels)
+        with torch.inference_mode():  # frozen teacher: no autograd bookkeeping at all
+            out = module(pixels)
+        # inference tensors may not be saved for backward (a cosine feature term would): hand out ordinary copies
+        return ZeroShotOutput(logits=out.logits.clone(), image_embeds=out.image_embeds.clone())
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """`Trainer.training_step`, with the loss checked for NaN/inf (see `nonfinite`)."""
@@ -303,7 +331,7 @@ class MMTARDTrainer(Trainer):
                 )
 
         # 3. teachers on adversarial images
-        with self._timed(mode, "teachers"):
+        with self._timed(mode, "teachers", add_to_last=True):
             for i, spec in enumerate(self.teacher_specs):
                 if spec.input == "adversarial":
                     teacher_out[i] = self._teacher_forward(i, x_adv)
