@@ -1,0 +1,207 @@
+"""Helpers shared by the benchmarks: model sizes, seeded CLIP construction, image data, small utilities.
+
+Nothing here touches the network: models are built at random init from configs (`transformers.CLIPConfig`) with the
+word-level tokenizer of `mmt_ard.tiny`, and images come from a local Parquet file (or, with the network, a Hub id).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+# ---- model sizes: vision tower + text tower per role ----
+# A "tower" dict: hidden, layers, heads, mlp (intermediate size); vision adds image/patch.
+SIZES: dict[str, dict] = {
+    # CPU scale (the replication's models): 32 px images, 8 px patches (16 tokens + CLS); teachers wider.
+    "tiny": dict(
+        student=dict(vision=dict(hidden=64, layers=4, heads=4, mlp=128, image=32, patch=8),
+                     text=dict(hidden=64, layers=2, heads=4, mlp=128), projection=64),
+        teacher=dict(vision=dict(hidden=96, layers=4, heads=4, mlp=192, image=32, patch=8),
+                     text=dict(hidden=96, layers=2, heads=4, mlp=192), projection=96),
+        batch_size=32,
+    ),
+    # The paper's shapes at random init: OpenAI CLIP ViT-B/32 student, ViT-L/14 teachers (224 px). GPU only.
+    "vit-b32": dict(
+        student=dict(vision=dict(hidden=768, layers=12, heads=12, mlp=3072, image=224, patch=32),
+                     text=dict(hidden=512, layers=12, heads=8, mlp=2048), projection=512),
+        teacher=dict(vision=dict(hidden=1024, layers=24, heads=16, mlp=4096, image=224, patch=14),
+                     text=dict(hidden=768, layers=12, heads=12, mlp=3072), projection=768),
+        batch_size=64,
+    ),
+}
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def build_clip(spec: dict, seed: int, words: list[str]):
+    """A seeded random-init `CLIPModel` + `CLIPProcessor` of the given tower shapes (global RNG untouched)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    try:
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # pragma: no cover
+        from transformers import CLIPImageProcessor
+    from mmt_ard.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(words)
+    v, t = spec["vision"], spec["text"]
+    text_cfg = dict(
+        vocab_size=len(tokenizer), hidden_size=t["hidden"], intermediate_size=t["mlp"],
+        num_hidden_layers=t["layers"], num_attention_heads=t["heads"],
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    vision_cfg = dict(
+        hidden_size=v["hidden"], intermediate_size=v["mlp"], num_hidden_layers=v["layers"],
+        num_attention_heads=v["heads"], image_size=v["image"], patch_size=v["patch"],
+    )
+    config = CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=spec["projection"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    model.eval()
+    size = v["image"]
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD),
+    )
+    return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def spec_from_args(hidden: int, layers: int, image: int, patch: int, heads: int = 4) -> dict:
+    """A small tower spec (text tower: same width, 2 layers; MLP 2x width)."""
+    return dict(
+        vision=dict(hidden=hidden, layers=layers, heads=heads, mlp=2 * hidden, image=image, patch=patch),
+        text=dict(hidden=hidden, layers=2, heads=heads, mlp=2 * hidden),
+        projection=hidden,
+    )
+
+
+def count_params(model: torch.nn.Module, vision_only: bool = True) -> int:
+    mod = model.vision_model if vision_only and hasattr(model, "vision_model") else model
+    return sum(p.numel() for p in mod.parameters())
+
+
+# ---- data ----
+def load_image_table(source: str, image_size: int | None = None):
+    """Images `(N, 3, S, S)` float32 in [0,1], labels `(N,)` int64 and class names from a Parquet path or a Hub id.
+
+    A Parquet file needs columns `image` (encoded bytes) and `label`; class names come from the `.json` sidecar
+    (`classes`). A Hub id is read with `datasets` (its first split; columns `image`/`img` and `label`/`labels`).
+    """
+    from PIL import Image
+
+    if os.path.exists(source):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(source, columns=["image", "label"])
+        blobs = table.column("image").to_pylist()
+        labels = table.column("label").to_pylist()
+        sidecar = os.path.splitext(source)[0] + ".json"
+        classes = None
+        if os.path.exists(sidecar):
+            with open(sidecar) as f:
+                classes = json.load(f).get("classes")
+        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs]
+    else:
+        import datasets
+
+        ds = datasets.load_dataset(source, split="test" if "test" in datasets.get_dataset_split_names(source) else None)
+        image_col = "image" if "image" in ds.column_names else "img"
+        label_col = "label" if "label" in ds.column_names else "labels"
+        classes = getattr(ds.features[label_col], "names", None)
+        images = [im.convert("RGB") for im in ds[image_col]]
+        labels = list(ds[label_col])
+    if image_size is not None:
+        images = [im if im.size == (image_size, image_size) else im.resize((image_size, image_size), Image.BILINEAR)
+                  for im in images]
+    x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images])).permute(0, 3, 1, 2)
+    x = x.float().div_(255.0).contiguous()
+    y = torch.tensor(labels, dtype=torch.long)
+    if classes is None:
+        classes = [f"class {i}" for i in range(int(y.max()) + 1)]
+    return x, y, [str(c) for c in classes]
+
+
+def balanced_split(labels: torch.Tensor, n_train_per_class: int, n_test_per_class: int, seed: int):
+    """Seeded class-balanced disjoint index split: `(train_idx, test_idx)`, each shuffled."""
+    rng = np.random.default_rng(seed)
+    y = labels.numpy()
+    train, test = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        if len(idx) < n_train_per_class + n_test_per_class:
+            raise ValueError(
+                f"class {c} has {len(idx)} images, fewer than --train-per-class + --test-per-class = "
+                f"{n_train_per_class + n_test_per_class}: lower them."
+            )
+        test.extend(idx[:n_test_per_class])
+        train.extend(idx[n_test_per_class : n_test_per_class + n_train_per_class])
+    return rng.permutation(np.array(train)), rng.permutation(np.array(test))
+
+
+class TensorImageDataset(torch.utils.data.Dataset):
+    """`{"pixel_values": (3,H,W) float in [0,1], "labels": int}` rows from tensors (what `MMTARDTrainer` reads)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.x[i], "labels": self.y[i]}
+
+
+# ---- machine ----
+def maxrss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine_info() -> dict:
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["loadavg_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    try:
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__)
+        ).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
