@@ -524,6 +524,13 @@ class MMTARDTrainer(Trainer):
             self._bad_steps = int(state.get("bad_steps", 0))
             self._nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end`: checkpoints hold a plain `CLIPModel`, so load them as `_save` wrote them (the
+        Trainer's own loader would put CLIP keys into the bundle's state dict and fail)."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
 
 def load_student_weights(clip: nn.Module, checkpoint_dir: str) -> None:
     """Load the student's weights from a checkpoint written by `MMTARDTrainer._save` (safetensors only)."""

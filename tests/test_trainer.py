@@ -154,6 +154,34 @@ class TestResume:
         assert second.state.global_step == 4
 
 
+class TestLoadBestModelAtEnd:
+    def test_best_checkpoint_is_loaded_into_the_student(self, make_config, student, digits_small):
+        """`load_best_model_at_end`: the checkpoint holds a plain CLIPModel, not the bundle's state dict."""
+        scores = iter([1.0, 0.0])  # the first evaluation (step 2) is the best
+
+        def compute_metrics(eval_pred):
+            return {"score": next(scores)}
+
+        trainer = MMTARDTrainer(
+            model=student[0],
+            args=make_config(
+                preset="tecoa", max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
+                load_best_model_at_end=True, metric_for_best_model="score", eval_attack_steps=0, **FAST_TRAIN,
+            ),
+            processing_class=student[1],
+            train_dataset=digits_small,
+            eval_dataset=digits_small.select(range(8)),
+            compute_metrics=compute_metrics,
+        )
+        trainer.train()
+        assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+        best = CLIPModel.from_pretrained(trainer.state.best_model_checkpoint)
+        last = CLIPModel.from_pretrained(trainer.state.best_model_checkpoint.replace("checkpoint-2", "checkpoint-4"))
+        now = clone_state(trainer.model.student.base)
+        assert not all(torch.equal(p, now[n]) for n, p in last.named_parameters())
+        assert all(torch.equal(p, now[n]) for n, p in best.named_parameters())
+
+
 class TestGradientAccumulation:
     def test_two_half_batches_equal_one_full_batch(self, make_config, teacher_specs, digits_small):
         data = digits_small.select(range(16))
