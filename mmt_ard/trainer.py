@@ -32,6 +32,7 @@ from .config import MMTARDConfig
 from .losses import TeacherTerm, fused_distillation_loss
 from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
+from .teacher_cache import TeacherOutputCache, sample_ids_of
 from .teachers import Teacher, build_teacher_module, frozen_copy
 from .weighting import make_weighting
 
@@ -74,6 +75,20 @@ class StudentBundle(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, **unused):
         return self.student(pixel_values)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False):
+        """Checkpoint the student's encoder layers (`activation_checkpointing=True` / `gradient_checkpointing=True`).
+
+        transformers layers checkpoint only in train mode, i.e. in the training forward; the attack runs in eval mode
+        and needs input gradients only, so it is unaffected. Non-reentrant checkpointing (the default here) also
+        works when the layers' inputs need no gradient, as with LoRA students.
+        """
+        base = self.student.base
+        kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
+        else:  # transformers < 5
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def robust_accuracy_metrics(eval_pred) -> dict[str, float]:
@@ -148,6 +163,7 @@ class MMTARDTrainer(Trainer):
         self._bad_steps = 0  # consecutive skipped (non-finite) updates
         self._nonfinite_steps = 0  # all skipped updates
         self._nonfinite = NonFiniteGuard(self)
+        self._teacher_cache = TeacherOutputCache() if args.cache_teacher_outputs else None
 
         if kwargs.get("compute_metrics") is None:
             kwargs["compute_metrics"] = robust_accuracy_metrics
@@ -290,6 +306,15 @@ class MMTARDTrainer(Trainer):
         # inference tensors may not be saved for backward (a cosine feature term would): hand out ordinary copies
         return ZeroShotOutput(logits=out.logits.clone(), image_embeds=out.image_embeds.clone())
 
+    def _clean_teacher_forward(self, index: int, pixels: torch.Tensor, inputs: dict, mode: str):
+        """A clean-input teacher's outputs; from the per-sample cache in training with `cache_teacher_outputs`."""
+        if self._teacher_cache is None or mode != "train":
+            return self._teacher_forward(index, pixels)
+        ids = sample_ids_of(inputs, pixels.shape[0])
+        name = self.teacher_specs[index].name
+        module = self.teacher_modules[index]
+        return self._teacher_cache.outputs(name, module, pixels, ids, lambda px: self._teacher_forward(index, px))
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         """`Trainer.training_step`, with the loss checked for NaN/inf (see `nonfinite`)."""
         self._nonfinite.before_micro_batch()
@@ -311,7 +336,7 @@ class MMTARDTrainer(Trainer):
         with self._timed(mode, "teachers"):
             for i, spec in enumerate(self.teacher_specs):
                 if spec.input == "clean":
-                    teacher_out[i] = self._teacher_forward(i, x)
+                    teacher_out[i] = self._clean_teacher_forward(i, x, inputs, mode)
 
         # 2. attack the student
         with self._timed(mode, "attack"):
