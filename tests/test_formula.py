@@ -167,3 +167,48 @@ class TestSection2Formula:
                 return textbook_kl(target.log(), student.logits(student.embed(images))).sum()
 
             assert kl(x_adv) > kl(x) and kl(x_adv) >= 0.99 * kl(reference)
+
+
+def ce(logits, y):
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+class TestBaselineFormulas:
+    """Every other preset's loss, recomputed from the raw models on the x_adv the trainer produced (method.md sec. 4)."""
+
+    @pytest.mark.parametrize("preset", ["single-teacher", "tecoa", "fare", "pmg-aft", "mtard", "mmt-ard-sigmoid"])
+    def test_loss_equals_the_table(self, preset, make_trainer, raw_models, batch, capture_pgd):
+        trainer = make_trainer(preset, attack_eps=8 / 255, attack_step_size=2 / 255, attack_steps=3)
+        torch.manual_seed(0)
+        loss = trainer.compute_loss(trainer.model, dict(batch)).detach()
+        x, y = batch["pixel_values"], batch["labels"]
+        x_adv = capture_pgd[0][1]
+        assert not torch.equal(x_adv, x)
+        student, robust, clean = raw_models
+        original = student  # fare / pmg-aft: a frozen copy of the (not yet trained) student
+        with torch.no_grad():
+            f_s_adv, f_s_cln = student.embed(x_adv), student.embed(x)
+            z_s_adv, z_s_cln = student.logits(f_s_adv), student.logits(f_s_cln)
+            if preset == "single-teacher":
+                expected = textbook_kl(robust.logits(robust.embed(x)), z_s_adv).mean()
+            elif preset == "tecoa":
+                expected = ce(z_s_adv, y).mean()
+            elif preset == "fare":
+                expected = (f_s_adv - original.embed(x)).pow(2).sum(-1).mean()
+            elif preset == "pmg-aft":
+                z_orig_adv = original.logits(original.embed(x_adv))
+                expected = (ce(z_s_adv, y) + textbook_kl(z_s_adv, z_orig_adv) + textbook_kl(z_s_adv, z_s_cln)).mean()
+            elif preset == "mtard":  # first step: balance 1/2, 1/2
+                kl_r = textbook_kl(robust.logits(robust.embed(x_adv)), z_s_adv)
+                kl_c = textbook_kl(clean.logits(clean.embed(x)), z_s_cln)
+                expected = (0.5 * kl_r + 0.5 * kl_c).mean()
+            else:  # mmt-ard-sigmoid, first batch: statistics of this batch, w = beta * 2 sigmoid((c - mu) / (sigma + 1e-6))
+                f_r, f_c = robust.embed(x_adv), clean.embed(x)
+                terms = []
+                for beta, model, f, z_s in ((50, robust, f_r, z_s_adv), (5, clean, f_c, z_s_cln)):
+                    c = model.confidence(f, y)
+                    w = beta * 2 * torch.sigmoid((c - c.mean()) / (c.std(unbiased=False) + 1e-6))
+                    terms.append(w * textbook_kl(model.logits(f), z_s))
+                expected = sum(terms).sum() / (len(y) * 10)
+        assert expected.abs() > 0
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-7)
