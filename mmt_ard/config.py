@@ -9,12 +9,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
 from .presets import ATTACK_LOSSES, PRESETS, get_preset
+from .validation import check_field, check_prompt_templates
 from .weighting import WEIGHTINGS
 
 TEACHER_DTYPES = ("fp32", "bf16", "fp16")
 BAD_SAMPLE_POLICIES = ("raise", "skip")
+
+# the kind of every field this config owns (see `validation.check_field`; "?": None allowed), checked right after the
+# preset fills the unset ones and before anything (TrainingArguments included) reads them
+FIELD_KINDS = {
+    "attack_eps": "number", "attack_step_size": "number", "attack_steps": "int", "attack_norm": "str",
+    "attack_momentum": "number", "attack_random_init": "bool", "attack_loss": "str", "attack_target": "str?",
+    "attack_autocast": "bool", "eval_attack_eps": "number?", "eval_attack_steps": "int?",
+    "eval_attack_step_size": "number?", "weighting": "str", "robust_coef": "number", "clean_coef": "number",
+    "original_coef": "number", "feature_weight": "number", "feature_loss": "str", "ce_weight": "number",
+    "self_kl_weight": "number", "temperature": "number", "kl_reduction": "str", "logit_scale": "number?",
+    "use_model_logit_scale": "bool", "prompt_templates": "str_list", "train_text_tower": "bool",
+    "teacher_dtype": "str", "sigmoid_gamma": "number", "sigmoid_momentum": "number", "mtard_lr": "number",
+    "max_bad_steps": "int", "cache_teacher_outputs": "bool", "bad_samples": "str", "learning_rate": "number",
+    "weight_decay": "number", "warmup_steps": "number", "lr_scheduler_type": "str", "remove_unused_columns": "bool",
+}
 
 
 @dataclass
@@ -107,10 +124,15 @@ class MMTARDConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all dataset columns (needed)."})
 
     def __post_init__(self):
-        preset = get_preset(self.preset)
+        preset = get_preset(check_field("preset", self.preset, "str"))
         for key, value in preset.items():
             if hasattr(self, key) and getattr(self, key) is None:
                 setattr(self, key, value)
+        for name, kind in FIELD_KINDS.items():
+            setattr(self, name, check_field(name, getattr(self, name), kind))
+        schedulers = [s.value for s in SchedulerType]
+        if self.lr_scheduler_type not in schedulers:
+            raise ValueError(f"`lr_scheduler_type`={self.lr_scheduler_type!r}: use one of {schedulers}.")
         self.preset_roles = preset["roles"]
         self.preset_required_roles = tuple(preset["required_roles"])
         self.preset_make_original = bool(preset.get("make_original", False))
@@ -156,14 +178,16 @@ class MMTARDConfig(TrainingArguments):
         for name in ("robust_coef", "clean_coef", "original_coef", "feature_weight", "ce_weight", "self_kl_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}`={getattr(self, name)} is negative: loss weights must be >= 0.")
-        templates = self.prompt_templates
-        if isinstance(templates, str):
-            self.prompt_templates = templates = [templates]
-        if not templates or any("{}" not in t for t in templates):
-            raise ValueError(
-                f"`prompt_templates`={templates!r}: each template needs one '{{}}' for the class name, "
-                "e.g. 'This is a photo of a {}'."
-            )
+        if not 0 <= self.sigmoid_gamma:
+            raise ValueError(f"`sigmoid_gamma`={self.sigmoid_gamma} must be >= 0 (1.0 is the default).")
+        if not 0 <= self.sigmoid_momentum < 1:
+            raise ValueError(f"`sigmoid_momentum`={self.sigmoid_momentum} must be in [0, 1) (0.99 is the default).")
+        if not 0 <= self.mtard_lr <= 1:
+            raise ValueError(f"`mtard_lr`={self.mtard_lr} must be in [0, 1] (MTARD uses 0.025).")
+        for name in ("learning_rate", "weight_decay", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}`={getattr(self, name)} is negative: use a value >= 0.")
+        check_prompt_templates(self.prompt_templates)
 
     @property
     def effective_logit_scale(self) -> float | None:

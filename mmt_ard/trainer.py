@@ -18,6 +18,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 
 import numpy as np
 import safetensors.torch
@@ -33,6 +34,7 @@ from .losses import TeacherTerm, fused_distillation_loss
 from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
 from .teacher_cache import TeacherOutputCache, sample_ids_of
+from .validation import check_batch
 from .teachers import Teacher, build_teacher_module, frozen_copy
 from .weighting import make_weighting
 
@@ -259,26 +261,8 @@ class MMTARDTrainer(Trainer):
             values.append(time.perf_counter() - start)
 
     def _check_batch(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = [k for k in ("pixel_values", "labels") if k not in inputs]
-        if missing:
-            raise ValueError(
-                f"The batch has no {missing} (keys: {sorted(inputs)}): batches need `pixel_values` (B,3,H,W) in [0,1] "
-                "and `labels` (B,). Use `mmt_ard.data.ImageClassificationCollator` or rename the columns."
-            )
-        x, y = inputs["pixel_values"], inputs["labels"]
-        if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3:
-            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"`pixel_values` has shape {shape}: expected (B, 3, H, W) RGB in [0, 1].")
-        x = x.float()
-        y = y.long().view(-1)
-        n = len(self.class_names)
-        bad = y[(y < 0) | (y >= n)]
-        if bad.numel():
-            raise ValueError(
-                f"`labels` holds {sorted(set(bad.tolist()))[:10]}, outside the {n} classes of `class_names`: check the "
-                "label column or pass the full class list."
-            )
-        return x, y
+        """`pixel_values` float32 `(B, 3, H, W)` in [0, 1] and `labels` int64 `(B,)`, or a clear error (`validation`)."""
+        return check_batch(inputs, len(self.class_names))
 
     def _attack_fn(self, model: nn.Module):
         """The student the attack runs on, and the context it runs in."""
@@ -317,6 +301,8 @@ class MMTARDTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """`Trainer.training_step`, with the loss checked for NaN/inf (see `nonfinite`)."""
+        if not isinstance(inputs, Mapping) or "pixel_values" not in inputs or "labels" not in inputs:
+            check_batch(inputs, len(self.class_names))  # our error, before the Trainer's input preparation trips
         self._nonfinite.before_micro_batch()
         loss = super().training_step(model, inputs, num_items_in_batch)
         self._nonfinite.after_micro_batch(loss)
