@@ -82,7 +82,10 @@ def apply_lora(
             f"`target_modules`={target_modules!r}: give layer names such as {list(ATTENTION_PROJECTIONS)}."
         )
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=float(dropout), target_modules=_target_regex(target_modules, tower),
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=float(dropout),
+        target_modules=_target_regex(target_modules, tower),
         bias="none",
     )
     with torch.random.fork_rng(devices=[]):

@@ -36,10 +36,7 @@ class NonFiniteLossError(RuntimeError):
 
 def _gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
     flags = [
-        torch.isfinite(p.grad).all()
-        for group in optimizer.param_groups
-        for p in group["params"]
-        if p.grad is not None
+        torch.isfinite(p.grad).all() for group in optimizer.param_groups for p in group["params"] if p.grad is not None
     ]
     if not flags:
         return True

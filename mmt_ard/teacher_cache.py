@@ -41,7 +41,7 @@ def sample_ids_of(inputs: dict, batch_size: int) -> list[Hashable]:
     """The batch's `sample_id`s as a list of ints/strings; a clear error when they are missing or malformed."""
     if SAMPLE_ID_KEY not in inputs:
         raise ValueError(
-            f"`cache_teacher_outputs`=True needs a `{SAMPLE_ID_KEY}` per row, and the batch has only {sorted(inputs)}: "
+            f"`cache_teacher_outputs`=True needs a `{SAMPLE_ID_KEY}` per row; the batch has only {sorted(inputs)}: "
             "use `mmt_ard.data.ImageClassificationCollator` (it adds one), add one with "
             "`mmt_ard.teacher_cache.add_sample_ids(dataset)`, or set `cache_teacher_outputs=False`."
         )

@@ -128,7 +128,8 @@ def _check_pixels(x) -> torch.Tensor:
         raise ValueError(f"`pixel_values` has shape {tuple(x.shape)}: the batch holds no pixels.")
     x = x.float()
     finite = torch.isfinite(x)
-    stats = torch.stack([(~finite).sum().float(), torch.where(finite, x, 0.5).amin(), torch.where(finite, x, 0.5).amax()])
+    finite_x = torch.where(finite, x, 0.5)
+    stats = torch.stack([(~finite).sum().float(), finite_x.amin(), finite_x.amax()])
     n_bad, low, high = stats.tolist()  # one device sync for the three checks
     if n_bad:
         rows = torch.nonzero(~finite.flatten(1).all(1)).flatten().tolist()
@@ -154,9 +155,8 @@ def _check_labels(y, batch_size: int, num_classes: int) -> torch.Tensor:
             ) from None
     if y.dtype == torch.bool or y.is_complex():
         raise TypeError(f"`labels` has dtype {y.dtype}: expected integer class ids.")
-    if y.is_floating_point():
-        if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
-            raise TypeError(f"`labels` has dtype {y.dtype} with non-integer values: expected integer class ids.")
+    if y.is_floating_point() and not (bool(torch.isfinite(y).all()) and bool((y == y.round()).all())):
+        raise TypeError(f"`labels` has dtype {y.dtype} with non-integer values: expected integer class ids.")
     y = y.reshape(-1)
     if y.numel() != batch_size:
         raise ValueError(

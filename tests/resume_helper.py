@@ -22,11 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+import torch
+from transformers import TrainerCallback
 
-from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher  # noqa: E402
-from mmt_ard.tiny import build_tiny_clip, digits_dataset  # noqa: E402
+from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
+from mmt_ard.tiny import build_tiny_clip, digits_dataset
 
 MAX_STEPS = 8
 SAVE_STEPS = 3

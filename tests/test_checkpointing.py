@@ -57,8 +57,9 @@ def test_crash_during_save_leaves_previous_checkpoint_for_resume(ckpt_trainer, o
 
 def test_crash_writing_the_optimizer_keeps_checkpoints(ckpt_trainer, output_dir):
     trainer = ckpt_trainer(save_total_limit=2)
-    step = lambda: trainer.state.global_step  # noqa: E731
-    trainer._save_optimizer_and_scheduler = _crashing(trainer._save_optimizer_and_scheduler, step, 4)
+    trainer._save_optimizer_and_scheduler = _crashing(
+        trainer._save_optimizer_and_scheduler, lambda: trainer.state.global_step, 4
+    )
     with pytest.raises(CrashDuringSave):
         trainer.train()
     assert last_good_checkpoint(output_dir) == os.path.join(output_dir, "checkpoint-2")
@@ -108,3 +109,19 @@ def test_resume_loads_torch_files_with_weights_only(ckpt_trainer, output_dir, mo
     ckpt_trainer(max_steps=3).train(resume_from_checkpoint=ckpt)
     assert {name for name, _ in calls} == {"optimizer.pt", "scheduler.pt", "rng_state.pth"}
     assert all(weights_only is True for _, weights_only in calls), calls
+
+
+def test_best_checkpoint_path_is_the_published_one(ckpt_trainer, output_dir):
+    """The best checkpoint is recorded under its final name (not the staging one) and survives rotation."""
+    trainer = ckpt_trainer(
+        eval_strategy="steps", eval_steps=2, metric_for_best_model="clean_accuracy", load_best_model_at_end=True
+    )
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and "tmp-" not in best and os.path.isdir(best)
+    assert os.path.dirname(best) == output_dir and last_good_checkpoint(output_dir) is not None
+    import json
+
+    with open(os.path.join(last_good_checkpoint(output_dir), "trainer_state.json")) as f:
+        recorded = json.load(f)["best_model_checkpoint"]
+    assert recorded is None or "tmp-" not in recorded

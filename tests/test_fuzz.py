@@ -75,7 +75,7 @@ def test_random_invalid_config_values(tmp_path):
             assert raised_in_library(err), f"{label}: raised outside mmt_ard: {type(err).__name__}: {message}"
             assert any(f"`{name}`" in message for name in chosen), f"{label}: the field is not named in {message!r}"
             outcomes["error"] += 1
-        except Exception as err:  # noqa: BLE001 - anything else is the failure we look for
+        except Exception as err:  # anything else is the failure we look for
             pytest.fail(f"{label}: {type(err).__name__} instead of ValueError/TypeError: {err}")
         else:
             outcomes["accepted"] += 1  # some draws are valid (e.g. a large attack budget under the l2 norm)
@@ -134,15 +134,15 @@ def mutate(batch: dict, rng: random.Random):
         # the batch itself
         "not a dict": lambda: rng.choice([[x, y], (x, y), x, "batch", 7]),
         "missing key": lambda: {k: v for k, v in batch.items() if k != rng.choice(["pixel_values", "labels"])},
-        "empty dict": lambda: {},
+        "empty dict": dict,
         # pixels
         "pixels wrong type": lambda: {**batch, "pixel_values": rng.choice([x.tolist(), x.numpy(), None, "img", 3.0])},
         "pixels wrong rank": lambda: {**batch, "pixel_values": rng.choice([x[0], x[:, 0], x[None], x.flatten()])},
-        "pixels wrong channels": lambda: {**batch, "pixel_values": torch.cat([x, x], 1)[:, : rng.choice([1, 2, 4, 5])]},
+        "pixels wrong channels": lambda: {**batch, "pixel_values": torch.cat([x, x], 1)[:, : rng.choice([1, 2, 4])]},
         "pixels int dtype": lambda: {**batch, "pixel_values": (x * 255).to(rng.choice([torch.uint8, torch.int64]))},
         "pixels bool/complex": lambda: {**batch, "pixel_values": rng.choice([x > 0.5, x.to(torch.complex64)])},
-        "pixels other float": lambda: {**batch, "pixel_values": x.to(rng.choice([torch.float16, torch.bfloat16, torch.float64]))},
-        "pixels nan/inf": lambda: {**batch, "pixel_values": _poke(x, rng, rng.choice([math.nan, math.inf, -math.inf]))},
+        "pixels other float": lambda: {**batch, "pixel_values": x.to(rng.choice(LOW_AND_HIGH_PRECISION))},
+        "pixels nan/inf": lambda: {**batch, "pixel_values": _poke(x, rng, rng.choice(NON_FINITE))},
         "pixels 0-255": lambda: {**batch, "pixel_values": x * 255},
         "pixels normalised": lambda: {**batch, "pixel_values": (x - 0.5) / 0.25},
         "pixels empty": lambda: {**batch, "pixel_values": x[:0], "labels": y[:0], "sample_id": batch["sample_id"][:0]},
@@ -173,6 +173,8 @@ def _poke(t: torch.Tensor, rng: random.Random, value) -> torch.Tensor:
 
 
 BATCH_CASES = 250
+LOW_AND_HIGH_PRECISION = (torch.float16, torch.bfloat16, torch.float64)
+NON_FINITE = (math.nan, math.inf, -math.inf)
 FIELDS = ("`pixel_values`", "`labels`", "`sample_id`", "The batch")
 
 
@@ -189,7 +191,7 @@ def test_random_malformed_batches(fuzz_trainer):
             assert raised_in_library(err), f"{label}: raised outside mmt_ard: {type(err).__name__}: {message}"
             assert any(f in message for f in FIELDS), f"{label}: no field named in {message!r}"
             seen["error"].add(name)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             pytest.fail(f"{label}: {type(err).__name__} instead of ValueError/TypeError: {err}")
         else:
             assert torch.isfinite(loss), f"{label}: accepted but the loss is {loss}"
