@@ -1,0 +1,321 @@
+"""The embedded default: tiny CLIP teachers and student on scikit-learn's digits, trained offline in minutes.
+
+`examples/run_mmt_ard.py` with no model arguments runs this recipe (method.md section 8), every phase through
+`MMTARDTrainer`:
+
+1. clean teacher: a `teacher_width`-wide tiny CLIP trained with zero-shot CE on clean images (`tecoa` preset with
+   `attack_steps=0`);
+2. robust teacher: a copy of the clean teacher fine-tuned with zero-shot CE on PGD examples (`tecoa` preset), the
+   way real robust teachers are made (a robust teacher trained adversarially from scratch stays weak here);
+3. student: a narrower tiny CLIP trained clean (`tecoa`, `attack_steps=0`): the "pre-trained" model to robustify;
+4. (in the script) MMT-ARD distillation of the student from both teachers (`mmt-ard` preset).
+
+Phases 1-3 are cached under `cache_dir/<fingerprint of the recipe>/` and reused by later runs. Images are the 1797
+bundled 8x8 digits upsampled to `image_size` (1438 train / 359 test, a fixed seeded split).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .tiny import DIGIT_NAMES, build_tiny_clip, digits_dataset
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "mmt_ard", "embedded")
+RECIPE_VERSION = 1  # bump when the training code of the phases changes what a recipe produces
+PHASES = ("clean_teacher", "robust_teacher", "student")
+
+
+@dataclass
+class EmbeddedRecipe:
+    """How the embedded teachers and student are built (all phases `MMTARDTrainer` with the `tecoa` preset).
+
+    Args:
+        image_size: input size of every model (digits are upsampled to it).
+        patch_size: ViT patch size.
+        teacher_width: width of both teachers' towers.
+        teacher_layers: depth of both teachers' towers.
+        student_width: width of the student's towers.
+        student_layers: depth of the student's towers.
+        heads: attention heads of every model.
+        batch_size: global training batch of every phase.
+        clean_steps: clean-training steps of the clean teacher.
+        clean_lr: its learning rate.
+        robust_steps: adversarial fine-tuning steps of the robust teacher (from the clean teacher).
+        robust_lr: its learning rate.
+        robust_eps: L-inf budget of the robust teacher's PGD.
+        robust_attack_steps: PGD iterations of the robust teacher's training attack.
+        robust_step_size: PGD step size of that attack.
+        student_steps: clean-training steps of the student.
+        student_lr: its learning rate.
+        seed: seed of initialisation, data order and attacks.
+        template: the prompt template of the text heads (MMT-ARD's training prompt).
+    """
+
+    image_size: int = 16
+    patch_size: int = 4
+    teacher_width: int = 64
+    teacher_layers: int = 2
+    student_width: int = 48
+    student_layers: int = 2
+    heads: int = 2
+    batch_size: int = 64
+    clean_steps: int = 300
+    clean_lr: float = 1e-3
+    robust_steps: int = 200
+    robust_lr: float = 5e-4
+    robust_eps: float = 8 / 255
+    robust_attack_steps: int = 3
+    robust_step_size: float = 3 / 255
+    student_steps: int = 200
+    student_lr: float = 1e-3
+    seed: int = 0
+    template: str = "This is a photo of a {}"
+
+    def fingerprint(self) -> str:
+        """A short hash of the recipe (and `RECIPE_VERSION`): the cache key."""
+        blob = json.dumps({"version": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def describe(self, phase: str) -> str:
+        """One line saying how a phase's model was made (used in the model card)."""
+        if phase == "clean_teacher":
+            return (
+                f"tiny CLIP {self.teacher_width}-wide {self.teacher_layers}-layer, patch {self.patch_size}, "
+                f"{self.image_size} px; {self.clean_steps} clean zero-shot CE steps (lr {self.clean_lr:g})"
+            )
+        if phase == "robust_teacher":
+            return (
+                f"the clean teacher fine-tuned {self.robust_steps} steps with zero-shot CE on PGD-"
+                f"{self.robust_attack_steps} examples at eps {self.robust_eps * 255:g}/255 (lr {self.robust_lr:g})"
+            )
+        return (
+            f"tiny CLIP {self.student_width}-wide {self.student_layers}-layer, patch {self.patch_size}, "
+            f"{self.image_size} px; {self.student_steps} clean zero-shot CE steps (lr {self.student_lr:g})"
+        )
+
+
+def digits_splits(image_size: int = 16, seed: int = 0):
+    """`(train, test)` digits `datasets.Dataset`s with `pixel_values` and `labels` (a `ClassLabel` of digit names)."""
+    return digits_dataset(image_size, "train", seed), digits_dataset(image_size, "test", seed)
+
+
+@torch.no_grad()
+def orthonormal_text_head(model, processor, class_names: list[str], template: str, seed: int = 0) -> None:
+    """Set `model.text_projection` so the class prompts' text embeddings are orthonormal (in place).
+
+    A randomly initialised text tower maps every prompt of a template to nearly the same direction (cosines
+    around 0.98), so a zero-shot head from it barely separates classes and the image embeddings trained against it
+    end up almost orthogonal to every class: the raw-cosine "confidence" of MMT-ARD's weighting then hovers around
+    0 and is often negative, turning those samples' KL terms into terms the student *maximises*. Real CLIP text
+    towers come from contrastive pre-training, which separates class prompts; this stands in for that pre-training.
+    MMT-ARD keeps text towers frozen, so the head is fixed from here on.
+
+    Args:
+        model: a `CLIPModel` with a `text_projection` (modified in place).
+        processor: its processor (the tokenizer is used).
+        class_names: the `C` class names (`C` <= projection dim).
+        template: the prompt template with one `{}`.
+        seed: seed of the random orthonormal target directions.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokens = tokenizer([template.format(n) for n in class_names], padding=True, return_tensors="pt")
+    was_training = model.training
+    model.eval()
+    pooled = model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+    pooled = pooled.double()  # (C, h)
+    proj = model.text_projection.weight  # (D, h)
+    generator = torch.Generator().manual_seed(seed)
+    targets, _ = torch.linalg.qr(torch.randn(proj.shape[0], len(class_names), generator=generator, dtype=torch.float64))
+    # minimum-norm W with W @ pooled.T = targets (D, C): W = targets (H H^T)^-1 H
+    weight = targets @ torch.linalg.solve(pooled @ pooled.T, pooled)
+    proj.copy_(weight.to(proj.dtype))
+    model.train(was_training)
+
+
+def _collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([torch.as_tensor(e["pixel_values"]) for e in examples]).float(),
+        "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
+    }
+
+
+def train_zero_shot(
+    model,
+    processor,
+    train_dataset,
+    *,
+    steps: int,
+    learning_rate: float,
+    batch_size: int,
+    output_dir: str,
+    attack_eps: float = 0.0,
+    attack_steps: int = 0,
+    attack_step_size: float = 1 / 255,
+    seed: int = 0,
+    class_names: list[str] | None = None,
+    data_collator=None,
+    **config_kwargs,
+):
+    """Train `model` with zero-shot CE (clean if `attack_steps == 0`, else TeCoA on PGD examples) via `MMTARDTrainer`.
+
+    Returns:
+        `(model, metrics)`: the same (trained, in place) model and the Trainer's train metrics.
+    """
+    from .config import MMTARDConfig
+    from .trainer import MMTARDTrainer
+
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    args = MMTARDConfig(
+        output_dir=output_dir,
+        preset="tecoa",
+        attack_eps=attack_eps,
+        attack_steps=attack_steps,
+        attack_step_size=attack_step_size,
+        attack_momentum=0.0,
+        learning_rate=learning_rate,
+        warmup_steps=0.05,
+        max_steps=steps,
+        per_device_train_batch_size=max(1, batch_size // world),
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        dataloader_drop_last=True,
+        **config_kwargs,
+    )
+    trainer = MMTARDTrainer(
+        model=model,
+        args=args,
+        processing_class=processor,
+        train_dataset=train_dataset,
+        data_collator=data_collator or _collate,
+        class_names=class_names or DIGIT_NAMES,
+    )
+    metrics = trainer.train().metrics
+    model.eval()
+    return model, metrics
+
+
+def _load(path: str):
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(path)
+    model.eval()
+    return model, CLIPProcessor.from_pretrained(path)
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _wait_for_everyone() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def build_embedded_models(
+    recipe: EmbeddedRecipe | None = None,
+    cache_dir: str | None = DEFAULT_CACHE_DIR,
+    train_dataset=None,
+    **config_kwargs,
+) -> dict:
+    """The clean teacher, robust teacher and pre-trained student of the embedded default, trained or from the cache.
+
+    Args:
+        recipe: the recipe (defaults to `EmbeddedRecipe()`).
+        cache_dir: where trained models are kept (`None`: never cache).
+        train_dataset: the digits train split (built if `None`).
+        **config_kwargs: extra `MMTARDConfig` fields for the phases (`use_cpu`, `disable_tqdm`, `logging_steps`, ...).
+
+    Returns:
+        `{"clean_teacher": (model, processor), "robust_teacher": ..., "student": ..., "phases": {phase: info},
+        "cache_path": str | None}`; `info` holds `steps`, `train_runtime_s`, `images_per_second`, `cached` and
+        `description`.
+    """
+    recipe = recipe or EmbeddedRecipe()
+    path = os.path.join(cache_dir, recipe.fingerprint()) if cache_dir else None
+    if path and all(os.path.isfile(os.path.join(path, p, "model.safetensors")) for p in PHASES):
+        with open(os.path.join(path, "phases.json")) as f:
+            phases = json.load(f)
+        out = {p: _load(os.path.join(path, p)) for p in PHASES}
+        for p in PHASES:
+            phases[p]["cached"] = True
+        logger.info("Embedded teachers and student reused from %s", path)
+        return {**out, "phases": phases, "cache_path": path}
+
+    if train_dataset is None:
+        train_dataset, _ = digits_splits(recipe.image_size, recipe.seed)
+    r = recipe
+    work = tempfile.mkdtemp(prefix="mmt_ard_embedded_")
+    phases: dict[str, dict] = {}
+
+    def run(phase: str, model, processor, **kwargs):
+        start = time.perf_counter()
+        logger.info("Embedded default: training the %s (%s)", phase.replace("_", " "), r.describe(phase))
+        model, metrics = train_zero_shot(
+            model, processor, train_dataset, batch_size=r.batch_size, seed=r.seed,
+            output_dir=os.path.join(work, phase), prompt_templates=[r.template], **kwargs, **config_kwargs,
+        )
+        phases[phase] = {
+            "steps": kwargs["steps"],
+            "train_runtime_s": round(time.perf_counter() - start, 2),
+            "images_per_second": round(float(metrics.get("train_samples_per_second", 0.0)), 1),
+            "cached": False,
+            "description": r.describe(phase),
+        }
+        return model
+
+    teacher, t_proc = build_tiny_clip(
+        r.teacher_width, r.teacher_layers, r.heads, r.image_size, r.patch_size, seed=r.seed + 1, words=DIGIT_NAMES
+    )
+    orthonormal_text_head(teacher, t_proc, DIGIT_NAMES, r.template, seed=r.seed + 1)
+    teacher = run("clean_teacher", teacher, t_proc, steps=r.clean_steps, learning_rate=r.clean_lr)
+    robust = run(
+        "robust_teacher", copy.deepcopy(teacher), t_proc, steps=r.robust_steps, learning_rate=r.robust_lr,
+        attack_eps=r.robust_eps, attack_steps=r.robust_attack_steps, attack_step_size=r.robust_step_size,
+    )
+    student, s_proc = build_tiny_clip(
+        r.student_width, r.student_layers, r.heads, r.image_size, r.patch_size, seed=r.seed + 2, words=DIGIT_NAMES
+    )
+    orthonormal_text_head(student, s_proc, DIGIT_NAMES, r.template, seed=r.seed + 2)
+    student = run("student", student, s_proc, steps=r.student_steps, learning_rate=r.student_lr)
+    shutil.rmtree(work, ignore_errors=True)
+    models = {"clean_teacher": (teacher, t_proc), "robust_teacher": (robust, t_proc), "student": (student, s_proc)}
+
+    if path and _is_main_process():
+        _save_cache(path, models, phases, recipe)
+    _wait_for_everyone()
+    return {**models, "phases": phases, "cache_path": path}
+
+
+def _save_cache(path: str, models: dict, phases: dict, recipe: EmbeddedRecipe) -> None:
+    """Write all phases to a temporary folder, then move it into place (readers never see a partial cache)."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp_", dir=parent)
+    for phase, (model, processor) in models.items():
+        model.save_pretrained(os.path.join(tmp, phase))
+        processor.save_pretrained(os.path.join(tmp, phase))
+    with open(os.path.join(tmp, "phases.json"), "w") as f:
+        json.dump(phases, f, indent=2)
+    with open(os.path.join(tmp, "recipe.json"), "w") as f:
+        json.dump(asdict(recipe), f, indent=2)
+    try:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        logger.info("Embedded teachers and student cached in %s", path)
+    except OSError as err:  # another run cached the same recipe meanwhile: keep theirs
+        logger.warning("Could not move the embedded cache into %s (%s); using the fresh models.", path, err)
+        shutil.rmtree(tmp, ignore_errors=True)
