@@ -113,6 +113,19 @@ class ZeroShotCLIP(nn.Module):
         self._head_key = key
         return self.text_head
 
+    def refresh_text_head(self, grad: bool) -> torch.Tensor:
+        """Recompute the text head from the current text tower (used only when the text tower trains).
+
+        Args:
+            grad: build it with gradient (the training forward) or detached (evaluation).
+        """
+        if self._head_key is None:
+            raise RuntimeError("No classes set: call `set_classes(class_names, templates)` first.")
+        names, templates = (list(part) for part in self._head_key)
+        with torch.set_grad_enabled(grad):
+            self.text_head = compute_text_head(self.base, _tokenizer_of(self.processor), names, templates)
+        return self.text_head
+
     @property
     def num_classes(self) -> int:
         return int(self.text_head.shape[0])
@@ -171,9 +184,17 @@ def _base_clip(model: nn.Module) -> nn.Module:
     return model
 
 
-@torch.no_grad()
 def build_text_head(clip: nn.Module, tokenizer, class_names: list[str], templates: list[str]) -> torch.Tensor:
-    """Zero-shot classifier weights from class names and prompt templates.
+    """Zero-shot classifier weights from class names and prompt templates, without gradient.
+
+    See `compute_text_head` for the arguments; this is the cached, frozen-text-tower path.
+    """
+    with torch.no_grad():
+        return compute_text_head(clip, tokenizer, class_names, templates)
+
+
+def compute_text_head(clip: nn.Module, tokenizer, class_names: list[str], templates: list[str]) -> torch.Tensor:
+    """Zero-shot classifier weights from class names and prompt templates (differentiable when grad is on).
 
     Args:
         clip: a `CLIPModel` (its text tower and text projection are used).
@@ -185,7 +206,7 @@ def build_text_head(clip: nn.Module, tokenizer, class_names: list[str], template
         `(C, D)` fp32: per class, the L2-normalised mean over templates of L2-normalised text embeddings.
     """
     device = next(clip.parameters()).device
-    was_training = clip.training
+    flags = {m: m.training for m in clip.modules()}
     clip.eval()
     heads = []
     for name in class_names:
@@ -195,7 +216,8 @@ def build_text_head(clip: nn.Module, tokenizer, class_names: list[str], template
         out = clip.get_text_features(**tokens)
         emb = (out.pooler_output if hasattr(out, "pooler_output") else out).float()  # (T, D)
         heads.append(F.normalize(F.normalize(emb, dim=-1).mean(0), dim=-1))
-    clip.train(was_training)
+    for module, flag in flags.items():
+        module.training = flag
     return torch.stack(heads)  # (C, D)
 
 

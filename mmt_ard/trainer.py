@@ -316,6 +316,10 @@ class MMTARDTrainer(Trainer):
         args = self.args
         mode = "train" if model.training else "eval"
         x, y = self._check_batch(inputs)
+        train_text = args.train_text_tower and mode == "train"
+        if train_text:  # the attack reads the head of the previous step, detached
+            student_zs = self.accelerator.unwrap_model(model).student
+            student_zs.text_head = student_zs.text_head.detach()
 
         # 1. teachers on clean images (also the attack's target)
         teacher_out: dict[int, object] = {}
@@ -350,6 +354,8 @@ class MMTARDTrainer(Trainer):
         # 4. the student, one forward over what it is matched on
         need_clean = args.self_kl_weight > 0 or any(s.match == "clean" for s in self.teacher_specs)
         with self._timed(mode, "student"):
+            if train_text:  # an unfrozen text tower learns through the text head of this step
+                student_zs.refresh_text_head(grad=True)
             pixels = torch.cat([x, x_adv]) if need_clean else x_adv
             out = model(pixel_values=pixels)
             b = x.shape[0]
@@ -450,6 +456,8 @@ class MMTARDTrainer(Trainer):
         x, y = self._check_batch(inputs)
         student = self.accelerator.unwrap_model(model).student
         args = self.args
+        if args.train_text_tower:
+            student.refresh_text_head(grad=False)
         with torch.no_grad():
             clean = student(x).logits
         generator = torch.Generator().manual_seed(args.seed)

@@ -220,8 +220,6 @@ class TestFeatureProjections:
 
 
 class TestTextTower:
-    @pytest.mark.xfail(strict=True, reason="known bug: the student's text head is a cached no-grad buffer, so "
-                       "`train_text_tower=True` puts the text tower in the optimizer but it never gets a gradient")
     def test_train_text_tower_trains_it(self, make_trainer):
         trainer = make_trainer("mmt-ard", train_text_tower=True, max_steps=2, **FAST_TRAIN)
         text = trainer.model.student.base.text_model
