@@ -1,0 +1,136 @@
+"""`mmt-ard-eval`: robust zero-shot accuracy of CLIP models on image-classification sets.
+
+Example (the MMT-ARD / FARE protocol on two local sets, resumable):
+
+    HF_HUB_OFFLINE=1 mmt-ard-eval --models runs/mmt-ard openai/clip-vit-base-patch32 \\
+        --datasets data/cifar10_test.parquet data/pets --protocol robustvlm --output-dir eval/robustvlm
+
+Writes `results.json`, `results.md` and `robustness.png` into `--output-dir`; rerunning skips the (model, dataset)
+pairs already finished under the same protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from fractions import Fraction
+
+from .protocols import ATTACKS, NORMS, PROTOCOLS, TEMPLATE_MODES
+
+
+def parse_eps(text: str) -> list[float]:
+    """`2/255`, `0.00784` or a comma-separated list of those -> floats in [0,1] pixel units."""
+    values = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            values.append(float(Fraction(part)))
+        except (ValueError, ZeroDivisionError) as err:
+            raise argparse.ArgumentTypeError(f"--eps {part!r}: write budgets as 2/255 or 0.00784.") from err
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    protocols = "; ".join(f"{name}: {p.description}" for name, p in PROTOCOLS.items())
+    parser = argparse.ArgumentParser(
+        prog="mmt-ard-eval",
+        description="Robust zero-shot accuracy (PGD, APGD-CE, APGD-T; per-image worst case) with gradient-masking "
+        "checks. Every unset option takes the protocol's value.",
+        epilog=f"Protocols: {protocols}",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--models", nargs="+", required=False, default=None,
+                        help="Hub ids, local CLIPModel folders, or training run output_dirs.")
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="Names (cifar10, pets, ...: clip-benchmark Hub copies), Hub ids, or local parquet files/"
+                        "folders or image folders. Default: the protocol's datasets.")
+    parser.add_argument("--protocol", default="quick", choices=sorted(PROTOCOLS), help="Protocol preset.")
+    parser.add_argument("--eps", nargs="+", default=None, help="Budgets, e.g. --eps 2/255 4/255.")
+    parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=None, help="Attacks, run in order.")
+    parser.add_argument("--norm", choices=NORMS, default=None, help="Threat model.")
+    parser.add_argument("--num-samples", type=int, default=None, help="Images per dataset (seeded subset).")
+    parser.add_argument("--all-samples", action="store_true", help="Use whole splits (no subset).")
+    parser.add_argument("--n-iter", type=int, default=None, help="APGD iterations.")
+    parser.add_argument("--n-restarts", type=int, default=None, help="APGD restarts.")
+    parser.add_argument("--n-target-classes", type=int, default=None, help="APGD-T target classes.")
+    parser.add_argument("--pgd-steps", type=int, default=None, help="PGD iterations.")
+    parser.add_argument("--pgd-step-size", default=None, help="PGD step (default eps/4), e.g. 1/255.")
+    parser.add_argument("--templates", choices=TEMPLATE_MODES, default=None, help="Prompt ensemble or one prompt.")
+    parser.add_argument("--logit-scale", type=float, default=None, help="Fixed logit scale (protocol: 100).")
+    parser.add_argument("--model-logit-scale", action="store_true", help="Use each model's own logit scale.")
+    parser.add_argument("--split", default=None, help="Dataset split.")
+    parser.add_argument("--seed", type=int, default=None, help="Seed of the subset and of the random starts.")
+    parser.add_argument("--batch-size", type=int, default=None, help="Images per attack batch.")
+    parser.add_argument("--no-cascade", action="store_true", help="Run every attack on every image.")
+    parser.add_argument("--no-checks", action="store_true", help="Skip the gradient-masking checks.")
+    parser.add_argument("--check-samples", type=int, default=None, help="Images the checks run on.")
+    parser.add_argument("--class-names-json", default=None,
+                        help='JSON {"<dataset>": {"classnames": [...], "templates": [...]}}.')
+    parser.add_argument("--processor", default=None, help="Processor id/path for models whose folder has none.")
+    parser.add_argument("--output-dir", default="robust_eval", help="Where results.json/.md and the plot go.")
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available).")
+    parser.add_argument("--no-resume", action="store_true", help="Recompute finished (model, dataset) pairs.")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    parser.add_argument("--fail-on-flag", action="store_true", help="Exit with status 2 when a result is flagged.")
+    parser.add_argument("--list-protocols", action="store_true", help="Print the protocol presets and exit.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_protocols:
+        for proto in PROTOCOLS.values():
+            print(proto.summary())
+            print(f"    {proto.description}; datasets: {', '.join(proto.datasets)}")
+        return 0
+    if not args.models:
+        parser.error("--models is required (Hub ids, local CLIPModel folders, or training run output_dirs).")
+
+    from .protocols import get_protocol
+    from .robust_eval import evaluate_robustness
+
+    try:
+        eps = [e for text in args.eps for e in parse_eps(text)] if args.eps else None
+        step = parse_eps(args.pgd_step_size)[0] if args.pgd_step_size else None
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
+    overrides = {
+        "norm": args.norm, "n_iter": args.n_iter, "n_restarts": args.n_restarts, "n_target_classes": args.n_target_classes,
+        "pgd_steps": args.pgd_steps, "pgd_step_size": step,
+        "templates": args.templates, "logit_scale": args.logit_scale, "split": args.split, "seed": args.seed,
+        "batch_size": args.batch_size, "check_samples": args.check_samples,
+    }
+    if args.no_cascade:
+        overrides["cascade"] = False
+    if args.no_checks:
+        overrides["checks"] = False
+    try:
+        protocol = get_protocol(args.protocol, eps=eps, attacks=args.attacks, num_samples=args.num_samples,
+                                **overrides)
+        if args.all_samples:
+            protocol.num_samples, protocol.dataset_num_samples = None, {}
+            protocol.modified = tuple(sorted(set(protocol.modified) | {"num_samples"}))
+        if args.model_logit_scale:
+            protocol.logit_scale = None
+            protocol.modified = tuple(sorted(set(protocol.modified) | {"logit_scale"}))
+        report = evaluate_robustness(
+            args.models, args.datasets, protocol=protocol, output_dir=args.output_dir,
+            class_names_json=args.class_names_json, processor=args.processor, device=args.device,
+            resume=not args.no_resume, progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+        print(f"mmt-ard-eval: error: {err}", file=sys.stderr)
+        return 1
+    print(f"[mmt-ard-eval] wrote {args.output_dir}/results.json, results.md, robustness.png")
+    flagged = [f"{r['model']} x {r['dataset']}" for r in report["results"] if r.get("flagged")]
+    if flagged:
+        print(f"[mmt-ard-eval] WARNING: flagged by the gradient-masking checks: {', '.join(flagged)}", file=sys.stderr)
+        if args.fail_on_flag:
+            return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Reports of a robust evaluation: `results.json`, a markdown table, and a PNG of robust accuracy against eps.
+
+Every accuracy is printed with its sample count, every report with its protocol, and a flagged result (a failed
+gradient-masking check) is marked in the table with the names of the failed checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+RESULTS_PNG = "robustness.png"
+
+
+def _eps_keys(results: list[dict]) -> list[str]:
+    """Eps keys of all results, in increasing budget."""
+    seen: dict[str, float] = {}
+    for r in results:
+        for key, v in r["robust_accuracy"].items():
+            seen[key] = v["eps"]
+    return sorted(seen, key=seen.get)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def markdown_table(results: list[dict]) -> str:
+    """One row per (model, dataset) plus a per-model mean; accuracies in %, `n` the number of images."""
+    keys = _eps_keys(results)
+    header = ["model", "dataset", "n", "clean"] + [f"robust {k}" for k in keys] + ["attacks", "checks"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    by_model: OrderedDict[str, list[dict]] = OrderedDict()
+    for r in results:
+        by_model.setdefault(r["model"], []).append(r)
+    for model, rows in by_model.items():
+        for r in rows:
+            robust = [_pct(r["robust_accuracy"].get(k, {}).get("worst_case")) for k in keys]
+            checks = "FLAGGED: " + ", ".join(r["failed_checks"]) if r.get("flagged") else (
+                "ok" if r.get("checks") else "not run")
+            n = f"{r['num_samples']}/{r['dataset_size']}" if r.get("dataset_size") else str(r["num_samples"])
+            lines.append("| " + " | ".join([model, r["dataset"], n, _pct(r["clean_accuracy"])] + robust +
+                                           [" + ".join(r["attacks"]), checks]) + " |")
+        if len(rows) > 1:
+            mean = lambda vals: sum(vals) / len(vals) if vals else None
+            robust = [_pct(mean([r["robust_accuracy"][k]["worst_case"] for r in rows if k in r["robust_accuracy"]]))
+                      for k in keys]
+            flagged = sum(bool(r.get("flagged")) for r in rows)
+            lines.append("| " + " | ".join(
+                [f"**{model}**", f"**mean of {len(rows)}**", str(sum(r["num_samples"] for r in rows)),
+                 _pct(mean([r["clean_accuracy"] for r in rows]))] + robust +
+                ["", f"{flagged} flagged" if flagged else "ok"]) + " |")
+    return "\n".join(lines)
+
+
+def checks_table(results: list[dict]) -> str:
+    names = []
+    for r in results:
+        names += [c for c in r.get("checks", {}) if c not in names]
+    if not names:
+        return "Gradient-masking checks were not run."
+    lines = ["| model | dataset | n | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 3)]
+    for r in results:
+        cells = []
+        for c in names:
+            check = r.get("checks", {}).get(c)
+            cells.append("-" if check is None else ("pass" if check["passed"] else "**FAIL**"))
+        lines.append(f"| {r['model']} | {r['dataset']} | {r.get('check_samples', '-')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(report: dict) -> str:
+    results = report["results"]
+    summaries = sorted({r.get("protocol_summary", "") for r in results} - {""})
+    parts = ["# Robust zero-shot accuracy", "", f"**{report['protocol_summary']}**", ""]
+    if report["protocol"].get("description"):
+        parts += [report["protocol"]["description"], ""]
+    if len(summaries) > 1:
+        parts += ["**Warning:** these results mix protocols:", ""] + [f"- {s}" for s in summaries] + [""]
+    parts += [
+        ("Accuracies in %, on `n` = evaluated images / images in the split (seeded subset). Robust = worst case per "
+        "image over the attacks listed (an image counts only if every attack fails)."),
+        "",
+        markdown_table(results),
+        "",
+        "## Gradient-masking checks",
+        "",
+        checks_table(results),
+        "",
+    ]
+    flagged = [r for r in results if r.get("flagged")]
+    for r in flagged:
+        parts.append(f"- **{r['model']} x {r['dataset']}** flagged: " + "; ".join(
+            f"{c}: {r['checks'][c]['message']}" for c in r["failed_checks"]))
+    versions = ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
+    parts += ["", f"Device: {report.get('device', '?')}. Versions: {versions}. Updated {report.get('updated', '')}.",
+              ""]
+    return "\n".join(parts)
+
+
+def plot_robustness(results: list[dict], path: str, title: str = "") -> None:
+    """Robust accuracy (%) against eps (x 255), one panel per model side by side, one line per dataset plus the
+    mean; eps 0 is the clean accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_model: OrderedDict[str, list[dict]] = OrderedDict()
+    for r in results:
+        by_model.setdefault(r["model"], []).append(r)
+    n = max(len(by_model), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), sharey=True, squeeze=False)
+    for ax, (model, rows) in zip(axes[0], by_model.items()):
+        curves = []
+        for r in rows:
+            points = [(0.0, r["clean_accuracy"])] + sorted(
+                (v["eps"] * 255, v["worst_case"]) for v in r["robust_accuracy"].values())
+            xs, ys = zip(*points)
+            ax.plot(xs, [100 * y for y in ys], marker="o", lw=1, alpha=0.8,
+                    label=f"{r['dataset']} (n={r['num_samples']})" + (" [flagged]" if r.get("flagged") else ""))
+            curves.append(dict(points))
+        common = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
+        if len(rows) > 1 and common:
+            ax.plot(common, [100 * sum(c[e] for c in curves) / len(curves) for e in common], color="black", lw=2.5,
+                    marker="s", label="mean")
+        ax.set_title(model if len(model) <= 40 else "..." + model[-37:], fontsize=9)
+        ax.set_xlabel("eps (x 1/255)")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("robust accuracy (%)")
+    if title:
+        import textwrap
+
+        lines = textwrap.wrap(title, width=int(75 * n))
+        fig.suptitle("\n".join(lines[:4]), fontsize=7)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.045 * min(len(lines), 4)))
+    else:
+        fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_reports(report: dict, output_dir: str) -> dict[str, str]:
+    """Write `results.json`, `results.md` and `robustness.png` into `output_dir`; returns their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {name: os.path.join(output_dir, name) for name in (RESULTS_JSON, RESULTS_MD, RESULTS_PNG)}
+    _atomic_write(paths[RESULTS_JSON], json.dumps(report, indent=2))
+    _atomic_write(paths[RESULTS_MD], markdown_report(report))
+    if report["results"]:
+        tmp = paths[RESULTS_PNG] + ".tmp.png"
+        plot_robustness(report["results"], tmp, title=report["protocol_summary"])
+        os.replace(tmp, paths[RESULTS_PNG])
+    return paths

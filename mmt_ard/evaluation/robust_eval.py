@@ -1,0 +1,408 @@
+"""Robust zero-shot accuracy: attacks per image, worst case over attacks, models x datasets x budgets.
+
+An image counts as robust at budget `eps` only if it is classified correctly and **every** attack of the protocol
+fails on it (per-sample worst case). Attacks run in fp32 with the model in eval mode (its modes are restored), in
+pixel space before normalisation, with input gradients only.
+
+>>> results = evaluate_robustness(["openai/clip-vit-base-patch32"], ["cifar10", "pets"], protocol="robustvlm",
+...                               output_dir="robust_eval")
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import glob
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+import warnings
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models import ZeroShotCLIP, load_clip
+from .attack_runner import attack_batch, attacks_for, clean_predictions
+from .checks import run_checks
+from .datasets import EvalData, load_eval_data, load_user_meta
+from .protocols import Protocol, format_eps, get_protocol
+from .report import RESULTS_JSON, markdown_table, write_reports
+
+
+# ---- the model ----
+def ensure_fp32(model: nn.Module, allow_cast: bool = True) -> nn.Module:
+    """The model itself when its parameters are fp32, else an fp32 copy (attacking in half precision inflates
+    robust accuracy); `allow_cast=False` raises instead."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes <= {torch.float32}:
+        return model
+    if not allow_cast:
+        raise ValueError(
+            f"The model's parameters are {sorted(str(d) for d in dtypes)}: robust evaluation runs in fp32 only (half "
+            "precision masks gradients and inflates robust accuracy). Pass `model.float()`, or allow the cast."
+        )
+    warnings.warn(f"Model parameters are {sorted(str(d) for d in dtypes)}: evaluating an fp32 copy.", stacklevel=2)
+    return copy.deepcopy(model).float()
+
+
+def resolve_model_path(path: str) -> str:
+    """A CLIPModel folder, or the newest `checkpoint-*` of a training run's `output_dir` when it has no model."""
+    if _has_model(path):
+        return path
+    checkpoints = [d for d in glob.glob(os.path.join(path, "checkpoint-*")) if _has_model(d)]
+    if checkpoints:
+        newest = max(checkpoints, key=lambda d: int(re.findall(r"\d+", os.path.basename(d))[-1]))
+        warnings.warn(f"{path!r} holds no final model: evaluating its newest checkpoint {newest!r}.", stacklevel=2)
+        return newest
+    raise FileNotFoundError(
+        f"{path!r} holds neither a model (config.json + model.safetensors) nor a `checkpoint-*` folder with one: give "
+        "a CLIPModel folder, a training run's output_dir, or a Hub id."
+    )
+
+
+def _has_model(path: str) -> bool:
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return os.path.isfile(os.path.join(path, "config.json")) and any(
+        os.path.isfile(os.path.join(path, w)) for w in weights
+    )
+
+
+def load_eval_model(
+    model,
+    processor=None,
+    *,
+    logit_scale: float | None = 100.0,
+    device: str | torch.device | None = None,
+    allow_cast: bool = True,
+) -> ZeroShotCLIP:
+    """A `ZeroShotCLIP` in fp32 from a Hub id, a local CLIPModel folder, a run's output_dir or a module.
+
+    Args:
+        model: Hub id, local path, `CLIPModel` (needs `processor`) or `ZeroShotCLIP`.
+        processor: processor (or its Hub id / path) when the model's own folder has none.
+        logit_scale: fixed zero-shot scale, `None` for the model's own.
+        device: where to run (default: CUDA when available).
+        allow_cast: cast a half-precision model to an fp32 copy instead of raising.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(model, str):
+        path = resolve_model_path(model) if os.path.isdir(model) else model
+        proc_id = processor if isinstance(processor, str) else None
+        clip, proc = load_clip(path, proc_id, dtype=torch.float32)
+        if processor is not None and not isinstance(processor, str):
+            proc = processor
+        zs = ZeroShotCLIP(clip, proc, logit_scale=logit_scale)
+    elif isinstance(model, ZeroShotCLIP):
+        zs = model
+    elif isinstance(model, nn.Module) and hasattr(model, "get_image_features"):
+        if processor is None or isinstance(processor, str):
+            raise ValueError("A `CLIPModel` object needs its `processor` (the CLIPProcessor object) to build text heads.")
+        zs = ZeroShotCLIP(model, processor, logit_scale=logit_scale)
+    else:
+        raise TypeError(
+            f"`model` of type {type(model).__name__}: pass a Hub id, a local path, a CLIPModel (+ processor) or a "
+            "ZeroShotCLIP."
+        )
+    return ensure_fp32(zs, allow_cast).to(device)
+
+
+def evaluate_on_data(
+    zero_shot: ZeroShotCLIP,
+    data: EvalData,
+    protocol: Protocol,
+    *,
+    progress: bool = True,
+    device=None,
+    return_masks: bool = False,
+) -> dict:
+    """Clean and robust accuracy of one model on one dataset under a protocol, plus its gradient-masking checks.
+
+    Returns:
+        a JSON-ready dict: `num_samples`, `dataset_size`, `num_classes`, `clean_accuracy`, `robust_accuracy`
+        (per eps key such as `"2/255"`: `worst_case`, `per_attack`, `num_robust`), `attacks`, `skipped_attacks`,
+        `checks`, `flagged`, `failed_checks`, `time_s`; with `return_masks`, also `_masks` (per-eps `(N,)` bool).
+    """
+    start_time = time.time()
+    device = device or next(zero_shot.parameters()).device
+    zero_shot.set_classes(data.class_names, data.templates)
+    y_all = data.labels
+    clean_correct = clean_predictions(zero_shot, data, protocol.batch_size, device) == y_all  # (N,)
+    attacks, skipped = attacks_for(protocol, data.num_classes)
+    n = len(data)
+    robust_acc, masks = {}, {}
+    for eps in protocol.eps:
+        key = format_eps(eps)
+        robust = clean_correct.clone()
+        per_attack = {}
+        for attack in attacks:
+            own = torch.zeros(n, dtype=torch.bool)
+            batches = range(0, n, protocol.batch_size)
+            for b, start in enumerate(tqdm(batches, desc=f"{data.name} {attack} eps={key}", disable=not progress,
+                                           leave=False)):
+                end = min(start + protocol.batch_size, n)
+                active = robust[start:end] if protocol.cascade else clean_correct[start:end]
+                mask = attack_batch(
+                    zero_shot, data.pixels(start, end).to(device), y_all[start:end].to(device), attack, eps,
+                    protocol, active.to(device), seed=protocol.seed + b,
+                ).cpu()
+                own[start:end] = mask
+                robust[start:end] &= mask | ~active  # cascade: inactive images are already counted
+            per_attack[attack] = _acc(own if not protocol.cascade else robust, n)
+        masks[key] = robust
+        robust_acc[key] = {"eps": eps, "worst_case": _acc(robust, n), "num_robust": int(robust.sum()),
+                           "per_attack": per_attack}
+    result = {
+        "num_samples": n,
+        "dataset_size": data.dataset_size,
+        "num_classes": data.num_classes,
+        "num_templates": len(data.templates),
+        "clean_accuracy": _acc(clean_correct, n),
+        "num_clean_correct": int(clean_correct.sum()),
+        "robust_accuracy": robust_acc,
+        "attacks": attacks,
+        "skipped_attacks": skipped,
+        "source": data.source,
+        "data_meta": {k: v for k, v in data.meta.items() if k != "indices_head"},
+    }
+    if protocol.checks:
+        k = min(protocol.check_samples, n)
+        check_data = (data.pixels(0, k).to(device), y_all[:k].to(device))
+        check_report = run_checks(
+            zero_shot, *check_data, protocol=protocol, clean_correct=clean_correct[:k],
+            robust_masks={key: m[:k] for key, m in masks.items()},
+            full_results={"clean_accuracy": result["clean_accuracy"],
+                          "robust_accuracy": {key: v["worst_case"] for key, v in robust_acc.items()},
+                          "num_samples": n},
+            progress=progress,
+        )
+        result.update(check_report)
+    else:
+        result.update({"checks": {}, "flagged": False, "failed_checks": []})
+    result["time_s"] = round(time.time() - start_time, 2)
+    if return_masks:
+        result["_masks"] = masks
+        result["_clean_correct"] = clean_correct
+    return result
+
+
+def _acc(mask: torch.Tensor, n: int) -> float:
+    return float(mask.sum()) / max(n, 1)
+
+
+# ---- text-head disk cache ----
+def _model_identity(spec) -> str | None:
+    """A string that changes when the model's weights change (None: do not cache on disk)."""
+    if not isinstance(spec, str):
+        return None
+    if os.path.isdir(spec):
+        path = resolve_model_path(spec)
+        stats = [os.stat(f) for f in sorted(glob.glob(os.path.join(path, "*.safetensors")) +
+                                            glob.glob(os.path.join(path, "*.bin")))]
+        return f"{os.path.abspath(path)}|" + "|".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats)
+    return spec
+
+
+def _attach_head_cache(zero_shot: ZeroShotCLIP, identity: str | None, cache_dir: str | None, data: EvalData):
+    """Load this dataset's text head from disk if cached; return a function that saves it after use."""
+    if identity is None or cache_dir is None:
+        return lambda: None
+    key = (tuple(data.class_names), tuple(data.templates))
+    digest = hashlib.sha1(json.dumps([identity, key[0], key[1], zero_shot.image_size]).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"{digest}.pt")
+    if key not in zero_shot._head_cache and os.path.isfile(path):
+        zero_shot._head_cache[key] = torch.load(path, map_location="cpu", weights_only=True)
+
+    def save():
+        if key in zero_shot._head_cache and not os.path.isfile(path):
+            os.makedirs(cache_dir, exist_ok=True)
+            torch.save(zero_shot._head_cache[key].detach().cpu(), path + ".tmp")
+            os.replace(path + ".tmp", path)
+
+    return save
+
+
+# ---- the benchmark ----
+def package_versions() -> dict[str, str]:
+    import datasets
+    import numpy
+    import transformers
+
+    from .. import __version__
+
+    versions = {
+        "mmt_ard": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        versions["cuda_device"] = torch.cuda.get_device_name()
+        versions["cuda"] = str(torch.version.cuda)
+    return versions
+
+
+def _model_name(spec, index: int, names: list[str] | None) -> str:
+    if names is not None:
+        return names[index]
+    if isinstance(spec, str):
+        return os.path.basename(os.path.normpath(spec)) if os.path.exists(spec) else spec
+    return f"model{index}"
+
+
+def _dataset_name(spec, index: int) -> str:
+    if isinstance(spec, EvalData):
+        return spec.name
+    if isinstance(spec, str):
+        from .datasets import short_name
+
+        return short_name(spec)
+    info = getattr(spec, "info", None)
+    return getattr(info, "dataset_name", None) or f"dataset{index}"
+
+
+def load_results(output_dir: str) -> dict | None:
+    path = os.path.join(output_dir, RESULTS_JSON)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def evaluate_robustness(
+    models,
+    datasets=None,
+    *,
+    eps=None,
+    attacks=None,
+    protocol: str | Protocol | dict = "quick",
+    output_dir: str | None = None,
+    num_samples: int | None = None,
+    class_names_json: str | None = None,
+    processor=None,
+    model_names: list[str] | None = None,
+    device: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    verbose: bool = True,
+    **overrides,
+) -> dict:
+    """Robust zero-shot accuracy of models x datasets x budgets x attacks, with gradient-masking checks.
+
+    Args:
+        models: one or a list of: Hub id, local CLIPModel folder, training run `output_dir`, or a `ZeroShotCLIP`.
+        datasets: names (`cifar10`), Hub ids, local paths (parquet / image folder), `EvalData` or a
+            `{name: spec}` dict; default: the protocol's datasets.
+        eps: budgets in [0,1] pixel units overriding the protocol's, e.g. `(2/255, 4/255)`.
+        attacks: attacks overriding the protocol's (`pgd`, `apgd-ce`, `apgd-t`, `apgd-dlr`).
+        protocol: preset name (`robustvlm`, `tecoa`, `quick`), a `Protocol`, or a dict.
+        output_dir: where `results.json`, `results.md`, `robustness.png` and the text-head cache go (None: nothing
+            is written). With `resume`, (model, dataset) pairs already there under the same protocol are skipped.
+        num_samples: samples per dataset, overriding the protocol's.
+        class_names_json: user JSON of per-dataset `classnames` / `templates`.
+        processor: processor (object or Hub id/path) for models whose folder has none.
+        model_names: display names of the models (default: the Hub id or folder name).
+        device: `cuda`, `cpu`, ... (default: CUDA when available).
+        resume: skip finished (model, dataset) pairs found in `output_dir`.
+        progress: tqdm bars per dataset and per attack.
+        verbose: print the protocol and the table.
+        **overrides: any other `Protocol` field (`n_iter`, `pgd_steps`, `seed`, `batch_size`, `checks`, ...).
+
+    Returns:
+        the content of `results.json`: `protocol`, `protocol_summary`, `versions`, `results` (one dict per
+        (model, dataset) with its sample counts, accuracies, checks and `flagged`).
+    """
+    proto = get_protocol(protocol, eps=eps, attacks=attacks, num_samples=num_samples, **overrides)
+    models = models if isinstance(models, (list, tuple)) else [models]
+    if model_names is not None and len(model_names) != len(models):
+        raise ValueError(f"`model_names` has {len(model_names)} names for {len(models)} models: give one per model.")
+    if datasets is None:
+        datasets = list(proto.datasets)
+    elif isinstance(datasets, (str, EvalData)) or hasattr(datasets, "column_names"):
+        datasets = [datasets]
+    named = list(datasets.items()) if isinstance(datasets, dict) else [
+        (_dataset_name(d, i), d) for i, d in enumerate(datasets)
+    ]
+    user_meta = load_user_meta(class_names_json)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    summary = proto.summary()
+    if verbose:
+        print(summary)
+
+    previous = load_results(output_dir) if (output_dir and resume) else None
+    records = {(r["model"], r["dataset"]): r for r in (previous or {}).get("results", [])}
+    report = {
+        "format_version": 1,
+        "protocol": proto.to_dict(),
+        "protocol_summary": summary,
+        "versions": package_versions(),
+        "device": str(device),
+        "results": [],
+    }
+
+    def flush():
+        report["results"] = list(records.values())
+        report["updated"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        if output_dir:
+            write_reports(report, output_dir)
+
+    cache_dir = os.path.join(output_dir, "text_heads") if output_dir else None
+    data_cache: dict[tuple, EvalData] = {}
+    for m_index, spec in enumerate(models):
+        m_name = _model_name(spec, m_index, model_names)
+        pending = []
+        for d_name, d_spec in named:
+            done = records.get((m_name, d_name))
+            if done is not None and done.get("protocol_fingerprint") == proto.fingerprint(d_name):
+                if verbose:
+                    print(f"[mmt-ard-eval] skip {m_name} x {d_name}: finished under the same protocol")
+                continue
+            pending.append((d_name, d_spec))
+        if not pending:
+            continue
+        zero_shot = load_eval_model(spec, processor, logit_scale=proto.logit_scale, device=device)
+        identity = _model_identity(spec)
+        for d_name, d_spec in tqdm(pending, desc=f"{m_name}: datasets", disable=not progress):
+            size_key = (d_name, zero_shot.image_size)
+            if size_key not in data_cache:
+                data_cache[size_key] = load_eval_data(
+                    d_spec, image_size=zero_shot.image_size, num_samples=proto.samples_for(d_name), seed=proto.seed,
+                    split=proto.split, templates=proto.templates, single_template=proto.single_template,
+                    user_meta=user_meta, name=d_name,
+                )
+            data = data_cache[size_key]
+            save_head = _attach_head_cache(zero_shot, identity, cache_dir, data)
+            result = evaluate_on_data(zero_shot, data, proto, progress=progress, device=device)
+            save_head()
+            records[(m_name, d_name)] = {
+                "model": m_name,
+                "model_source": spec if isinstance(spec, str) else type(spec).__name__,
+                "dataset": d_name,
+                "protocol": proto.name,
+                "protocol_summary": summary,
+                "protocol_fingerprint": proto.fingerprint(d_name),
+                **result,
+            }
+            flush()
+            if verbose:
+                print(_one_line(records[(m_name, d_name)]))
+        del zero_shot
+    flush()
+    if verbose and records:
+        print(markdown_table(report["results"]))
+    return report
+
+
+def _one_line(r: dict) -> str:
+    robust = ", ".join(f"{k}: {v['worst_case']:.2%}" for k, v in r["robust_accuracy"].items())
+    flag = f" FLAGGED ({', '.join(r['failed_checks'])})" if r.get("flagged") else ""
+    return (
+        f"[mmt-ard-eval] {r['model']} x {r['dataset']} (n={r['num_samples']}/{r['dataset_size']}): clean "
+        f"{r['clean_accuracy']:.2%}, robust {robust}{flag}"
+    )
