@@ -270,6 +270,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, MMTARDCo
     pre.add_argument("--quick", nargs="?", const=True, default=first.quick, type=lambda s: s.lower() in ("1", "true", "yes"))
     early, _ = pre.parse_known_args(argv)
     defaults: dict = {"output_dir": DEFAULT_OUTPUT_DIR}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # several processes and no GPU (e.g. `accelerate launch --multi_gpu --num_processes 2` on CPU): without
+        # `use_cpu` each process would train alone; with it they form one gloo process group
+        defaults["use_cpu"] = True
     if early.student is None:
         defaults.update(EMBEDDED_DEFAULTS)
         if early.quick:
@@ -524,7 +528,8 @@ def evaluate_robustness(trainer: MMTARDTrainer, eval_dataset, eps_list: list[flo
 
 
 def evaluate_model(model, processor, label: str, inputs: RunInputs, config: MMTARDConfig, eps_list) -> list[dict]:
-    """Evaluate a model that is not being trained (a teacher) with a no-teacher `tecoa` trainer."""
+    """Evaluate a model outside the training trainer (a teacher, or the student before training) with a no-teacher
+    `tecoa` trainer of the same evaluation settings."""
     eval_args = MMTARDConfig(
         output_dir=config.output_dir,
         preset="tecoa",
@@ -660,6 +665,10 @@ def main(argv: list[str] | None = None) -> dict:
     eval_teachers = do_eval and (embedded or sa.eval_teachers)
 
     rows = _teacher_rows(inputs, config, eps_list) if eval_teachers else []
+    if do_eval and sa.eval_before_training:
+        # a separate no-teacher trainer: `evaluate()` before `train()` on the training trainer would mark its model
+        # "prepared" in Accelerate, and `train()` would then skip the DDP wrapper (no gradient synchronisation)
+        rows += evaluate_model(inputs.student, inputs.processor, "student (before)", inputs, config, eps_list)
     trainer = MMTARDTrainer(
         model=inputs.student,
         args=config,
@@ -673,8 +682,6 @@ def main(argv: list[str] | None = None) -> dict:
     confidences = teacher_confidence_report(trainer, inputs) if inputs.teachers else {}
     student_module = trainer.accelerator.unwrap_model(trainer.model).student
     initial_checksum = weights_checksum(student_module)
-    if do_eval and sa.eval_before_training:
-        rows += evaluate_robustness(trainer, inputs.eval_dataset, eps_list, "student (before)")
 
     train_result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     if do_eval:
