@@ -107,22 +107,29 @@ def _eval_callback(trainer_ref: dict, every: int, eval_fn, curve: list, timing: 
 
     class PeriodicEval(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
-            timing["start"] = time.perf_counter()
-            timing["eval_s"] = 0.0
+            t0 = time.perf_counter()
+            res = eval_fn(trainer_ref["trainer"].model.student)  # step 0: the shared initialisation
+            curve.append({"step": 0, "train_s": 0.0, "train_cpu_s": 0.0, **res})
+            timing["start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
+            timing["eval_s"] = timing["eval_cpu_s"] = 0.0
+            timing["eval0_s"] = timing["start"] - t0
 
         def on_step_end(self, args, state, control, **kw):
             if state.global_step % every and state.global_step != state.max_steps:
                 return
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             train_s = t0 - timing["start"] - timing["eval_s"]
+            train_cpu_s = c0 - timing["cpu_start"] - timing["eval_cpu_s"]
             res = eval_fn(trainer_ref["trainer"].model.student)
             timing["eval_s"] += time.perf_counter() - t0
-            curve.append({"step": state.global_step, "train_s": train_s, **res})
+            timing["eval_cpu_s"] += time.process_time() - c0
+            curve.append({"step": state.global_step, "train_s": train_s, "train_cpu_s": train_cpu_s, **res})
             log(f"    step {state.global_step:4d}  clean {res['clean']:.3f}  pgd {res['pgd']:.3f}  "
                 f"train {train_s:.0f}s")
 
         def on_train_end(self, args, state, control, **kw):
             timing["train_s"] = time.perf_counter() - timing["start"] - timing["eval_s"]
+            timing["train_cpu_s"] = time.process_time() - timing["cpu_start"] - timing["eval_cpu_s"]
 
     return PeriodicEval()
 
@@ -211,6 +218,7 @@ def run_seed(seed: int, cfg: dict, x, y, class_names, train_idx, test_idx) -> di
                                       eval_every=cfg["eval_every"], eval_fn=periodic_eval)
         final = final_eval(clip, s_proc)
         res["presets"][preset] = {"curve": curve, "final": final, "train_s": timing["train_s"],
+                                  "train_cpu_s": timing.get("train_cpu_s"),
                                   "eval_s": timing.get("eval_s", 0.0), "last_log": logged}
         log(f"  {preset}: final {final}, train {timing['train_s']:.0f}s")
     res["targets"] = steps_to_target(res["presets"])
@@ -226,7 +234,7 @@ def steps_to_target(presets: dict) -> dict:
     for name, p in presets.items():
         hit = next((pt for pt in p["curve"] if pt["pgd"] >= target), None)
         out[name] = {"steps": hit["step"] if hit else None, "train_s": hit["train_s"] if hit else None,
-                     "final_pgd": p["curve"][-1]["pgd"]}
+                     "train_cpu_s": hit.get("train_cpu_s") if hit else None, "final_pgd": p["curve"][-1]["pgd"]}
     return out
 
 
@@ -357,12 +365,26 @@ def main(argv=None) -> None:
     ap.add_argument("--merge", nargs="+", help="merge per-seed JSON files written by earlier runs, then report")
     a = ap.parse_args(argv)
     if a.merge:
-        seeds, cfg, machine, wall = [], None, None, 0.0
+        by_seed, cfg, machine, wall = {}, None, None, 0.0
         for path in a.merge:
             with open(path) as f:
                 blob = json.load(f)
-            seeds.extend(blob["seeds"])
+            for seed_res in blob["seeds"]:
+                # runs of the same seed rebuild the same teachers and student (deterministic, checked here) and
+                # contribute their presets
+                seed = seed_res["seed"]
+                if seed not in by_seed:
+                    by_seed[seed] = seed_res
+                    continue
+                base = by_seed[seed]
+                for key in ("clean_teacher", "robust_teacher", "student_init"):
+                    same = all(base[key][k] == seed_res[key][k] for k in ("clean", "pgd", "apgd_ce"))
+                    base.setdefault("setup_reproduced", {})[f"{key} ({os.path.basename(path)})"] = same
+                base["presets"].update(seed_res["presets"])
             cfg, machine, wall = cfg or blob["config"], machine or blob["machine"], max(wall, blob["wall_s"])
+        seeds = [by_seed[k] for k in sorted(by_seed)]
+        for seed_res in seeds:
+            seed_res["targets"] = steps_to_target(seed_res["presets"])
         write_report(seeds, cfg, machine, a.out, a.plot, wall)
         return
     if a.threads:
