@@ -18,7 +18,6 @@ from disk, the network or the trainer. `examples/run_mmt_ard.py` fills the dicti
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 
 MMTARD_SETTING_KEYS = (
     "attack_eps",
@@ -76,9 +75,9 @@ def format_eps(eps: float | None) -> str:
     eps = float(eps)
     if eps == 0:
         return "0"
-    frac = Fraction(eps * 255).limit_denominator(8)
-    if abs(float(frac) - eps * 255) < 1e-6:
-        return f"{frac}/255 ({eps:.4f})"
+    k = eps * 255
+    if abs(k - round(k, 1)) < 1e-6:  # 8/255, 0.5/255, ...
+        return f"{round(k, 1):g}/255 ({eps:.4f})"
     return f"{eps:.4g}"
 
 
