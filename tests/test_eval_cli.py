@@ -143,6 +143,27 @@ def test_resume_skips_finished_datasets(tmp_path, local_data, monkeypatch, capsy
     assert calls == ["digits_pq", "digits_folder"]
 
 
+def test_same_named_datasets_are_not_confused(tmp_path, local_data, monkeypatch):
+    from mmt_ard.evaluation.datasets import short_name
+
+    assert short_name(local_data["parquet"] + "/test-00000-of-00001.parquet") == "digits_pq"
+    other = tmp_path / "elsewhere" / "digits_folder" / "test"
+    shutil.copytree(local_data["folder"], other)
+    assert short_name(str(other)) == "digits_folder"
+    calls = []
+    real = robust_eval.evaluate_on_data
+    monkeypatch.setattr(robust_eval, "evaluate_on_data",
+                        lambda m, d, p, **k: calls.append(d.name) or real(m, d, p, **k))
+    kwargs = {"eps": (2 / 255,), "num_samples": 10, "checks": False, "pgd_steps": 1,
+              "output_dir": str(tmp_path / "out"), "progress": False, "verbose": False}
+    robust_eval.evaluate_robustness(saved_tiny_clip_dir(), [local_data["folder"]], **kwargs)
+    report = robust_eval.evaluate_robustness(saved_tiny_clip_dir(), [str(other)], **kwargs)
+    assert calls == ["digits_folder", os.path.normpath(str(other))]  # same name, another folder: not skipped
+    assert [r["dataset"] for r in report["results"]] == ["digits_folder", os.path.normpath(str(other))]
+    report = robust_eval.evaluate_robustness(saved_tiny_clip_dir(), [local_data["folder"], str(other)], **kwargs)
+    assert len(calls) == 2 and len(report["results"]) == 2  # both finished: nothing runs
+
+
 def test_training_run_output_dir(tmp_path, local_data, digits_train):
     """A run's output_dir is evaluated from its final model, or from its newest checkpoint when it has none."""
     from mmt_ard import MMTARDConfig, MMTARDTrainer

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -200,12 +201,27 @@ def _stack(images: list[torch.Tensor]) -> torch.Tensor:
 
 
 # ---- resolution of a spec ----
+_GENERIC = re.compile(r"^(train|test|testing|val|valid|validation|eval|data|images?)([-_.].*)?$", re.IGNORECASE)
+
+
 def short_name(spec: str) -> str:
-    """Display name: the registry name, the Hub id, or the base name of a local path."""
-    if os.path.exists(spec):
-        base = os.path.basename(os.path.normpath(spec))
-        return os.path.splitext(base)[0] if base.endswith(".parquet") else base
-    return spec
+    """Display name: the registry name, the Hub id, or the base name of a local path, skipping generic parts
+    (`cifar10/test` and `cifar10/data/test-00000-of-00001.parquet` are both `cifar10`)."""
+    if not os.path.exists(spec):
+        return spec
+    parts = os.path.normpath(os.path.abspath(spec)).split(os.sep)
+    parts[-1] = re.sub(r"\.(parquet|arrow)$", "", parts[-1])
+    for part in reversed(parts):
+        if part and not _GENERIC.match(part):
+            return part
+    return parts[-1]
+
+
+def source_id(spec) -> str | None:
+    """What a dataset spec points at (an absolute path, a Hub id), to tell same-named datasets apart on resume."""
+    if isinstance(spec, str):
+        return os.path.abspath(spec) if os.path.exists(spec) else spec
+    return None
 
 
 def _registry_key(name: str) -> str | None:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..models import ZeroShotCLIP, load_clip
 from .attack_runner import attack_batch, attacks_for, clean_predictions
 from .checks import run_checks
-from .datasets import EvalData, load_eval_data, load_user_meta
+from .datasets import EvalData, load_eval_data, load_user_meta, short_name, source_id
 from .protocols import Protocol, format_eps, get_protocol
 from .report import RESULTS_JSON, markdown_table, write_reports
 
@@ -256,15 +256,36 @@ def _model_name(spec, index: int, names: list[str] | None) -> str:
     return f"model{index}"
 
 
+def _model_source(spec) -> str:
+    if isinstance(spec, str):
+        return os.path.abspath(spec) if os.path.exists(spec) else spec
+    return type(spec).__name__
+
+
 def _dataset_name(spec, index: int) -> str:
     if isinstance(spec, EvalData):
         return spec.name
     if isinstance(spec, str):
-        from .datasets import short_name
-
         return short_name(spec)
     info = getattr(spec, "info", None)
     return getattr(info, "dataset_name", None) or f"dataset{index}"
+
+
+def _unique(names: list[str], specs: list, taken: dict[str, str | None], source) -> list[str]:
+    """Names made unique: a name already held (by finished results or earlier in this call) by another source
+    becomes the spec's own path or id."""
+    taken = dict(taken)
+    out = []
+    for name, spec in zip(names, specs):
+        src = source(spec)
+        owner = taken.get(name)
+        if (name in out or (owner is not None and src is not None and owner != src)) and isinstance(spec, str):
+            name = os.path.normpath(spec)
+        while name in out:
+            name += "'"
+        out.append(name)
+        taken.setdefault(name, src)
+    return out
 
 
 def load_results(output_dir: str) -> dict | None:
@@ -326,9 +347,11 @@ def evaluate_robustness(
         datasets = list(proto.datasets)
     elif isinstance(datasets, (str, EvalData)) or hasattr(datasets, "column_names"):
         datasets = [datasets]
-    named = list(datasets.items()) if isinstance(datasets, dict) else [
-        (_dataset_name(d, i), d) for i, d in enumerate(datasets)
-    ]
+    if isinstance(datasets, dict):
+        named = list(datasets.items())
+    else:
+        datasets = list(datasets)
+        named = list(zip([_dataset_name(d, i) for i, d in enumerate(datasets)], datasets))
     user_meta = load_user_meta(class_names_json)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     summary = proto.summary()
@@ -337,6 +360,13 @@ def evaluate_robustness(
 
     previous = load_results(output_dir) if (output_dir and resume) else None
     records = {(r["model"], r["dataset"]): r for r in (previous or {}).get("results", [])}
+    if model_names is None:  # same-named models or datasets from different sources are told apart
+        taken = {r["model"]: r.get("model_source") for r in records.values()}
+        m_names = _unique([_model_name(s, i, None) for i, s in enumerate(models)], list(models), taken, _model_source)
+    else:
+        m_names = list(model_names)
+    taken = {r["dataset"]: r.get("dataset_source") for r in records.values()}
+    named = list(zip(_unique([n for n, _ in named], [d for _, d in named], taken, source_id), [d for _, d in named]))
     report = {
         "format_version": 1,
         "protocol": proto.to_dict(),
@@ -355,7 +385,7 @@ def evaluate_robustness(
     cache_dir = os.path.join(output_dir, "text_heads") if output_dir else None
     data_cache: dict[tuple, EvalData] = {}
     for m_index, spec in enumerate(models):
-        m_name = _model_name(spec, m_index, model_names)
+        m_name = m_names[m_index]
         pending = []
         for d_name, d_spec in named:
             done = records.get((m_name, d_name))
@@ -382,8 +412,9 @@ def evaluate_robustness(
             save_head()
             records[(m_name, d_name)] = {
                 "model": m_name,
-                "model_source": spec if isinstance(spec, str) else type(spec).__name__,
+                "model_source": _model_source(spec),
                 "dataset": d_name,
+                "dataset_source": source_id(d_spec),
                 "protocol": proto.name,
                 "protocol_summary": summary,
                 "protocol_fingerprint": proto.fingerprint(d_name),
@@ -404,5 +435,5 @@ def _one_line(r: dict) -> str:
     flag = f" FLAGGED ({', '.join(r['failed_checks'])})" if r.get("flagged") else ""
     return (
         f"[mmt-ard-eval] {r['model']} x {r['dataset']} (n={r['num_samples']}/{r['dataset_size']}): clean "
-        f"{r['clean_accuracy']:.2%}, robust {robust}{flag}"
+        f"{r['clean_accuracy']:.2%}, robust {robust}{flag} [protocol={r['protocol']}]"
     )
