@@ -438,7 +438,7 @@ def _load_data(sa: ScriptArguments, config: MMTARDConfig):
         raise ValueError("`--streaming` reads datasets without a length: set `--max_steps` (e.g. 5000).")
     kwargs = dict(config_name=sa.dataset_config_name, streaming=sa.streaming, cache_dir=sa.dataset_cache_dir)
     train = load_image_dataset(train_source, sa.train_split, **kwargs)
-    eval_source = sa.eval_files or (sa.dataset_name if sa.eval_split.lower() != "none" else None)
+    eval_source = None if sa.eval_split.lower() == "none" else (sa.eval_files or sa.dataset_name)
     evaluation = load_image_dataset(eval_source, sa.eval_split, **kwargs) if eval_source else None
     class_names = resolve_class_names(train, sa.label_column, sa.class_names, sa.class_names_file)
     train = prepare_dataset(train, sa.image_column, sa.label_column, max_samples=sa.max_train_samples, seed=config.seed)
@@ -546,6 +546,7 @@ def evaluate_model(model, processor, label: str, inputs: RunInputs, config: MMTA
         use_model_logit_scale=config.use_model_logit_scale,
         prompt_templates=config.prompt_templates,
         dataloader_num_workers=config.dataloader_num_workers,
+        dataloader_pin_memory=config.dataloader_pin_memory and torch.cuda.is_available(),
         log_level=config.log_level,
     )
     trainer = MMTARDTrainer(

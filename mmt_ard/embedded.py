@@ -191,7 +191,7 @@ def train_zero_shot(
         save_strategy="no",
         report_to="none",
         seed=seed,
-        dataloader_drop_last=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
         **config_kwargs,
     )
     trainer = MMTARDTrainer(

@@ -1,0 +1,257 @@
+"""examples/run_mmt_ard.py end to end on tiny local models and parquet data, offline, mostly in-process via `main()`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmt_ard import MMTARDConfig
+from mmt_ard.data import BadSampleError
+from mmt_ard.tiny import build_tiny_clip
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "examples", "run_mmt_ard.py")
+sys.path.insert(0, os.path.dirname(SCRIPT))
+import run_mmt_ard  # noqa: E402
+
+CLASSES = ["zero", "one", "two"]
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_parquet(path, images: list[bytes], labels: list[int]) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image": pa.array(images, pa.binary()), "label": pa.array(labels, pa.int64())}), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny student and teacher saved as local CLIP folders, parquet train/eval files of real digits (8x8 PNGs,
+    grayscale, so the collator upsamples and converts them), and a class-names file."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("script_assets")
+    digits = load_digits()
+    keep = np.flatnonzero(digits.target < 3)[:60]
+    images = [_png((digits.images[i] * 255 / 16).astype(np.uint8)) for i in keep]
+    labels = [int(digits.target[i]) for i in keep]
+    paths = {
+        "train": _write_parquet(root / "train.parquet", images[:40], labels[:40]),
+        "eval": _write_parquet(root / "eval.parquet", images[40:], labels[40:]),
+        "bad": _write_parquet(root / "bad.parquet", images[:8] + [b"corrupt bytes"], labels[:8] + [0]),
+    }
+    (root / "classes.txt").write_text("\n".join(CLASSES))
+    paths["classes"] = str(root / "classes.txt")
+    for name, hidden, seed in (("student", 32, 0), ("teacher", 48, 1)):
+        model, processor = build_tiny_clip(hidden=hidden, layers=1, image_size=16, patch_size=8, seed=seed, words=CLASSES)
+        model.save_pretrained(root / name)
+        processor.save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths
+
+
+def base_args(assets, out, *extra) -> list[str]:
+    return [
+        "--student", assets["student"],
+        "--robust_teacher", assets["teacher"],
+        "--clean_teacher", assets["teacher"],
+        "--train_files", assets["train"],
+        "--eval_files", assets["eval"],
+        "--class_names_file", assets["classes"],
+        "--output_dir", str(out),
+        "--max_steps", "2",
+        "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16",
+        "--attack_steps", "2",
+        "--eval_attack_steps", "2",
+        "--logging_steps", "1",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+        "--use_cpu", "true",
+        *extra,
+    ]
+
+
+class TestArguments:
+    def test_help_lists_every_option(self):
+        out = subprocess.run(
+            [sys.executable, SCRIPT, "--help"], capture_output=True, text=True, timeout=120, cwd=REPO,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert out.returncode == 0, out.stderr
+        for f in fields(run_mmt_ard.ScriptArguments) + fields(MMTARDConfig):
+            if f.init:
+                assert f"--{f.name}" in out.stdout, f.name
+
+    def test_yaml_config_with_flag_overrides(self, tmp_path):
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(
+            "preset: single-teacher\nmax_steps: 7\nlearning_rate: 1e-4\nattack_eps: 0.0156\n"
+            "eval_eps: ['2/255', '4/255']\nstudent: some/student\nlora_target_modules: [q_proj, v_proj]\n"
+        )
+        sa, config, explicit = run_mmt_ard.parse_args([str(cfg), "--max_steps", "3", "--output_dir", str(tmp_path)])
+        assert config.preset == "single-teacher" and config.max_steps == 3  # the flag wins
+        assert config.learning_rate == pytest.approx(1e-4)  # YAML's "1e-4" is a string: converted like a flag
+        assert config.attack_eps == pytest.approx(0.0156)
+        assert sa.eval_eps == ["2/255", "4/255"] and sa.lora_target_modules == ["q_proj", "v_proj"]
+        assert sa.student == "some/student" and sa.config == str(cfg)
+        assert {"preset", "max_steps", "learning_rate", "output_dir"} <= explicit
+
+    def test_json_config_via_flag_and_embedded_defaults(self, tmp_path):
+        cfg = tmp_path / "run.json"
+        cfg.write_text(json.dumps({"attack_steps": 3, "quick": True}))
+        sa, config, _ = run_mmt_ard.parse_args(["--config", str(cfg), "--attack_steps", "4"])
+        assert config.attack_steps == 4 and sa.quick
+        # no --student: the embedded default's recipe fills what neither the file nor a flag set
+        assert config.attack_eps == pytest.approx(8 / 255) and config.max_steps == run_mmt_ard.QUICK_DEFAULTS["max_steps"]
+        assert config.output_dir == run_mmt_ard.DEFAULT_OUTPUT_DIR
+
+    def test_real_model_runs_keep_the_preset_defaults(self):
+        _, config, _ = run_mmt_ard.parse_args(["--student", "x/y"])
+        assert config.attack_eps == pytest.approx(2 / 255) and config.learning_rate == pytest.approx(2e-5)
+
+    def test_config_file_errors(self, tmp_path):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("attack_epss: 0.1\n")
+        with pytest.raises(ValueError, match="unknown keys \\['attack_epss'\\]"):
+            run_mmt_ard.parse_args([str(bad)])
+        lst = tmp_path / "list.yaml"
+        lst.write_text("- 1\n- 2\n")
+        with pytest.raises(ValueError, match="must map argument names"):
+            run_mmt_ard.parse_args(["--config", str(lst)])
+        with pytest.raises(ValueError, match="Two config files"):
+            run_mmt_ard.parse_args([str(bad), "--config", str(lst)])
+
+    def test_eps_parsing(self):
+        assert run_mmt_ard.parse_eps("2/255") == pytest.approx(2 / 255)
+        assert run_mmt_ard.parse_eps("0.01") == pytest.approx(0.01)
+        with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+            run_mmt_ard.parse_eps("300/255")
+        with pytest.raises(ValueError, match="not a number"):
+            run_mmt_ard.parse_eps("two")
+
+
+class TestEndToEnd:
+    def test_local_models_parquet_data(self, assets, tmp_path):
+        out = tmp_path / "run"
+        results = run_mmt_ard.main(
+            base_args(assets, out, "--eval_eps", "2/255", "4/255", "--eval_teachers", "--max_eval_samples", "12")
+        )
+        for name in ("model.safetensors", "config.json", "processor_config.json", "README.md", "results.json"):
+            assert (out / name).is_file(), name
+        rows = results["robustness"]["rows"]
+        assert [r["model"] for r in rows] == ["robust teacher"] * 2 + ["clean teacher"] * 2 + [
+            "student (before)"] * 2 + ["student (after)"] * 2
+        assert {round(r["eps"] * 255) for r in rows} == {2, 4}
+        assert all(r["num_clean"] == 12 == r["num_robust"] for r in rows)
+        assert results["training"]["steps"] == 2 and results["dataset"]["class_names"] == CLASSES
+        assert results["dataset"]["num_train"] == 40 and results["dataset"]["num_eval"] == 12
+        card = (out / "README.md").read_text()
+        assert "| student (after) | PGD-2 (CE) | 4/255 (0.0157) |" in card and "2511.17448" in card
+        from transformers import CLIPModel
+
+        student = CLIPModel.from_pretrained(str(out))
+        initial = CLIPModel.from_pretrained(assets["student"])
+        changed = [not torch.equal(a, b) for a, b in zip(student.vision_model.parameters(), initial.vision_model.parameters())]
+        assert any(changed), "the vision tower did not train"
+        assert all(torch.equal(a, b) for a, b in zip(student.text_model.parameters(), initial.text_model.parameters()))
+
+    def test_lora_adapter_or_merged(self, assets, tmp_path):
+        from peft import PeftModel
+        from transformers import CLIPModel
+
+        common = ("--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
+                  "--max_steps", "1", "--eval_split", "none", "--learning_rate", "1e-2")
+        adapter_dir = tmp_path / "adapter"
+        results = run_mmt_ard.main(base_args(assets, adapter_dir, *common))
+        assert (adapter_dir / "adapter_model.safetensors").is_file() and not (adapter_dir / "model.safetensors").exists()
+        assert results["lora"]["saved"] == "LoRA adapter" and results["robustness"]["rows"] == []
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        assert "vision_model" in str(config["target_modules"])  # the text tower gets no adapters
+        merged_dir = tmp_path / "merged"
+        run_mmt_ard.main(base_args(assets, merged_dir, *common, "--save_merged"))
+        assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "lora_adapter" / "adapter_model.safetensors").is_file()
+        merged = CLIPModel.from_pretrained(str(merged_dir))
+        base = CLIPModel.from_pretrained(assets["student"])
+        reloaded = PeftModel.from_pretrained(base, str(merged_dir / "lora_adapter")).merge_and_unload()
+        for (name, a), b in zip(merged.state_dict().items(), reloaded.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-6), name
+
+    def test_push_offline_fails_clearly_after_saving(self, assets, tmp_path, monkeypatch):
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        out = tmp_path / "push"
+        args = base_args(assets, out, "--max_steps", "1", "--eval_split", "none", "--push_to_hub", "--hub_model_id",
+                         "someone/robust-tiny")
+        with pytest.raises(run_mmt_ard.HubPushError, match="Nothing is lost") as err:
+            run_mmt_ard.main(args)
+        assert "someone/robust-tiny" in str(err.value) and str(out) in str(err.value)
+        for name in ("model.safetensors", "processor_config.json", "README.md", "results.json"):
+            assert (out / name).is_file(), name
+        assert "someone/robust-tiny" in (out / "README.md").read_text()
+
+    def test_push_offline_script_exit_code(self, assets, tmp_path):
+        out = tmp_path / "push_cli"
+        args = base_args(assets, out, "--max_steps", "1", "--eval_split", "none", "--push_to_hub", "--hub_model_id",
+                         "someone/robust-tiny")
+        proc = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=300, cwd=REPO,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 1 and "Nothing is lost" in proc.stderr
+        assert (out / "model.safetensors").is_file()
+
+    def test_bad_samples_policy(self, assets, tmp_path):
+        args = ["--train_files", assets["bad"], "--eval_split", "none", "--max_steps", "2"]
+        with pytest.raises(BadSampleError, match="sample_id=8"):
+            run_mmt_ard.main(base_args(assets, tmp_path / "raise", *args, "--per_device_train_batch_size", "9"))
+        results = run_mmt_ard.main(
+            base_args(assets, tmp_path / "skip", *args, "--per_device_train_batch_size", "9", "--bad_samples", "skip")
+        )
+        assert results["dataset"]["skipped"] >= 1
+        assert "Bad samples skipped:** " in (tmp_path / "skip" / "README.md").read_text()
+
+    def test_user_errors(self, assets, tmp_path):
+        with pytest.raises(ValueError, match="needs `--clean_teacher`"):
+            run_mmt_ard.main(["--student", assets["student"], "--robust_teacher", assets["teacher"],
+                              "--train_files", assets["train"], "--output_dir", str(tmp_path)])
+        with pytest.raises(ValueError, match="--max_steps"):
+            run_mmt_ard.main(base_args(assets, tmp_path, "--streaming", "--max_steps", "-1"))
+        with pytest.raises(ValueError, match="No training data"):
+            run_mmt_ard.main(["--student", assets["student"], "--preset", "tecoa", "--output_dir", str(tmp_path)])
+
+
+class TestEmbedded:
+    def test_quick_embedded_default_and_cache(self, tmp_path):
+        cache = tmp_path / "cache"
+        args = ["--quick", "--output_dir", str(tmp_path / "emb"), "--embedded_cache_dir", str(cache),
+                "--disable_tqdm", "true"]
+        first = run_mmt_ard.main(args)
+        assert [r["model"] for r in first["robustness"]["rows"]] == [
+            "robust teacher", "clean teacher", "student (before)", "student (after)"]
+        assert all(r["num_clean"] == run_mmt_ard.QUICK_MAX_EVAL_SAMPLES for r in first["robustness"]["rows"])
+        assert not any("reused" in v for v in first["training"]["phases"].values())
+        assert (tmp_path / "emb" / "model.safetensors").is_file()
+        card = (tmp_path / "emb" / "README.md").read_text()
+        assert "embedded-default" in card and "scikit-learn digits" in card
+        (entry,) = os.listdir(cache)
+        assert sorted(os.listdir(cache / entry)) == ["clean_teacher", "phases.json", "recipe.json", "robust_teacher", "student"]
+        second = run_mmt_ard.main(args[:2] + [str(tmp_path / "emb2")] + args[3:])
+        assert all("reused from the cache" in v for v in second["training"]["phases"].values())
+        # same cached models, same seeds: the same table
+        assert [r["robust_accuracy"] for r in second["robustness"]["rows"]] == [
+            r["robust_accuracy"] for r in first["robustness"]["rows"]]
