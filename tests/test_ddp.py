@@ -1,0 +1,57 @@
+"""Two-process DDP on CPU (gloo) through `accelerate launch`: the embedded default with a few steps.
+
+Each rank trains on its own shard of every batch, so identical weights on both ranks after training (and different
+from the start) show that gradients were all-reduced, with the attack running on the unwrapped student. The embedded
+teachers are trained under DDP too (a fresh cache), then cached by rank 0 only.
+
+`accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.x unless MPI is set up; `--multi_gpu`
+on a machine without GPUs starts two processes through torch.distributed, and the script then sets `use_cpu` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "examples", "run_mmt_ard.py")
+
+
+def _accelerate() -> list[str]:
+    exe = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "accelerate.commands.launch"]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_keeps_replicas_in_sync(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = _accelerate()
+    if cmd[-1] != "accelerate.commands.launch":
+        cmd.append("launch")
+    cmd += [
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", "29531",
+        SCRIPT, "--quick", "--dump_checksums", "--disable_tqdm", "true",
+        "--output_dir", str(out), "--embedded_cache_dir", str(tmp_path / "cache"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    ranks = [json.loads((out / f"checksum_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2], "the two processes did not form one process group"
+    assert ranks[0]["initial"] == ranks[1]["initial"]
+    assert ranks[0]["final"] != ranks[0]["initial"], "the student did not train"
+    assert ranks[0]["final"] == ranks[1]["final"], "the replicas diverged: gradients were not synchronised"
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["training"]["num_processes"] == 2
+    assert [r["model"] for r in results["robustness"]["rows"]][-1] == "student (after)"
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    assert len(os.listdir(tmp_path / "cache")) == 1  # rank 0 alone wrote the embedded cache
