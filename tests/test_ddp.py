@@ -55,3 +55,21 @@ def test_two_process_cpu_ddp_keeps_replicas_in_sync(tmp_path):
     assert [r["model"] for r in results["robustness"]["rows"]][-1] == "student (after)"
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
     assert len(os.listdir(tmp_path / "cache")) == 1  # rank 0 alone wrote the embedded cache
+
+
+@pytest.mark.parametrize(
+    "name, kind", [("single_gpu", "NO"), ("multi_gpu_ddp", "MULTI_GPU"), ("fsdp", "FSDP")]
+)
+def test_accelerate_configs_load(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(os.path.join(REPO, "examples", "accelerate_configs", f"{name}.yaml"))
+    assert config.distributed_type.value == kind and config.mixed_precision == "no"
+    if kind == "FSDP":
+        import transformers.models.clip.modeling_clip as clip
+
+        fsdp = config.fsdp_config
+        assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+        # the wrapped unit is the student's encoder layer class; teachers are not in the Trainer's model at all
+        assert hasattr(clip, fsdp["fsdp_transformer_layer_cls_to_wrap"])
+        assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
