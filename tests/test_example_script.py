@@ -255,3 +255,26 @@ class TestEmbedded:
         # same cached models, same seeds: the same table
         assert [r["robust_accuracy"] for r in second["robustness"]["rows"]] == [
             r["robust_accuracy"] for r in first["robustness"]["rows"]]
+
+
+class TestDocs:
+    def test_configuration_md_documents_every_field(self):
+        from transformers import TrainingArguments
+
+        text = open(os.path.join(REPO, "docs", "configuration.md"), encoding="utf-8").read()
+        inherited = {f.name for f in fields(TrainingArguments)}
+        own = [f.name for f in fields(MMTARDConfig) if f.name not in inherited]
+        missing = [name for name in own + [f.name for f in fields(run_mmt_ard.ScriptArguments)]
+                   if f"`{name}`" not in text]
+        assert not missing, f"docs/configuration.md does not document {missing}"
+
+    def test_quickstart_commands_match_the_script(self):
+        text = open(os.path.join(REPO, "docs", "quickstart.md"), encoding="utf-8").read()
+        flags = {m for m in __import__("re").findall(r"--([a-z0-9_]+)", text)}
+        parser = run_mmt_ard.build_parser()
+        known = {a.dest for a in parser._actions} | {"config_file", "num_processes", "multi_gpu", "num_machines",
+                                                     "mixed_precision", "dynamo_backend", "help", "cpu",
+                                                     "models", "protocol"}  # accelerate's and mmt-ard-eval's
+        assert not flags - known, f"quickstart.md uses unknown flags {sorted(flags - known)}"
+        for config in ("single_gpu.yaml", "multi_gpu_ddp.yaml", "fsdp.yaml"):
+            assert config in text
