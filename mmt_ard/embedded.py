@@ -33,7 +33,7 @@ from .tiny import DIGIT_NAMES, build_tiny_clip, digits_dataset
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "mmt_ard", "embedded")
-RECIPE_VERSION = 1  # bump when the training code of the phases changes what a recipe produces
+RECIPE_VERSION = 2  # bump when the training code of the phases changes what a recipe produces
 PHASES = ("clean_teacher", "robust_teacher", "student")
 
 
@@ -49,6 +49,7 @@ class EmbeddedRecipe:
         student_width: width of the student's towers.
         student_layers: depth of the student's towers.
         heads: attention heads of every model.
+        projection_dim: joint image-text embedding size of every model (default: each model's width).
         batch_size: global training batch of every phase.
         clean_steps: clean-training steps of the clean teacher.
         clean_lr: its learning rate.
@@ -70,6 +71,7 @@ class EmbeddedRecipe:
     student_width: int = 48
     student_layers: int = 2
     heads: int = 2
+    projection_dim: int | None = None
     batch_size: int = 64
     clean_steps: int = 300
     clean_lr: float = 1e-3
@@ -112,22 +114,25 @@ def digits_splits(image_size: int = 16, seed: int = 0):
 
 
 @torch.no_grad()
-def orthonormal_text_head(model, processor, class_names: list[str], template: str, seed: int = 0) -> None:
-    """Set `model.text_projection` so the class prompts' text embeddings are orthonormal (in place).
+def simplex_text_head(model, processor, class_names: list[str], template: str, seed: int = 0) -> None:
+    """Set `model.text_projection` so the class prompts' text embeddings form a regular simplex (in place).
 
-    A randomly initialised text tower maps every prompt of a template to nearly the same direction (cosines
-    around 0.98), so a zero-shot head from it barely separates classes and the image embeddings trained against it
-    end up almost orthogonal to every class: the raw-cosine "confidence" of MMT-ARD's weighting then hovers around
-    0 and is often negative, turning those samples' KL terms into terms the student *maximises*. Real CLIP text
-    towers come from contrastive pre-training, which separates class prompts; this stands in for that pre-training.
-    MMT-ARD keeps text towers frozen, so the head is fixed from here on.
+    A randomly initialised text tower maps every prompt of a template to nearly the same direction (cosines around
+    0.98), so its zero-shot head barely separates classes. More importantly for MMT-ARD, softmax cross-entropy is
+    blind to any component of the image embedding that shifts all logits equally, i.e. along the mean of the class
+    text embeddings: that component drifts freely in training, and with it the raw cosine `c = cos(f(x), t_y)`
+    that the `confidence` weighting multiplies each KL term by, which can then be negative on most samples of a
+    well-trained teacher (the student then *maximises* those KL terms). With centred unit class embeddings (a
+    regular simplex: pairwise cosine -1/(C-1), summing to zero) the logits sum to zero, so a correctly classified
+    image always has a positive confidence. Real CLIP text towers come from contrastive pre-training; this stands in
+    for it. MMT-ARD keeps text towers frozen, so the head is fixed from here on.
 
     Args:
         model: a `CLIPModel` with a `text_projection` (modified in place).
         processor: its processor (the tokenizer is used).
-        class_names: the `C` class names (`C` <= projection dim).
+        class_names: the `C` class names (`C` <= projection dim and <= width).
         template: the prompt template with one `{}`.
-        seed: seed of the random orthonormal target directions.
+        seed: seed of the random orientation of the simplex.
     """
     tokenizer = getattr(processor, "tokenizer", processor)
     tokens = tokenizer([template.format(n) for n in class_names], padding=True, return_tensors="pt")
@@ -136,9 +141,12 @@ def orthonormal_text_head(model, processor, class_names: list[str], template: st
     pooled = model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
     pooled = pooled.double()  # (C, h)
     proj = model.text_projection.weight  # (D, h)
+    c = len(class_names)
     generator = torch.Generator().manual_seed(seed)
-    targets, _ = torch.linalg.qr(torch.randn(proj.shape[0], len(class_names), generator=generator, dtype=torch.float64))
-    # minimum-norm W with W @ pooled.T = targets (D, C): W = targets (H H^T)^-1 H
+    basis, _ = torch.linalg.qr(torch.randn(proj.shape[0], c, generator=generator, dtype=torch.float64))  # (D, C)
+    centre = torch.eye(c, dtype=torch.float64) - 1.0 / c
+    targets = basis @ centre * (c / (c - 1)) ** 0.5  # (D, C): unit columns, pairwise cosine -1/(C-1)
+    # minimum-norm W with W @ pooled.T = targets: W = targets (H H^T)^-1 H
     weight = targets @ torch.linalg.solve(pooled @ pooled.T, pooled)
     proj.copy_(weight.to(proj.dtype))
     model.train(was_training)
@@ -277,18 +285,20 @@ def build_embedded_models(
         return model
 
     teacher, t_proc = build_tiny_clip(
-        r.teacher_width, r.teacher_layers, r.heads, r.image_size, r.patch_size, seed=r.seed + 1, words=DIGIT_NAMES
+        r.teacher_width, r.teacher_layers, r.heads, r.image_size, r.patch_size, r.projection_dim,
+        seed=r.seed + 1, words=DIGIT_NAMES,
     )
-    orthonormal_text_head(teacher, t_proc, DIGIT_NAMES, r.template, seed=r.seed + 1)
+    simplex_text_head(teacher, t_proc, DIGIT_NAMES, r.template, seed=r.seed + 1)
     teacher = run("clean_teacher", teacher, t_proc, steps=r.clean_steps, learning_rate=r.clean_lr)
     robust = run(
         "robust_teacher", copy.deepcopy(teacher), t_proc, steps=r.robust_steps, learning_rate=r.robust_lr,
         attack_eps=r.robust_eps, attack_steps=r.robust_attack_steps, attack_step_size=r.robust_step_size,
     )
     student, s_proc = build_tiny_clip(
-        r.student_width, r.student_layers, r.heads, r.image_size, r.patch_size, seed=r.seed + 2, words=DIGIT_NAMES
+        r.student_width, r.student_layers, r.heads, r.image_size, r.patch_size, r.projection_dim,
+        seed=r.seed + 2, words=DIGIT_NAMES,
     )
-    orthonormal_text_head(student, s_proc, DIGIT_NAMES, r.template, seed=r.seed + 2)
+    simplex_text_head(student, s_proc, DIGIT_NAMES, r.template, seed=r.seed + 2)
     student = run("student", student, s_proc, steps=r.student_steps, learning_rate=r.student_lr)
     shutil.rmtree(work, ignore_errors=True)
     models = {"clean_teacher": (teacher, t_proc), "robust_teacher": (robust, t_proc), "student": (student, s_proc)}

@@ -18,6 +18,7 @@ from disk, the network or the trainer. `examples/run_mmt_ard.py` fills the dicti
 from __future__ import annotations
 
 import os
+from enum import Enum
 
 MMTARD_SETTING_KEYS = (
     "attack_eps",
@@ -86,6 +87,8 @@ def _pct(value) -> str:
 
 
 def _value(value) -> str:
+    if isinstance(value, Enum):
+        value = value.value
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (list, tuple)):
@@ -195,7 +198,8 @@ def render_model_card(results: dict) -> str:
     for key in MMTARD_SETTING_KEYS:
         if key in settings:
             value = settings[key]
-            shown = format_eps(value) if key in ("attack_eps", "eval_attack_eps") else _value(value)
+            budget = key.endswith(("_eps", "step_size")) and isinstance(value, (int, float))
+            shown = format_eps(value) if budget else _value(value)
             parts.append(f"| `{key}` | {shown} |")
     for key in sorted(k for k in settings if k not in MMTARD_SETTING_KEYS):
         parts.append(f"| `{key}` | {_value(settings[key])} |")

@@ -278,3 +278,22 @@ class TestDocs:
         assert not flags - known, f"quickstart.md uses unknown flags {sorted(flags - known)}"
         for config in ("single_gpu.yaml", "multi_gpu_ddp.yaml", "fsdp.yaml"):
             assert config in text
+
+
+def test_simplex_text_head_gives_positive_confidence_to_correct_predictions():
+    from mmt_ard.embedded import simplex_text_head
+    from mmt_ard.models import ZeroShotCLIP
+    from mmt_ard.tiny import DIGIT_NAMES
+
+    model, processor = build_tiny_clip(hidden=24, layers=1, image_size=8, patch_size=4, seed=3, words=DIGIT_NAMES)
+    simplex_text_head(model, processor, DIGIT_NAMES, "This is a photo of a {}", seed=0)
+    zs = ZeroShotCLIP(model, processor)
+    head = zs.set_classes(DIGIT_NAMES, ["This is a photo of a {}"])  # (C, D), built by the trainer's own code
+    gram = head @ head.T
+    c = len(DIGIT_NAMES)
+    assert torch.allclose(gram.diagonal(), torch.ones(c), atol=1e-4)
+    off = gram[~torch.eye(c, dtype=torch.bool)]
+    assert torch.allclose(off, torch.full_like(off, -1 / (c - 1)), atol=1e-4)
+    feats = torch.randn(2000, head.shape[1])
+    labels = (feats @ head.T).argmax(-1)  # every sample "correctly classified"
+    assert (zs.confidence(feats, labels) > 0).all()
