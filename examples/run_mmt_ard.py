@@ -443,8 +443,11 @@ def _load_data(sa: ScriptArguments, config: MMTARDConfig):
     class_names = resolve_class_names(train, sa.label_column, sa.class_names, sa.class_names_file)
     train = prepare_dataset(train, sa.image_column, sa.label_column, max_samples=sa.max_train_samples, seed=config.seed)
     if evaluation is not None:
+        # a streamed evaluation set is not shuffled: its first `max_eval_samples` rows are used (a shuffle buffer
+        # would read 10,000 images to yield the first one)
         evaluation = prepare_dataset(
-            evaluation, sa.image_column, sa.label_column, max_samples=sa.max_eval_samples, seed=config.seed
+            evaluation, sa.image_column, sa.label_column, max_samples=sa.max_eval_samples, seed=config.seed,
+            shuffle=not sa.streaming,
         )
     return train, evaluation, class_names
 
@@ -465,6 +468,10 @@ def prepare_from_args(sa: ScriptArguments, config: MMTARDConfig) -> RunInputs:
     for role in ("robust", "clean"):
         name_or_path = given[role]
         if not name_or_path:
+            continue
+        if role not in config.preset_roles:
+            # one config file can serve several presets: a teacher the preset has no role for is left out
+            logger.warning("`--preset %s` uses no %s teacher: ignoring `--%s_teacher`.", config.preset, role, role)
             continue
         processor_id = getattr(sa, f"{role}_teacher_processor")
         model, teacher_processor = load_clip(name_or_path, processor_id)

@@ -215,6 +215,20 @@ class TestEndToEnd:
         assert proc.returncode == 1 and "Nothing is lost" in proc.stderr
         assert (out / "model.safetensors").is_file()
 
+    def test_streaming(self, assets, tmp_path, monkeypatch):
+        import datasets
+
+        # datasets sleeps 5 s whenever a shuffled parquet stream is closed (an Arrow thread-shutdown workaround)
+        monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+        results = run_mmt_ard.main(
+            base_args(assets, tmp_path / "stream", "--streaming", "--max_eval_samples", "10", "--eval_before_training",
+                      "false", "--preset", "single-teacher")
+        )
+        assert results["dataset"]["num_train"] == "streamed" and results["training"]["steps"] == 2
+        (row,) = results["robustness"]["rows"]
+        assert row["model"] == "student (after)" and row["num_clean"] == 10
+        assert [t["role"] for t in results["teachers"]] == ["robust"]  # single-teacher: --clean_teacher is ignored
+
     def test_bad_samples_policy(self, assets, tmp_path):
         args = ["--train_files", assets["bad"], "--eval_split", "none", "--max_steps", "2"]
         with pytest.raises(BadSampleError, match="sample_id=8"):
