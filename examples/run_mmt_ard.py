@@ -269,7 +269,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, MMTARDCo
     pre.add_argument("--student", default=first.student)
     pre.add_argument("--quick", nargs="?", const=True, default=first.quick, type=lambda s: s.lower() in ("1", "true", "yes"))
     early, _ = pre.parse_known_args(argv)
-    defaults: dict = {"output_dir": DEFAULT_OUTPUT_DIR}
+    defaults: dict = {"output_dir": DEFAULT_OUTPUT_DIR, "dataloader_pin_memory": torch.cuda.is_available()}
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # several processes and no GPU (e.g. `accelerate launch --multi_gpu --num_processes 2` on CPU): without
         # `use_cpu` each process would train alone; with it they form one gloo process group

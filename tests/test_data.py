@@ -64,8 +64,10 @@ class TestLoading:
         ds = load_image_dataset(parquet_file, "train")
         assert len(ds) == 6 and set(ds.column_names) == {"image", "label", "filename"}
 
-    def test_parquet_file_streaming(self, parquet_file):
+    def test_parquet_file_streaming(self, parquet_file, monkeypatch):
         import datasets
+
+        monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # a 5 s sleep per shuffled stream
 
         ds = load_image_dataset(parquet_file, "train", streaming=True)
         assert isinstance(ds, datasets.IterableDataset)
