@@ -31,7 +31,7 @@ import platform
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
@@ -51,26 +51,26 @@ CONFIG_EXTENSIONS = (".yaml", ".yml", ".json")
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "mmt-ard")
 
 # The embedded default's distillation phase (method.md section 8): parser defaults, so a config file or a flag wins.
-EMBEDDED_DEFAULTS = dict(
-    preset="mmt-ard",
-    max_steps=200,
-    per_device_train_batch_size=64,
-    per_device_eval_batch_size=128,
-    learning_rate=5e-4,
-    warmup_steps=0.05,
-    attack_eps=8 / 255,
-    attack_steps=5,
-    attack_step_size=2 / 255,
-    eval_attack_eps=8 / 255,
-    eval_attack_steps=10,
-    eval_attack_step_size=2 / 255,
-    logging_steps=25,
-    save_strategy="no",
-    report_to="none",
-)
+EMBEDDED_DEFAULTS = {
+    "preset": "mmt-ard",
+    "max_steps": 200,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 128,
+    "learning_rate": 5e-4,
+    "warmup_steps": 0.05,
+    "attack_eps": 8 / 255,
+    "attack_steps": 5,
+    "attack_step_size": 2 / 255,
+    "eval_attack_eps": 8 / 255,
+    "eval_attack_steps": 10,
+    "eval_attack_step_size": 2 / 255,
+    "logging_steps": 25,
+    "save_strategy": "no",
+    "report_to": "none",
+}
 # `--quick`: the same pipeline with a handful of steps (smoke tests, CI); distinct cache entries
-QUICK_DEFAULTS = dict(max_steps=4, eval_attack_steps=3, logging_steps=2)
-QUICK_RECIPE = dict(clean_steps=4, robust_steps=3, student_steps=4)
+QUICK_DEFAULTS = {"max_steps": 4, "eval_attack_steps": 3, "logging_steps": 2}
+QUICK_RECIPE = {"clean_steps": 4, "robust_steps": 3, "student_steps": 4}
 QUICK_MAX_EVAL_SAMPLES = 64
 
 
@@ -123,7 +123,9 @@ class ScriptArguments:
             `output_dir`: identical files on every rank show that DDP kept the replicas in sync.
     """
 
-    config: str | None = field(default=None, metadata={"help": "A .yaml/.yml/.json file of arguments; flags override it."})
+    config: str | None = field(
+        default=None, metadata={"help": "A .yaml/.yml/.json file of arguments; flags override it."}
+    )
     student: str | None = field(
         default=None, metadata={"help": "Student CLIPModel (Hub id or path). Unset: the offline embedded default."}
     )
@@ -204,7 +206,7 @@ def read_config_file(path: str) -> dict:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ValueError(f"Config file {path!r} holds a {type(values).__name__}: it must map argument names to values.")
+        raise TypeError(f"Config file {path!r} holds a {type(values).__name__}: it must map argument names to values.")
     return values
 
 
@@ -264,10 +266,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, MMTARDCo
         )
     explicit = set(file_values) | _flags_given(argv)
     # a first, lenient pass for what decides the defaults
-    first = argparse.Namespace(**{**{"student": None, "quick": False}, **file_values})
+    first = argparse.Namespace(**{"student": None, "quick": False, **file_values})
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--student", default=first.student)
-    pre.add_argument("--quick", nargs="?", const=True, default=first.quick, type=lambda s: s.lower() in ("1", "true", "yes"))
+    pre.add_argument(
+        "--quick", nargs="?", const=True, default=first.quick, type=lambda s: s.lower() in ("1", "true", "yes")
+    )
     early, _ = pre.parse_known_args(argv)
     defaults: dict = {"output_dir": DEFAULT_OUTPUT_DIR, "dataloader_pin_memory": torch.cuda.is_available()}
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
@@ -396,7 +400,11 @@ def prepare_embedded(sa: ScriptArguments, config: MMTARDConfig) -> RunInputs:
     train_ds = prepare_dataset(train_ds, "pixel_values", "labels", max_samples=sa.max_train_samples, seed=config.seed)
     test_ds = prepare_dataset(test_ds, "pixel_values", "labels", max_samples=max_eval, seed=config.seed)
     collator = ImageClassificationCollator(
-        recipe.image_size, DIGIT_NAMES, image_column="pixel_values", label_column="labels", bad_samples=config.bad_samples
+        recipe.image_size,
+        DIGIT_NAMES,
+        image_column="pixel_values",
+        label_column="labels",
+        bad_samples=config.bad_samples,
     )
     where = built["cache_path"] or "not cached"
     descriptions = {
@@ -436,17 +444,23 @@ def _load_data(sa: ScriptArguments, config: MMTARDConfig):
         )
     if sa.streaming and config.max_steps <= 0:
         raise ValueError("`--streaming` reads datasets without a length: set `--max_steps` (e.g. 5000).")
-    kwargs = dict(config_name=sa.dataset_config_name, streaming=sa.streaming, cache_dir=sa.dataset_cache_dir)
+    kwargs = {"config_name": sa.dataset_config_name, "streaming": sa.streaming, "cache_dir": sa.dataset_cache_dir}
     train = load_image_dataset(train_source, sa.train_split, **kwargs)
     eval_source = None if sa.eval_split.lower() == "none" else (sa.eval_files or sa.dataset_name)
     evaluation = load_image_dataset(eval_source, sa.eval_split, **kwargs) if eval_source else None
     class_names = resolve_class_names(train, sa.label_column, sa.class_names, sa.class_names_file)
-    train = prepare_dataset(train, sa.image_column, sa.label_column, max_samples=sa.max_train_samples, seed=config.seed)
+    train = prepare_dataset(
+        train, sa.image_column, sa.label_column, max_samples=sa.max_train_samples, seed=config.seed
+    )
     if evaluation is not None:
         # a streamed evaluation set is not shuffled: its first `max_eval_samples` rows are used (a shuffle buffer
         # would read 10,000 images to yield the first one)
         evaluation = prepare_dataset(
-            evaluation, sa.image_column, sa.label_column, max_samples=sa.max_eval_samples, seed=config.seed,
+            evaluation,
+            sa.image_column,
+            sa.label_column,
+            max_samples=sa.max_eval_samples,
+            seed=config.seed,
             shuffle=not sa.streaming,
         )
     return train, evaluation, class_names
@@ -478,7 +492,7 @@ def prepare_from_args(sa: ScriptArguments, config: MMTARDConfig) -> RunInputs:
         teachers.append(Teacher(model=model, role=role, processor=teacher_processor))
         teacher_models[f"{role} teacher"] = (model, teacher_processor)
         described[role] = (name_or_path, processor_id or name_or_path)
-    image_size = int(getattr(student, "config").vision_config.image_size)
+    image_size = int(student.config.vision_config.image_size)
     collator = ImageClassificationCollator(
         image_size, class_names, sa.image_column, sa.label_column, bad_samples=config.bad_samples
     )
@@ -487,7 +501,9 @@ def prepare_from_args(sa: ScriptArguments, config: MMTARDConfig) -> RunInputs:
         "base_model": sa.student,
         "teachers": described,
         "train": f"{train_name} [{sa.train_split}]",
-        "eval": f"{sa.dataset_name or ', '.join(sa.eval_files or [])} [{sa.eval_split}]" if evaluation is not None else "-",
+        "eval": f"{sa.dataset_name or ', '.join(sa.eval_files or [])} [{sa.eval_split}]"
+        if evaluation is not None
+        else "-",
         "train_id": sa.dataset_name,
         "eval_id": sa.dataset_name,
     }
@@ -557,7 +573,10 @@ def evaluate_model(model, processor, label: str, inputs: RunInputs, config: MMTA
         log_level=config.log_level,
     )
     trainer = MMTARDTrainer(
-        model=model, args=eval_args, processing_class=processor, class_names=inputs.class_names,
+        model=model,
+        args=eval_args,
+        processing_class=processor,
+        class_names=inputs.class_names,
         data_collator=inputs.collator,
     )
     return evaluate_robustness(trainer, inputs.eval_dataset, eps_list, label)
@@ -576,7 +595,9 @@ def teacher_confidence_report(trainer: MMTARDTrainer, inputs: RunInputs, max_sam
     for spec, module in zip(trainer.teacher_specs, trainer.teacher_modules):
         device = next(module.parameters()).device
         x, y = batch["pixel_values"].to(device), batch["labels"].to(device)
-        conf = torch.cat([module.confidence(module(xb).image_embeds, yb) for xb, yb in zip(x.split(128), y.split(128))])
+        conf = torch.cat(
+            [module.confidence(module(xb).image_embeds, yb) for xb, yb in zip(x.split(128), y.split(128))]
+        )
         report[spec.name] = {
             "mean": round(float(conf.mean()), 4),
             "min": round(float(conf.min()), 4),
@@ -588,7 +609,11 @@ def teacher_confidence_report(trainer: MMTARDTrainer, inputs: RunInputs, max_sam
                 "Teacher `%s` has a negative confidence on %.0f%% of %d training images (mean %.3f): the `%s` "
                 "weighting pushes the student away from it on those. Consider `--weighting sigmoid` or `fixed`, or a "
                 "better teacher.",
-                spec.name, 100 * report[spec.name]["fraction_negative"], conf.numel(), conf.mean(), trainer.args.weighting,
+                spec.name,
+                100 * report[spec.name]["fraction_negative"],
+                conf.numel(),
+                conf.mean(),
+                trainer.args.weighting,
             )
     return report
 
@@ -752,7 +777,11 @@ def main(argv: list[str] | None = None) -> dict:
             "phases": {
                 f"embedded {phase.replace('_', ' ')}": (
                     f"{info['description']}; "
-                    + ("reused from the cache" if info.get("cached") else f"trained in {info['train_runtime_s']:.1f} s")
+                    + (
+                        "reused from the cache"
+                        if info.get("cached")
+                        else f"trained in {info['train_runtime_s']:.1f} s"
+                    )
                 )
                 for phase, info in inputs.phases.items()
             },
@@ -765,8 +794,10 @@ def main(argv: list[str] | None = None) -> dict:
             ),
             "rows": rows,
             "notes": [
-                f"clean and robust accuracy are computed on the same {rows[0]['num_clean'] if rows else 0} evaluation "
-                "images; PGD is an upper bound on robust accuracy (APGD/AutoAttack is stronger)."
+                (
+                    f"clean and robust accuracy are computed on the same {rows[0]['num_clean'] if rows else 0} "
+                    "evaluation images; PGD is an upper bound on robust accuracy (APGD/AutoAttack is stronger)."
+                )
             ]
             + (
                 [
@@ -784,8 +815,15 @@ def main(argv: list[str] | None = None) -> dict:
         rank = config.process_index
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, f"checksum_rank{rank}.json"), "w") as f:
-            json.dump({"rank": rank, "world_size": world, "initial": initial_checksum,
-                       "final": weights_checksum(student_module)}, f)
+            json.dump(
+                {
+                    "rank": rank,
+                    "world_size": world,
+                    "initial": initial_checksum,
+                    "final": weights_checksum(student_module),
+                },
+                f,
+            )
     if trainer.is_world_process_zero():
         save_model_card(results, output_dir)
         with open(os.path.join(output_dir, "results.json"), "w") as f:

@@ -264,7 +264,11 @@ def _pil_to_rgb(image):
     image = ImageOps.exif_transpose(image) or image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         arr = np.asarray(image, dtype=np.float32)
-        top = 1.0 if image.mode == "F" and arr.max(initial=0) <= 1.0 else (255.0 if arr.max(initial=0) <= 255 else 65535.0)
+        top = (
+            1.0
+            if image.mode == "F" and arr.max(initial=0) <= 1.0
+            else (255.0 if arr.max(initial=0) <= 255 else 65535.0)
+        )
         image = Image.fromarray((np.clip(arr / top, 0, 1) * 255).round().astype(np.uint8), mode="L")
     if image.mode in ("P", "PA", "LA"):
         image = image.convert("RGBA")  # keeps palette transparency out of the RGB conversion's warning path
@@ -386,7 +390,9 @@ class ImageClassificationCollator:
             raise ValueError(f"label {value!r} is not a class id")
         value = int(value)
         if not 0 <= value < len(self.class_names):
-            raise ValueError(f"label {value} is outside the {len(self.class_names)} classes [0, {len(self.class_names) - 1}]")
+            raise ValueError(
+                f"label {value} is outside the {len(self.class_names)} classes [0, {len(self.class_names) - 1}]"
+            )
         return value
 
     def _image(self, example: dict):
@@ -410,7 +416,9 @@ class ImageClassificationCollator:
                 image = self._image(example)
             except KeyError:
                 raise
-            except Exception as err:  # decoding errors come as OSError, ValueError, SyntaxError, DecompressionBombError
+            except (
+                Exception
+            ) as err:  # decoding errors come as OSError, ValueError, SyntaxError, DecompressionBombError
                 reason = f"{type(err).__name__}: {err}"
                 name = self._sample_name(example, position)
                 if self.bad_samples == "raise":

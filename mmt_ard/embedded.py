@@ -272,8 +272,15 @@ def build_embedded_models(
         start = time.perf_counter()
         logger.info("Embedded default: training the %s (%s)", phase.replace("_", " "), r.describe(phase))
         model, metrics = train_zero_shot(
-            model, processor, train_dataset, batch_size=r.batch_size, seed=r.seed,
-            output_dir=os.path.join(work, phase), prompt_templates=[r.template], **kwargs, **config_kwargs,
+            model,
+            processor,
+            train_dataset,
+            batch_size=r.batch_size,
+            seed=r.seed,
+            output_dir=os.path.join(work, phase),
+            prompt_templates=[r.template],
+            **kwargs,
+            **config_kwargs,
         )
         phases[phase] = {
             "steps": kwargs["steps"],
@@ -285,18 +292,36 @@ def build_embedded_models(
         return model
 
     teacher, t_proc = build_tiny_clip(
-        r.teacher_width, r.teacher_layers, r.heads, r.image_size, r.patch_size, r.projection_dim,
-        seed=r.seed + 1, words=DIGIT_NAMES,
+        r.teacher_width,
+        r.teacher_layers,
+        r.heads,
+        r.image_size,
+        r.patch_size,
+        r.projection_dim,
+        seed=r.seed + 1,
+        words=DIGIT_NAMES,
     )
     simplex_text_head(teacher, t_proc, DIGIT_NAMES, r.template, seed=r.seed + 1)
     teacher = run("clean_teacher", teacher, t_proc, steps=r.clean_steps, learning_rate=r.clean_lr)
     robust = run(
-        "robust_teacher", copy.deepcopy(teacher), t_proc, steps=r.robust_steps, learning_rate=r.robust_lr,
-        attack_eps=r.robust_eps, attack_steps=r.robust_attack_steps, attack_step_size=r.robust_step_size,
+        "robust_teacher",
+        copy.deepcopy(teacher),
+        t_proc,
+        steps=r.robust_steps,
+        learning_rate=r.robust_lr,
+        attack_eps=r.robust_eps,
+        attack_steps=r.robust_attack_steps,
+        attack_step_size=r.robust_step_size,
     )
     student, s_proc = build_tiny_clip(
-        r.student_width, r.student_layers, r.heads, r.image_size, r.patch_size, r.projection_dim,
-        seed=r.seed + 2, words=DIGIT_NAMES,
+        r.student_width,
+        r.student_layers,
+        r.heads,
+        r.image_size,
+        r.patch_size,
+        r.projection_dim,
+        seed=r.seed + 2,
+        words=DIGIT_NAMES,
     )
     simplex_text_head(student, s_proc, DIGIT_NAMES, r.template, seed=r.seed + 2)
     student = run("student", student, s_proc, steps=r.student_steps, learning_rate=r.student_lr)

@@ -114,7 +114,12 @@ def _is_hub_id(text: str | None) -> bool:
 
 def front_matter(results: dict) -> str:
     """YAML front-matter: library, tags, base model, datasets, metrics (parsed by the Hub)."""
-    lines = ["---", "library_name: transformers", "license: apache-2.0", "pipeline_tag: zero-shot-image-classification"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "license: apache-2.0",
+        "pipeline_tag: zero-shot-image-classification",
+    ]
     tags = list(DEFAULT_TAGS) + [t for t in results.get("tags", []) if t not in DEFAULT_TAGS]
     if results.get("preset") and results["preset"] not in tags:
         tags.append(results["preset"])
@@ -183,7 +188,11 @@ def render_model_card(results: dict) -> str:
     if results.get("hub_model_id"):
         parts.append(f"- **This model on the Hub:** `{results['hub_model_id']}`")
     if teachers:
-        parts += ["", "| teacher | role | model | processor | input | matched to | coef |", "|---|---|---|---|---|---|---|"]
+        parts += [
+            "",
+            "| teacher | role | model | processor | input | matched to | coef |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for t in teachers:
             parts.append(
                 f"| {t.get('name', '-')} | {t.get('role', '-')} | `{t.get('model', '-')}` | "
@@ -209,13 +218,17 @@ def render_model_card(results: dict) -> str:
     parts.append(f"- **Evaluation data:** {dataset.get('eval', '-')} ({dataset.get('num_eval', '-')} samples)")
     names = dataset.get("class_names") or []
     shown_names = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-    parts.append(f"- **Classes:** {dataset.get('num_classes', len(names) or '-')}" + (f" ({shown_names})" if names else ""))
+    parts.append(
+        f"- **Classes:** {dataset.get('num_classes', len(names) or '-')}" + (f" ({shown_names})" if names else "")
+    )
     parts.append(f"- **Bad samples skipped:** {dataset.get('skipped', 0)}")
 
     parts += ["", "## Training cost", ""]
     wall = training.get("wall_clock_s")
     ips = training.get("images_per_second")
-    parts.append(f"- **Optimizer steps:** {training.get('steps', '-')} at a global batch of {training.get('batch_size', '-')}")
+    parts.append(
+        f"- **Optimizer steps:** {training.get('steps', '-')} at a global batch of {training.get('batch_size', '-')}"
+    )
     parts.append(f"- **Throughput:** {'-' if ips is None else f'{ips:.1f}'} training images/s")
     parts.append(f"- **Wall-clock:** {'-' if wall is None else f'{wall:.1f} s'} of training")
     if training.get("total_wall_clock_s") is not None:
@@ -246,8 +259,10 @@ def render_model_card(results: dict) -> str:
         "",
         "## Citation",
         "",
-        "This model was trained with MMT-ARD (Li, Dong, Yang, Wen, Koniusz, Huang, Tian, Ong; "
-        "[arXiv 2511.17448](https://arxiv.org/abs/2511.17448), 2025):",
+        (
+            "This model was trained with MMT-ARD (Li, Dong, Yang, Wen, Koniusz, Huang, Tian, Ong; "
+            "[arXiv 2511.17448](https://arxiv.org/abs/2511.17448), 2025):"
+        ),
         "",
         "```bibtex",
         CITATION,

@@ -241,8 +241,14 @@ class TestCollator:
 
     @pytest.mark.parametrize(
         "index, pattern",
-        [(1, "corrupt.png.*UnidentifiedImageError"), (2, "truncated.png"), (3, "label 7 is outside the 3 classes"),
-         (4, "label -1 is outside"), (5, "missing.png.*missing"), (6, "'zebra' is not one of the 3 class names")],
+        [
+            (1, "corrupt.png.*UnidentifiedImageError"),
+            (2, "truncated.png"),
+            (3, "label 7 is outside the 3 classes"),
+            (4, "label -1 is outside"),
+            (5, "missing.png.*missing"),
+            (6, "'zebra' is not one of the 3 class names"),
+        ],
     )
     def test_raise_names_the_sample(self, index, pattern):
         rows = self._bad_rows()
@@ -266,8 +272,10 @@ class TestCollator:
             collate([{"image": b"junk", "label": 0}])
 
     def test_parquet_with_bad_rows_end_to_end(self, tmp_path):
-        rows = good_rows(3) + [{"image": b"\x89PNG broken", "label": 0, "filename": "broken.png"},
-                               {"image": png_bytes(rgb_image()), "label": 9, "filename": "nine.png"}]
+        rows = good_rows(3) + [
+            {"image": b"\x89PNG broken", "label": 0, "filename": "broken.png"},
+            {"image": png_bytes(rgb_image()), "label": 9, "filename": "nine.png"},
+        ]
         ds = prepare_dataset(load_image_dataset(write_parquet(tmp_path / "bad.parquet", rows), "train"))
         examples = [ds[i] for i in range(len(ds))]
         with pytest.raises(BadSampleError, match="sample_id=3 \\(filename='broken.png'\\)"):

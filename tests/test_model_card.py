@@ -13,8 +13,14 @@ from mmt_ard.model_card import MMTARD_SETTING_KEYS, format_eps, render_model_car
 @pytest.fixture
 def results() -> dict:
     settings = {key: 0.5 for key in MMTARD_SETTING_KEYS}
-    settings.update(attack_eps=2 / 255, eval_attack_eps=4 / 255, weighting="confidence", attack_loss="kl",
-                    prompt_templates=["This is a photo of a {}"], attack_random_init=True)
+    settings.update(
+        attack_eps=2 / 255,
+        eval_attack_eps=4 / 255,
+        weighting="confidence",
+        attack_loss="kl",
+        prompt_templates=["This is a photo of a {}"],
+        attack_random_init=True,
+    )
     return {
         "model_name": "clip-b32-mmt-ard",
         "base_model": "openai/clip-vit-base-patch32",
@@ -22,25 +28,74 @@ def results() -> dict:
         "hub_model_id": "me/clip-b32-mmt-ard",
         "preset": "mmt-ard",
         "teachers": [
-            {"name": "robust", "role": "robust", "model": "LEAF-CLIP/CLIP-ViT-L-FARE2",
-             "processor": "openai/clip-vit-large-patch14", "input": "adversarial", "match": "adversarial", "coef": 50.0},
-            {"name": "clean", "role": "clean", "model": "openai/clip-vit-large-patch14", "processor": None,
-             "input": "clean", "match": "clean", "coef": 5.0},
+            {
+                "name": "robust",
+                "role": "robust",
+                "model": "LEAF-CLIP/CLIP-ViT-L-FARE2",
+                "processor": "openai/clip-vit-large-patch14",
+                "input": "adversarial",
+                "match": "adversarial",
+                "coef": 50.0,
+            },
+            {
+                "name": "clean",
+                "role": "clean",
+                "model": "openai/clip-vit-large-patch14",
+                "processor": None,
+                "input": "clean",
+                "match": "clean",
+                "coef": 5.0,
+            },
         ],
         "settings": settings,
-        "lora": {"r": 16, "alpha": 16, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"], "saved": "LoRA adapter"},
-        "dataset": {"train": "ILSVRC/imagenet-1k [train]", "eval": "ILSVRC/imagenet-1k [validation]",
-                    "train_id": "ILSVRC/imagenet-1k", "eval_id": "ILSVRC/imagenet-1k", "num_train": 1281167,
-                    "num_eval": 5000, "num_classes": 3, "class_names": ["tench", "goldfish", "shark"], "skipped": 2},
-        "training": {"steps": 5000, "batch_size": 512, "images_per_second": 123.45, "wall_clock_s": 3600.0,
-                     "hardware": "NVIDIA H100 80GB HBM3 (CUDA)", "num_processes": 8, "total_wall_clock_s": 4000.0},
+        "lora": {
+            "r": 16,
+            "alpha": 16,
+            "dropout": 0.1,
+            "target_modules": ["q_proj", "v_proj"],
+            "saved": "LoRA adapter",
+        },
+        "dataset": {
+            "train": "ILSVRC/imagenet-1k [train]",
+            "eval": "ILSVRC/imagenet-1k [validation]",
+            "train_id": "ILSVRC/imagenet-1k",
+            "eval_id": "ILSVRC/imagenet-1k",
+            "num_train": 1281167,
+            "num_eval": 5000,
+            "num_classes": 3,
+            "class_names": ["tench", "goldfish", "shark"],
+            "skipped": 2,
+        },
+        "training": {
+            "steps": 5000,
+            "batch_size": 512,
+            "images_per_second": 123.45,
+            "wall_clock_s": 3600.0,
+            "hardware": "NVIDIA H100 80GB HBM3 (CUDA)",
+            "num_processes": 8,
+            "total_wall_clock_s": 4000.0,
+        },
         "robustness": {
             "protocol": "zero-shot classification, L-inf PGD-CE, 10 steps",
             "rows": [
-                {"model": "student (before)", "attack": "PGD-10 (CE)", "eps": 2 / 255, "clean_accuracy": 0.632,
-                 "robust_accuracy": 0.0, "num_clean": 5000, "num_robust": 1000},
-                {"model": "student (after)", "attack": "PGD-10 (CE)", "eps": 4 / 255, "clean_accuracy": 0.5,
-                 "robust_accuracy": 0.2512, "num_clean": 5000, "num_robust": 1000},
+                {
+                    "model": "student (before)",
+                    "attack": "PGD-10 (CE)",
+                    "eps": 2 / 255,
+                    "clean_accuracy": 0.632,
+                    "robust_accuracy": 0.0,
+                    "num_clean": 5000,
+                    "num_robust": 1000,
+                },
+                {
+                    "model": "student (after)",
+                    "attack": "PGD-10 (CE)",
+                    "eps": 4 / 255,
+                    "clean_accuracy": 0.5,
+                    "robust_accuracy": 0.2512,
+                    "num_clean": 5000,
+                    "num_robust": 1000,
+                },
             ],
             "notes": ["robust accuracy on a 1000-image subset"],
         },
@@ -60,11 +115,25 @@ def test_front_matter_is_yaml_with_tags(results):
 
 def test_body_has_models_recipe_data_cost(results):
     card = render_model_card(results)
-    for text in ("# clip-b32-mmt-ard", "`openai/clip-vit-base-patch32`", "`LEAF-CLIP/CLIP-ViT-L-FARE2`",
-                 "`openai/clip-vit-large-patch14`", "| robust | robust |", "Preset:** `mmt-ard`", "r=16",
-                 "LoRA adapter", "ILSVRC/imagenet-1k [train] (1281167 samples)", "(5000 samples)", "tench, goldfish",
-                 "Bad samples skipped:** 2", "5000 at a global batch of 512", "123.5 training images/s",
-                 "3600.0 s", "NVIDIA H100 80GB HBM3 (CUDA) x 8", "4000.0 s"):
+    for text in (
+        "# clip-b32-mmt-ard",
+        "`openai/clip-vit-base-patch32`",
+        "`LEAF-CLIP/CLIP-ViT-L-FARE2`",
+        "`openai/clip-vit-large-patch14`",
+        "| robust | robust |",
+        "Preset:** `mmt-ard`",
+        "r=16",
+        "LoRA adapter",
+        "ILSVRC/imagenet-1k [train] (1281167 samples)",
+        "(5000 samples)",
+        "tench, goldfish",
+        "Bad samples skipped:** 2",
+        "5000 at a global batch of 512",
+        "123.5 training images/s",
+        "3600.0 s",
+        "NVIDIA H100 80GB HBM3 (CUDA) x 8",
+        "4000.0 s",
+    ):
         assert text in card, text
     for key in MMTARD_SETTING_KEYS:
         assert f"| `{key}` |" in card, key
@@ -106,7 +175,8 @@ def test_local_paths_are_not_hub_metadata(results):
 def test_save_writes_readme(tmp_path, results):
     path = save_model_card(results, str(tmp_path / "out"))
     assert path.endswith("README.md")
-    assert open(path, encoding="utf-8").read() == render_model_card(results)
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == render_model_card(results)
 
 
 @pytest.mark.parametrize(
