@@ -587,7 +587,11 @@ def teacher_confidence_report(trainer: MMTARDTrainer, inputs: RunInputs, max_sam
     """Each teacher's confidence (cosine of its image embedding to the true class's text embedding) on clean
     training images: the `confidence` weighting multiplies its KL term by it, so negative values push the student
     *away* from that teacher."""
-    examples = list(itertools.islice(iter(inputs.train_dataset), max_samples))
+    from tqdm.auto import tqdm
+
+    rows = itertools.islice(iter(inputs.train_dataset), max_samples)
+    bar = tqdm(rows, desc="teacher confidence: reading images", disable=trainer.args.disable_tqdm, leave=False)
+    examples = list(bar)
     if not examples:
         return {}
     batch = inputs.collator(examples)
