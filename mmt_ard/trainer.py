@@ -491,6 +491,10 @@ class MMTARDTrainer(Trainer):
                     f"`resume_from_checkpoint`=True but {self.args.output_dir!r} holds no complete checkpoint-* folder: "
                     "train from scratch (resume_from_checkpoint=None) or pass a checkpoint path."
                 )
+        if self.model_wrapped is self.model and getattr(self.model, "_is_accelerate_prepared", False):
+            # `evaluate()` before `train()` marks the bare model as prepared, and Accelerate would then never wrap it
+            # in DDP: the ranks' weights would silently drift apart. Let `train()` prepare (wrap) it.
+            self.model._is_accelerate_prepared = False
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:

@@ -92,3 +92,20 @@ def test_accelerate_configs_load(name, kind):
         # the wrapped unit is the student's encoder layer class; teachers are not in the Trainer's model at all
         assert hasattr(clip, fsdp["fsdp_transformer_layer_cls_to_wrap"])
         assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+@pytest.mark.slow
+def test_evaluate_before_train_still_wraps_in_ddp(tmp_path):
+    """`evaluate()` first must not leave the student unwrapped (and the ranks drifting apart) in `train()`."""
+    cmd = _accelerate()
+    if cmd[-1] != "accelerate.commands.launch":
+        cmd.append("launch")
+    helper = os.path.join(REPO, "tests", "ddp_eval_first_helper.py")
+    cmd += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", "29533", helper, str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["wrapped"] == "DistributedDataParallel" for r in ranks), ranks
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=0, abs=1e-9), ranks
