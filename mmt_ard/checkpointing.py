@@ -89,20 +89,12 @@ def _fsync_tree(path: str) -> None:
     """Flush every file under `path` and the directories themselves to disk (best effort: not every OS allows it)."""
     for root, _dirs, files in os.walk(path):
         for name in files:
-            try:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        _fsync_dir(root)
+            _fsync(os.path.join(root, name))
+        _fsync(root)
 
 
-def _fsync_dir(path: str) -> None:
+def _fsync(path: str) -> None:
+    """Flush one file or directory to disk; best effort (some filesystems refuse fsync on directories)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -196,7 +188,7 @@ def save_checkpoint_atomically(trainer, parent_save: Callable, model, trial) -> 
             # the same step saved again (e.g. a resumed run): move the old one out of the namespace first
             delete_checkpoint(final)
         os.replace(staged, final)
-        _fsync_dir(run_dir)
+        _fsync(run_dir)
         shutil.rmtree(staging_root, ignore_errors=True)
         rotate_checkpoints_safely(run_dir, args.save_total_limit, [final, state.best_model_checkpoint])
     trainer.accelerator.wait_for_everyone()
