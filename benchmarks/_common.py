@@ -100,6 +100,11 @@ def load_image_table(source: str, image_size: int | None = None):
     """
     from PIL import Image
 
+    if source == "sklearn-digits":  # scikit-learn's bundled 8x8 digits, upsampled (method.md section 8)
+        from mmt_ard.tiny import DIGIT_NAMES, load_digits_arrays
+
+        x_tr, y_tr, x_te, y_te = load_digits_arrays(image_size or 32, seed=0, test_fraction=0.0)
+        return x_tr.contiguous(), y_tr, list(DIGIT_NAMES)
     if os.path.exists(source):
         import pyarrow.parquet as pq
 

@@ -240,83 +240,87 @@ def steps_to_target(presets: dict) -> dict:
 
 # ---------------------------------------------------------------- report
 def aggregate(seeds: list[dict]) -> dict:
-    names = list(seeds[0]["presets"])
+    """Per preset: means over the seeds that ran it, per-seed values, steps/seconds to the single-teacher target."""
+    names = list(dict.fromkeys(n for s in seeds for n in s["presets"]))
     agg = {}
     for name in names:
-        finals = [s["presets"][name]["final"] for s in seeds]
+        ran = [s for s in seeds if name in s["presets"]]
+        finals = [s["presets"][name]["final"] for s in ran]
         row = {k: statistics.mean(f[k] for f in finals) for k in ("clean", "pgd", "apgd_ce") if k in finals[0]}
+        row["seeds"] = [s["seed"] for s in ran]
         row["per_seed"] = [{k: f.get(k) for k in ("clean", "pgd", "apgd_ce")} for f in finals]
-        row["train_s"] = statistics.mean(s["presets"][name]["train_s"] for s in seeds)
-        hits = [s["targets"].get(name, {}) for s in seeds if s.get("targets")]
+        row["train_s"] = statistics.mean(s["presets"][name]["train_s"] for s in ran)
+        hits = [s["targets"].get(name, {}) for s in ran if s.get("targets")]
         row["steps_to_target"] = [h.get("steps") for h in hits]
         row["train_s_to_target"] = [h.get("train_s") for h in hits]
         agg[name] = row
-    for ref in ("single-teacher",):
-        if ref in agg and "mmt-ard" in agg:
-            agg["mmt-ard_minus_" + ref] = {
-                k: [s["presets"]["mmt-ard"]["final"][k] - s["presets"][ref]["final"][k] for s in seeds]
-                for k in ("clean", "pgd", "apgd_ce") if k in seeds[0]["presets"]["mmt-ard"]["final"]
+    for name in ("mmt-ard", "mmt-ard-sigmoid"):
+        both = [s for s in seeds if name in s["presets"] and "single-teacher" in s["presets"]]
+        if both:
+            agg[f"{name}_minus_single-teacher"] = {
+                k: [s["presets"][name]["final"][k] - s["presets"]["single-teacher"]["final"][k] for s in both]
+                for k in ("clean", "pgd", "apgd_ce")
             }
     return agg
 
 
 def table(agg: dict, seeds: list[dict]) -> str:
-    lines = ["| preset | clean | PGD-10 | APGD-CE | steps to single-teacher's robust acc | train s to it | train s total |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| preset | seeds | clean | PGD-10 | APGD-CE | steps to single-teacher's robust acc | train s to it "
+             "| train s total |", "|---|---|---|---|---|---|---|---|"]
     for name, row in agg.items():
-        if name.startswith("mmt-ard_minus"):
+        if "_minus_" in name:
             continue
         steps = ", ".join("-" if s is None else str(s) for s in row["steps_to_target"])
         secs = ", ".join("-" if s is None else f"{s:.0f}" for s in row["train_s_to_target"])
-        lines.append(f"| {name} | {100 * row['clean']:.1f} | {100 * row['pgd']:.1f} | "
+        lines.append(f"| {name} | {len(row['seeds'])} | {100 * row['clean']:.1f} | {100 * row['pgd']:.1f} | "
                      f"{100 * row.get('apgd_ce', float('nan')):.1f} | {steps} | {secs} | {row['train_s']:.0f} |")
     for key in ("clean_teacher", "robust_teacher", "student_init"):
         vals = [s[key] for s in seeds]
         m = {k: statistics.mean(v[k] for v in vals) for k in ("clean", "pgd", "apgd_ce")}
-        lines.append(f"| ({key.replace('_', ' ')}) | {100 * m['clean']:.1f} | {100 * m['pgd']:.1f} | "
+        lines.append(f"| ({key.replace('_', ' ')}) | {len(vals)} | {100 * m['clean']:.1f} | {100 * m['pgd']:.1f} | "
                      f"{100 * m['apgd_ce']:.1f} | | | {statistics.mean(v['train_s'] for v in vals):.0f} |")
     return "\n".join(lines)
 
 
 def plot(seeds: list[dict], path: str) -> None:
+    """Robust (left) and clean (right) held-out accuracy vs steps; one row per seed (a mean would hide a collapse)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    names = list(seeds[0]["presets"])
+    rows = len(seeds)
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 3.2 * rows), squeeze=False)
+    names = list(dict.fromkeys(n for s in seeds for n in s["presets"]))
     colors = dict(zip(PRESETS_ALL + ["mmt-ard-sigmoid"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for ax, key, title in ((axes[0], "pgd", "robust accuracy (PGD-10)"), (axes[1], "clean", "clean accuracy")):
-        for name in names:
-            curves = [s["presets"][name]["curve"] for s in seeds]
-            steps = [pt["step"] for pt in curves[0]]
-            mean = [statistics.mean(c[i][key] for c in curves) for i in range(len(steps))]
-            ax.plot(steps, [100 * v for v in mean], marker="o", ms=3, label=name, color=colors.get(name),
-                    lw=2.2 if name == "mmt-ard" else 1.4)
-        for tkey, style in (("robust_teacher", ":"), ("clean_teacher", "--")):
-            ax.axhline(100 * statistics.mean(s[tkey][key] for s in seeds), color="gray", ls=style, lw=1,
-                       label=tkey.replace("_", " "))
-        ax.set_xlabel("training steps")
-        ax.set_ylabel("%")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    n = len(seeds)
-    fig.suptitle(f"held-out accuracy vs steps (mean over {n} seed{'s' if n > 1 else ''})", fontsize=10)
+    for row, seed in zip(axes, seeds):
+        for ax, key, title in ((row[0], "pgd", "robust accuracy (PGD-10)"), (row[1], "clean", "clean accuracy")):
+            for name in [n for n in names if n in seed["presets"]]:
+                curve = seed["presets"][name]["curve"]
+                ax.plot([pt["step"] for pt in curve], [100 * pt[key] for pt in curve], marker="o", ms=3, label=name,
+                        color=colors.get(name), lw=2.2 if name == "mmt-ard" else 1.3)
+            for tkey, style in (("robust_teacher", ":"), ("clean_teacher", "--")):
+                ax.axhline(100 * seed[tkey][key], color="gray", ls=style, lw=1, label=tkey.replace("_", " "))
+            ax.set_xlabel("training steps")
+            ax.set_ylabel("%")
+            n_key = "n_robust" if key == "pgd" else "n_clean"
+            n = next(iter(seed["presets"].values()))["curve"][-1].get(n_key, "?")
+            ax.set_title(f"seed {seed['seed']}: {title}, {n} held-out images", fontsize=9)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72)
 
 
 def write_report(seeds: list[dict], cfg: dict, machine: dict, out: str, plot_path: str | None, wall: float) -> None:
     agg = aggregate(seeds)
     tab = table(agg, seeds)
     print(tab)
-    if "mmt-ard_minus_single-teacher" in agg:
-        d = agg["mmt-ard_minus_single-teacher"]
-        print("mmt-ard minus single-teacher (points, per seed): "
-              + ", ".join(f"{k} {[round(100 * v, 1) for v in vs]}" for k, vs in d.items()))
+    for key in ("mmt-ard_minus_single-teacher", "mmt-ard-sigmoid_minus_single-teacher"):
+        if key in agg:
+            print(key.replace("_", " ") + " (points, per seed): "
+                  + ", ".join(f"{k} {[round(100 * v, 1) for v in vs]}" for k, vs in agg[key].items()))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"config": cfg, "machine": machine, "wall_s": wall, "aggregate": agg, "table_markdown": tab,
@@ -330,7 +334,8 @@ def write_report(seeds: list[dict], cfg: dict, machine: dict, out: str, plot_pat
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="/work/shared/data/cifar10_test.parquet",
-                    help="Parquet file (image bytes + label, class names in the .json sidecar) or a Hub dataset id")
+                    help="Parquet file (image bytes + label, class names in the .json sidecar), a Hub dataset id, "
+                         "or `sklearn-digits`")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--split-seed", type=int, default=0, help="seed of the train/held-out split (same for all seeds)")
     ap.add_argument("--train-per-class", type=int, default=900)
