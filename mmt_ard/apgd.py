@@ -192,8 +192,7 @@ def _validate(x, y, eps, norm, loss, n_iter, n_restarts, n_target_classes, rho):
         )
 
 
-def _apgd_impl(model, x, y, *, eps, norm, loss, n_iter, n_restarts, n_target_classes, rho, seed,
-               verbose, active=None):
+def _apgd_impl(model, x, y, *, eps, norm, loss, n_iter, n_restarts, n_target_classes, rho, seed, verbose, active=None):
     """Run APGD and return ``(x_adv, robust)`` with x_adv (B, 3, H, W) and robust (B,) bool.
 
     ``active`` (B,) bool restricts the attack to a subset; the others come back unchanged
@@ -237,16 +236,26 @@ def _apgd_impl(model, x, y, *, eps, norm, loss, n_iter, n_restarts, n_target_cla
                 break
             x_start = _random_start(x[idx], eps, norm, gen, idx, x.shape)
             x_b, loss_b, x_f, fooled = _single_run(
-                model, x[idx], y[idx], None if target is None else target[idx],
-                eps=eps, norm=norm, loss=loss, n_iter=n_iter, rho=rho, x_start=x_start,
+                model,
+                x[idx],
+                y[idx],
+                None if target is None else target[idx],
+                eps=eps,
+                norm=norm,
+                loss=loss,
+                n_iter=n_iter,
+                rho=rho,
+                x_start=x_start,
             )
             better = ~fooled & (loss_b > best_loss[idx])
             x_adv[idx[better]], best_loss[idx[better]] = x_b[better], loss_b[better]
             x_adv[idx[fooled]] = x_f[fooled]
             robust[idx[fooled]] = False
             if verbose:
-                print(f"[apgd {loss}/{norm}] target {t_idx} restart {restart}: "
-                      f"robust acc {robust.float().mean().item():.2%}")
+                print(
+                    f"[apgd {loss}/{norm}] target {t_idx} restart {restart}: "
+                    f"robust acc {robust.float().mean().item():.2%}"
+                )
     return x_adv, robust
 
 
@@ -257,18 +266,32 @@ def _run_safely(fn, model, x):
     if isinstance(model, nn.Module):
         model.eval()
     try:
-        with torch.inference_mode(False), torch.enable_grad(), \
-                torch.autocast(device_type=x.device.type, enabled=False):
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast(device_type=x.device.type, enabled=False),
+        ):
             return fn()
     finally:
         for m, mode in modes:
             m.training = mode
 
 
-def apgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *,
-         eps: float, norm: str = "linf", loss: str = "ce", n_iter: int = 100,
-         n_restarts: int = 1, n_target_classes: int = 9, rho: float = 0.75, seed: int = 0,
-         verbose: bool = False) -> torch.Tensor:
+def apgd(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    loss: str = "ce",
+    n_iter: int = 100,
+    n_restarts: int = 1,
+    n_target_classes: int = 9,
+    rho: float = 0.75,
+    seed: int = 0,
+    verbose: bool = False,
+) -> torch.Tensor:
     """Auto-PGD attack (Croce & Hein, 2020).
 
     Args:
@@ -293,9 +316,24 @@ def apgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torc
         misclassified, otherwise the highest-loss point (the input itself for images that
         are misclassified already).
     """
-    return _run_safely(lambda: _apgd_impl(
-        model, x, y, eps=eps, norm=norm, loss=loss, n_iter=n_iter, n_restarts=n_restarts,
-        n_target_classes=n_target_classes, rho=rho, seed=seed, verbose=verbose)[0], model, x)
+    return _run_safely(
+        lambda: _apgd_impl(
+            model,
+            x,
+            y,
+            eps=eps,
+            norm=norm,
+            loss=loss,
+            n_iter=n_iter,
+            n_restarts=n_restarts,
+            n_target_classes=n_target_classes,
+            rho=rho,
+            seed=seed,
+            verbose=verbose,
+        )[0],
+        model,
+        x,
+    )
 
 
 def apgd_ce(model, x, y, **kwargs) -> torch.Tensor:
@@ -312,10 +350,21 @@ def apgd_t(model, x, y, **kwargs) -> torch.Tensor:
     return apgd(model, x, y, **{**kwargs, "loss": "dlr-targeted"})
 
 
-def apgd_worst_case(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-                    attacks: Sequence[str] = ("apgd-ce", "apgd-t"), n_iter: int = 100,
-                    n_restarts: int = 1, n_target_classes: int = 9, rho: float = 0.75,
-                    seed: int = 0, verbose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def apgd_worst_case(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    attacks: Sequence[str] = ("apgd-ce", "apgd-t"),
+    n_iter: int = 100,
+    n_restarts: int = 1,
+    n_target_classes: int = 9,
+    rho: float = 0.75,
+    seed: int = 0,
+    verbose: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample worst case over several APGD attacks (AutoAttack-style cascade).
 
     Each attack runs only on the samples that every previous attack failed to fool.
@@ -332,16 +381,26 @@ def apgd_worst_case(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     """
     unknown = [a for a in attacks if a not in _ATTACKS]
     if unknown or not attacks:
-        raise ValueError(f"attacks={tuple(attacks)!r} is invalid: use a non-empty subset of "
-                         f"{tuple(_ATTACKS)}.")
+        raise ValueError(f"attacks={tuple(attacks)!r} is invalid: use a non-empty subset of {tuple(_ATTACKS)}.")
 
     def run():
         x_adv, robust = None, None
         for name in attacks:
             x_a, rob_a = _apgd_impl(
-                model, x, y, eps=eps, norm=norm, loss=_ATTACKS[name], n_iter=n_iter,
-                n_restarts=n_restarts, n_target_classes=n_target_classes, rho=rho, seed=seed,
-                verbose=verbose, active=robust)
+                model,
+                x,
+                y,
+                eps=eps,
+                norm=norm,
+                loss=_ATTACKS[name],
+                n_iter=n_iter,
+                n_restarts=n_restarts,
+                n_target_classes=n_target_classes,
+                rho=rho,
+                seed=seed,
+                verbose=verbose,
+                active=robust,
+            )
             if robust is None:
                 x_adv, robust = x_a, rob_a
             else:  # only the samples still robust were attacked

@@ -21,16 +21,44 @@ BAD_SAMPLE_POLICIES = ("raise", "skip")
 # the kind of every field this config owns (see `validation.check_field`; "?": None allowed), checked right after the
 # preset fills the unset ones and before anything (TrainingArguments included) reads them
 FIELD_KINDS = {
-    "attack_eps": "number", "attack_step_size": "number", "attack_steps": "int", "attack_norm": "str",
-    "attack_momentum": "number", "attack_random_init": "bool", "attack_loss": "str", "attack_target": "str?",
-    "attack_autocast": "bool", "eval_attack_eps": "number?", "eval_attack_steps": "int?",
-    "eval_attack_step_size": "number?", "weighting": "str", "robust_coef": "number", "clean_coef": "number",
-    "original_coef": "number", "feature_weight": "number", "feature_loss": "str", "ce_weight": "number",
-    "self_kl_weight": "number", "temperature": "number", "kl_reduction": "str", "logit_scale": "number?",
-    "use_model_logit_scale": "bool", "prompt_templates": "str_list", "train_text_tower": "bool",
-    "teacher_dtype": "str", "sigmoid_gamma": "number", "sigmoid_momentum": "number", "mtard_lr": "number",
-    "max_bad_steps": "int", "cache_teacher_outputs": "bool", "bad_samples": "str", "learning_rate": "number",
-    "weight_decay": "number", "warmup_steps": "number", "lr_scheduler_type": "str", "remove_unused_columns": "bool",
+    "attack_eps": "number",
+    "attack_step_size": "number",
+    "attack_steps": "int",
+    "attack_norm": "str",
+    "attack_momentum": "number",
+    "attack_random_init": "bool",
+    "attack_loss": "str",
+    "attack_target": "str?",
+    "attack_autocast": "bool",
+    "eval_attack_eps": "number?",
+    "eval_attack_steps": "int?",
+    "eval_attack_step_size": "number?",
+    "weighting": "str",
+    "robust_coef": "number",
+    "clean_coef": "number",
+    "original_coef": "number",
+    "feature_weight": "number",
+    "feature_loss": "str",
+    "ce_weight": "number",
+    "self_kl_weight": "number",
+    "temperature": "number",
+    "kl_reduction": "str",
+    "logit_scale": "number?",
+    "use_model_logit_scale": "bool",
+    "prompt_templates": "str_list",
+    "train_text_tower": "bool",
+    "teacher_dtype": "str",
+    "sigmoid_gamma": "number",
+    "sigmoid_momentum": "number",
+    "mtard_lr": "number",
+    "max_bad_steps": "int",
+    "cache_teacher_outputs": "bool",
+    "bad_samples": "str",
+    "learning_rate": "number",
+    "weight_decay": "number",
+    "warmup_steps": "number",
+    "lr_scheduler_type": "str",
+    "remove_unused_columns": "bool",
 }
 
 
@@ -158,9 +186,13 @@ class MMTARDConfig(TrainingArguments):
                 "clean images (e.g. 'clean')."
             )
         if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"`weighting`={self.weighting!r} is not a weighting strategy: use one of {sorted(WEIGHTINGS)}.")
+            raise ValueError(
+                f"`weighting`={self.weighting!r} is not a weighting strategy: use one of {sorted(WEIGHTINGS)}."
+            )
         if not (0.0 <= self.attack_momentum < 1.0):
-            raise ValueError(f"`attack_momentum`={self.attack_momentum} must be in [0, 1): 0 is plain PGD, 0.9 the authors'.")
+            raise ValueError(
+                f"`attack_momentum`={self.attack_momentum} must be in [0, 1): 0 is plain PGD, 0.9 the authors'."
+            )
         if self.temperature <= 0:
             raise ValueError(f"`temperature`={self.temperature} must be > 0 (1.0 is the method's).")
         if self.kl_reduction not in ("class_mean", "sum"):

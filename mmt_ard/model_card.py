@@ -104,7 +104,7 @@ def _yaml_list(key: str, items) -> list[str]:
 
 
 def _yaml_scalar(text: str) -> str:
-    safe = text and all(c.isalnum() or c in "-_./" for c in text) and not text[0] in "-."
+    safe = text and all(c.isalnum() or c in "-_./" for c in text) and text[0] not in "-."
     return text if safe else '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

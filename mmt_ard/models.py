@@ -138,7 +138,9 @@ class ZeroShotCLIP(nn.Module):
                 f"`pixel_values` has shape {tuple(pixels.shape)}: expected (B, 3, H, W) RGB images in [0, 1]."
             )
         if pixels.shape[-2:] != (self.image_size, self.image_size):
-            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            pixels = F.interpolate(
+                pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
         x = (pixels - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype)
         return x.to(self.dtype)
 

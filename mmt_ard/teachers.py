@@ -72,7 +72,9 @@ class Teacher:
         if out.dtype not in DTYPES:
             raise ValueError(f"Teacher `{out.name}`: `dtype`={out.dtype!r}; use one of {list(DTYPES)}.")
         if not out.kl and not out.feature_weight:
-            raise ValueError(f"Teacher `{out.name}` has neither a KL term nor a feature term: set `kl` or `feature_weight`.")
+            raise ValueError(
+                f"Teacher `{out.name}` has neither a KL term nor a feature term: set `kl` or `feature_weight`."
+            )
         return out
 
 
@@ -81,7 +83,10 @@ def build_teacher_module(teacher: Teacher, logit_scale: float | None) -> ZeroSho
     model, processor = teacher.model, teacher.processor
     if isinstance(model, str):
         loaded, loaded_processor = load_clip(model, processor if isinstance(processor, str) else None)
-        model, processor = loaded, processor if (processor is not None and not isinstance(processor, str)) else loaded_processor
+        model, processor = (
+            loaded,
+            processor if (processor is not None and not isinstance(processor, str)) else loaded_processor,
+        )
     elif isinstance(processor, str):
         from transformers import CLIPProcessor
 

@@ -39,8 +39,6 @@ def build_tokenizer(words: list[str] | None = None, max_length: int = 16):
     )
 
 
-
-
 def build_tiny_clip(
     hidden: int = 32,
     layers: int = 2,

@@ -34,8 +34,8 @@ from .losses import TeacherTerm, fused_distillation_loss
 from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
 from .teacher_cache import TeacherOutputCache, sample_ids_of
-from .validation import check_batch
 from .teachers import Teacher, build_teacher_module, frozen_copy
+from .validation import check_batch
 from .weighting import make_weighting
 
 STATE_NAME = "mmt_ard_state.json"
@@ -132,11 +132,15 @@ class MMTARDTrainer(Trainer):
         if args is None:
             args = MMTARDConfig(output_dir="mmt_ard_output")
         if not isinstance(args, MMTARDConfig):
-            raise TypeError(f"`args` is a {type(args).__name__}: pass an `MMTARDConfig` (a TrainingArguments subclass).")
+            raise TypeError(
+                f"`args` is a {type(args).__name__}: pass an `MMTARDConfig` (a TrainingArguments subclass)."
+            )
         if model is None:
             raise ValueError("`model` is None: pass the student `CLIPModel` (or a Hub id loaded with `load_clip`).")
         if processing_class is None:
-            raise ValueError("`processing_class` is None: pass the student's `CLIPProcessor` (its tokenizer builds the text head).")
+            raise ValueError(
+                "`processing_class` is None: pass the student's `CLIPProcessor` (its tokenizer builds the text head)."
+            )
         self.class_names = self._resolve_class_names(class_names, kwargs.get("train_dataset"))
 
         student = ZeroShotCLIP(model, processing_class, logit_scale=args.effective_logit_scale)
@@ -212,7 +216,9 @@ class MMTARDTrainer(Trainer):
                 teacher = Teacher(model=teacher, role=role)
             specs.append(teacher)
         if args.preset_max_teachers is not None and len(specs) > args.preset_max_teachers:
-            raise ValueError(f"`preset`={args.preset!r} takes no teachers, got {len(specs)}: drop `teachers` or pick another preset.")
+            raise ValueError(
+                f"`preset`={args.preset!r} takes no teachers, got {len(specs)}: drop `teachers` or pick another preset."
+            )
         if args.preset_make_original and not any(t.role == "original" for t in specs):
             specs.append(Teacher(model=frozen_copy(student), role="original", processor=student.processor))
         roles = [t.role for t in specs]
@@ -523,10 +529,17 @@ class MMTARDTrainer(Trainer):
         if len(bundle.projections):
             proj = {k: v.detach().contiguous().cpu() for k, v in bundle.projections.state_dict().items()}
             safetensors.torch.save_file(proj, os.path.join(output_dir, PROJECTIONS_NAME))
-        state = {"weighting": self.weighting.state_dict(), "weighting_name": self.weighting.name,
-                 "bad_steps": self._bad_steps, "nonfinite_steps": self._nonfinite_steps, "class_names": self.class_names,
-                 "teachers": [{"name": s.name, "role": s.role, "input": s.input, "match": s.match, "coef": s.coef}
-                              for s in self.teacher_specs]}
+        state = {
+            "weighting": self.weighting.state_dict(),
+            "weighting_name": self.weighting.name,
+            "bad_steps": self._bad_steps,
+            "nonfinite_steps": self._nonfinite_steps,
+            "class_names": self.class_names,
+            "teachers": [
+                {"name": s.name, "role": s.role, "input": s.input, "match": s.match, "coef": s.coef}
+                for s in self.teacher_specs
+            ],
+        }
         with open(os.path.join(output_dir, STATE_NAME), "w") as f:
             json.dump(state, f, indent=2)
         with open(os.path.join(output_dir, CONFIG_JSON_NAME), "w") as f:
@@ -583,5 +596,3 @@ def load_student_weights(clip: nn.Module, checkpoint_dir: str) -> None:
         raise RuntimeError(
             f"Checkpoint {checkpoint_dir!r} does not match the student: missing {missing[:5]}, unexpected {unexpected[:5]}."
         )
-
-

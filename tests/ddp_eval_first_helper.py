@@ -15,13 +15,28 @@ student, processor = build_tiny_clip(hidden=32, layers=1, seed=0)
 teacher, teacher_processor = build_tiny_clip(hidden=32, layers=1, seed=1)
 data = digits_dataset(split="train").select(range(64))
 args = MMTARDConfig(
-    output_dir=out, preset="single-teacher", max_steps=3, per_device_train_batch_size=8, per_device_eval_batch_size=8,
-    attack_steps=1, eval_attack_steps=1, learning_rate=1e-3, use_cpu=True, report_to="none", save_strategy="no",
-    disable_tqdm=True, seed=0, data_seed=0,
+    output_dir=out,
+    preset="single-teacher",
+    max_steps=3,
+    per_device_train_batch_size=8,
+    per_device_eval_batch_size=8,
+    attack_steps=1,
+    eval_attack_steps=1,
+    learning_rate=1e-3,
+    use_cpu=True,
+    report_to="none",
+    save_strategy="no",
+    disable_tqdm=True,
+    seed=0,
+    data_seed=0,
 )
 trainer = MMTARDTrainer(
-    model=student, args=args, teachers=[Teacher(teacher, role="robust", processor=teacher_processor)],
-    train_dataset=data, eval_dataset=data.select(range(16)), processing_class=processor,
+    model=student,
+    args=args,
+    teachers=[Teacher(teacher, role="robust", processor=teacher_processor)],
+    train_dataset=data,
+    eval_dataset=data.select(range(16)),
+    processing_class=processor,
 )
 trainer.evaluate()
 trainer.train()

@@ -36,9 +36,14 @@ def _train_digits():
     rng_state = torch.get_rng_state()
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 10),
     )
     torch.set_rng_state(rng_state)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
@@ -182,8 +187,7 @@ def test_apgd_t_needs_four_classes(digits):
     with pytest.raises(ValueError, match="4 classes"):
         apgd_worst_case(two_class, x[keep][:8], y[keep][:8], eps=8 / 255, n_iter=5)
     # the caller's fallback: APGD-CE works for 2 classes
-    _, robust = apgd_worst_case(two_class, x[keep][:8], y[keep][:8], eps=8 / 255, n_iter=5,
-                                attacks=("apgd-ce",))
+    _, robust = apgd_worst_case(two_class, x[keep][:8], y[keep][:8], eps=8 / 255, n_iter=5, attacks=("apgd-ce",))
     assert robust.shape == (8,)
     # 4 classes with n_target_classes=9 -> capped at 3 targets
     keep4 = y < 4

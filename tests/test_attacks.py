@@ -49,7 +49,14 @@ class TestPGDThreatModel:
         eps = EPS if norm == "linf" else 0.5
         inner = make_inner_loss(kind, zs_student, zs_clean_teacher, x, y)
         x_adv = pgd(
-            zs_student, x, inner, eps=eps, step_size=eps / 4, steps=5, norm=norm, momentum=momentum,
+            zs_student,
+            x,
+            inner,
+            eps=eps,
+            step_size=eps / 4,
+            steps=5,
+            norm=norm,
+            momentum=momentum,
             generator=torch.Generator().manual_seed(0),
         )
         assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
@@ -64,8 +71,9 @@ class TestPGDThreatModel:
     @pytest.mark.parametrize("random_init", [True, False])
     def test_eps_zero_returns_input_exactly(self, zs_student, batch, norm, random_init):
         x, y = batch["pixel_values"], batch["labels"]
-        x_adv = pgd(zs_student, x, ce_inner_loss(y), eps=0.0, step_size=1 / 255, steps=3, norm=norm,
-                    random_init=random_init)
+        x_adv = pgd(
+            zs_student, x, ce_inner_loss(y), eps=0.0, step_size=1 / 255, steps=3, norm=norm, random_init=random_init
+        )
         assert torch.equal(x_adv, x)
         assert x_adv.data_ptr() != x.data_ptr()  # a copy: the caller may modify it
 
@@ -76,8 +84,15 @@ class TestPGDThreatModel:
     def test_seeded_generator_is_deterministic(self, zs_student, batch):
         x, y = batch["pixel_values"], batch["labels"]
         runs = [
-            pgd(zs_student, x, ce_inner_loss(y), eps=EPS, step_size=EPS / 4, steps=2,
-                generator=torch.Generator().manual_seed(3))
+            pgd(
+                zs_student,
+                x,
+                ce_inner_loss(y),
+                eps=EPS,
+                step_size=EPS / 4,
+                steps=2,
+                generator=torch.Generator().manual_seed(3),
+            )
             for _ in range(2)
         ]
         assert torch.equal(*runs)
@@ -98,8 +113,17 @@ class TestMomentumRule:
         def inner(out):
             return -((out - peak) ** 2).flatten(1).sum(1)
 
-        x_adv = pgd(lambda images: images, x, inner, eps=0.5, step_size=alpha, steps=3, norm=norm,
-                    random_init=False, momentum=0.9)
+        x_adv = pgd(
+            lambda images: images,
+            x,
+            inner,
+            eps=0.5,
+            step_size=alpha,
+            steps=3,
+            norm=norm,
+            random_init=False,
+            momentum=0.9,
+        )
         # steps: +u, +u, then the authors' rule turns back (sign(0.9 * 1 - 1) = -1): net one step along +u.
         # Accumulating the raw velocity instead would give 0.9 * 1.9 - 1 > 0: a third step forward.
         torch.testing.assert_close(x_adv - x, alpha * u, rtol=1e-4, atol=1e-6)
@@ -248,8 +272,15 @@ class TestPGDStrength:
         for seed in (0, 1):
             ref = correct(reference_pgd(model, x, y, eps, alpha, steps, torch.Generator().manual_seed(seed)))
             lib = correct(
-                pgd(model, x, ce_inner_loss(y), eps=eps, step_size=alpha, steps=steps,
-                    generator=torch.Generator().manual_seed(seed))
+                pgd(
+                    model,
+                    x,
+                    ce_inner_loss(y),
+                    eps=eps,
+                    step_size=alpha,
+                    steps=steps,
+                    generator=torch.Generator().manual_seed(seed),
+                )
             )
             assert ref < 0.8 * clean, "the budget must make the attack matter"
             assert lib <= ref + 1, f"library PGD leaves {lib} correct, the reference {ref} (of {len(y)})"

@@ -45,8 +45,15 @@ def data():
 
 @pytest.fixture(scope="module")
 def protocol():
-    return get_protocol("quick", attacks=("pgd", "apgd-ce"), eps=(2 / 255, 4 / 255), n_iter=20, num_samples=120,
-                        check_samples=100, batch_size=120)
+    return get_protocol(
+        "quick",
+        attacks=("pgd", "apgd-ce"),
+        eps=(2 / 255, 4 / 255),
+        n_iter=20,
+        num_samples=120,
+        check_samples=100,
+        batch_size=120,
+    )
 
 
 def wrapped(cls):
@@ -60,7 +67,8 @@ def test_normal_model_is_not_flagged(data, protocol):
     result = evaluate_on_data(tiny_zero_shot(), data, protocol, progress=False)
     assert set(result["checks"]) == ALL_CHECKS
     assert not result["flagged"] and result["failed_checks"] == [], {
-        k: v for k, v in result["checks"].items() if not v["passed"]}
+        k: v for k, v in result["checks"].items() if not v["passed"]
+    }
     assert result["check_samples"] == 100
     checks = result["checks"]
     assert checks["nonzero_gradients"]["zero_gradient_fraction"] == 0.0
@@ -99,20 +107,32 @@ def test_weak_reported_attack_is_flagged(data, protocol):
         clean = model(x).logits.argmax(-1) == y
     claimed = {"2/255": clean.clone(), "4/255": clean.clone()}
     report = run_checks(
-        model, x, y, protocol=protocol, clean_correct=clean, robust_masks=claimed,
+        model,
+        x,
+        y,
+        protocol=protocol,
+        clean_correct=clean,
+        robust_masks=claimed,
         full_results={"clean_accuracy": 0.8, "robust_accuracy": {"2/255": 0.5, "4/255": 0.7}, "num_samples": 100},
     )
     assert report["flagged"]
     assert {"apgd_at_least_as_strong_as_pgd", "monotone_in_eps", "noise_far_weaker_than_attack"} <= set(
-        report["failed_checks"])
+        report["failed_checks"]
+    )
     assert "nonzero_gradients" not in report["failed_checks"]
 
 
 def test_flag_reaches_json_and_markdown(tmp_path, data):
     out = str(tmp_path / "eval")
     report = evaluate_robustness(
-        [tiny_zero_shot(), wrapped(QuantisedInput)], {"digits": data.subset(range(60))}, protocol="quick",
-        eps=(4 / 255,), check_samples=60, model_names=["normal", "quantised"], output_dir=out, progress=False,
+        [tiny_zero_shot(), wrapped(QuantisedInput)],
+        {"digits": data.subset(range(60))},
+        protocol="quick",
+        eps=(4 / 255,),
+        check_samples=60,
+        model_names=["normal", "quantised"],
+        output_dir=out,
+        progress=False,
         verbose=False,
     )
     flags = {r["model"]: (r["flagged"], r["failed_checks"]) for r in report["results"]}

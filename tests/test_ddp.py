@@ -101,8 +101,21 @@ def test_evaluate_before_train_still_wraps_in_ddp(tmp_path):
     if cmd[-1] != "accelerate.commands.launch":
         cmd.append("launch")
     helper = os.path.join(REPO, "tests", "ddp_eval_first_helper.py")
-    cmd += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", "29533", helper, str(tmp_path)]
+    cmd += [
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+        helper,
+        str(tmp_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -77,31 +77,61 @@ class TestTrainerConstructionErrors:
     @pytest.mark.parametrize("names", [[], ["zero", "", "two"], ["zero", "   "]])
     def test_empty_class_names(self, make_config, student, teacher_specs, names):
         with pytest.raises(ValueError, match="`class_names`"):
-            MMTARDTrainer(model=student[0], args=make_config(), teachers=list(teacher_specs.values()),
-                          processing_class=student[1], class_names=names)
+            MMTARDTrainer(
+                model=student[0],
+                args=make_config(),
+                teachers=list(teacher_specs.values()),
+                processing_class=student[1],
+                class_names=names,
+            )
 
     def test_no_class_names_and_no_classlabel(self, make_config, student, teacher_specs, digits_small):
         import datasets
 
         plain = digits_small.cast_column("labels", datasets.Value("int64"))
         with pytest.raises(ValueError, match="`class_names`.*ClassLabel"):
-            MMTARDTrainer(model=student[0], args=make_config(), teachers=list(teacher_specs.values()),
-                          processing_class=student[1], train_dataset=plain)
+            MMTARDTrainer(
+                model=student[0],
+                args=make_config(),
+                teachers=list(teacher_specs.values()),
+                processing_class=student[1],
+                train_dataset=plain,
+            )
 
     def test_teacher_without_text_tower(self, make_trainer, teacher_specs, robust_clip):
-        vision_only = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                       num_attention_heads=2, image_size=16, patch_size=4))
+        vision_only = CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=16,
+                patch_size=4,
+            )
+        )
         bad = Teacher(vision_only, role="clean", processor=robust_clip[1])
         with pytest.raises(ValueError) as err:
             make_trainer("mmt-ard", teachers=[teacher_specs["robust"], bad])
         assert "CLIPVisionModel" in str(err.value) and "text tower" in str(err.value)
 
     def test_student_without_text_tower(self, make_config, student):
-        vision_only = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                       num_attention_heads=2, image_size=16, patch_size=4))
+        vision_only = CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=16,
+                patch_size=4,
+            )
+        )
         with pytest.raises(ValueError, match="CLIPVisionModel.*text tower"):
-            MMTARDTrainer(model=vision_only, args=make_config(preset="tecoa"), processing_class=student[1],
-                          class_names=["a", "b"])
+            MMTARDTrainer(
+                model=vision_only,
+                args=make_config(preset="tecoa"),
+                processing_class=student[1],
+                class_names=["a", "b"],
+            )
 
     @pytest.mark.parametrize("path", ["/nonexistent/mmt-ard/teacher", "./no-such-teacher-dir"])
     def test_teacher_path_that_does_not_exist(self, make_trainer, teacher_specs, path):
@@ -124,8 +154,12 @@ class TestTrainerConstructionErrors:
         from transformers import TrainingArguments
 
         with pytest.raises(TypeError, match="MMTARDConfig"):
-            MMTARDTrainer(model=student[0], args=TrainingArguments(output_dir=output_dir),
-                          processing_class=student[1], class_names=["a"])
+            MMTARDTrainer(
+                model=student[0],
+                args=TrainingArguments(output_dir=output_dir),
+                processing_class=student[1],
+                class_names=["a"],
+            )
 
     def test_attack_target_that_is_no_clean_teacher(self, make_trainer):
         with pytest.raises(ValueError, match="`attack_target`='robust'.*adversarial"):
@@ -162,8 +196,14 @@ class TestBatchErrors:
 
         bad = digits_small.select(range(8)).cast_column("labels", datasets.Value("int64"))
         bad = bad.map(lambda row: {"labels": 11}).with_format("torch")
-        trainer = MMTARDTrainer(model=student[0], args=make_config(max_steps=1), teachers=list(teacher_specs.values()),
-                                processing_class=student[1], train_dataset=bad, class_names=class_names)
+        trainer = MMTARDTrainer(
+            model=student[0],
+            args=make_config(max_steps=1),
+            teachers=list(teacher_specs.values()),
+            processing_class=student[1],
+            train_dataset=bad,
+            class_names=class_names,
+        )
         with pytest.raises(ValueError, match=r"`labels` holds \[11\]"):
             trainer.train()
 

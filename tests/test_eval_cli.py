@@ -34,14 +34,26 @@ def local_data(tmp_path_factory):
         folder.mkdir(parents=True, exist_ok=True)
         img.save(folder / f"{i:03d}.png")
     meta = root / "prompts.json"
-    meta.write_text(json.dumps({name: {"templates": ["a photo of the digit {c}"]} for name in
-                                ("digits_pq", "digits_folder")}))
+    meta.write_text(
+        json.dumps({name: {"templates": ["a photo of the digit {c}"]} for name in ("digits_pq", "digits_folder")})
+    )
     return {"parquet": str(parquet.parent), "folder": str(root / "digits_folder"), "json": str(meta)}
 
 
 def base_args(model_dir, data, out, *extra):
-    return ["--models", model_dir, "--datasets", data["parquet"], data["folder"], "--class-names-json", data["json"],
-            "--output-dir", out, "--no-progress", *extra]
+    return [
+        "--models",
+        model_dir,
+        "--datasets",
+        data["parquet"],
+        data["folder"],
+        "--class-names-json",
+        data["json"],
+        "--output-dir",
+        out,
+        "--no-progress",
+        *extra,
+    ]
 
 
 ROBUSTVLM_SMALL = ["--protocol", "robustvlm", "--n-iter", "10", "--num-samples", "60", "--check-samples", "40"]
@@ -50,7 +62,9 @@ ROBUSTVLM_SMALL = ["--protocol", "robustvlm", "--n-iter", "10", "--num-samples",
 def test_help_of_the_console_script():
     script = os.path.join(os.path.dirname(sys.executable), "mmt-ard-eval")
     cmd = [script, "--help"] if os.path.isfile(script) else [sys.executable, "-m", "mmt_ard.evaluation.cli", "--help"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert out.returncode == 0, out.stderr
     assert "--protocol" in out.stdout and "robustvlm" in out.stdout and "--eps" in out.stdout
 
@@ -80,7 +94,9 @@ def test_end_to_end_robustvlm_on_local_data(tmp_path, local_data, capsys):
     assert report["protocol"]["attacks"] == ["apgd-ce", "apgd-t"] and report["protocol"]["n_iter"] == 10
     assert {"mmt_ard", "torch", "transformers", "datasets", "python"} <= set(report["versions"])
     assert [(r["model"], r["dataset"]) for r in report["results"]] == [
-        ("tiny-digits-clip", "digits_pq"), ("tiny-digits-clip", "digits_folder")]
+        ("tiny-digits-clip", "digits_pq"),
+        ("tiny-digits-clip", "digits_folder"),
+    ]
     for r in report["results"]:
         assert (r["num_samples"], r["dataset_size"], r["num_classes"]) == (60, 80, 10)
         assert r["attacks"] == ["apgd-ce", "apgd-t"] and r["check_samples"] == 40
@@ -108,8 +124,18 @@ def test_resume_skips_finished_datasets(tmp_path, local_data, monkeypatch, capsy
     out = str(tmp_path / "eval")
     model_dir = saved_tiny_clip_dir()
     quick = ["--eps", "2/255", "--num-samples", "30", "--check-samples", "30"]
-    args = ["--models", model_dir, "--datasets", local_data["parquet"], "--class-names-json", local_data["json"],
-            "--output-dir", out, "--no-progress", *quick]
+    args = [
+        "--models",
+        model_dir,
+        "--datasets",
+        local_data["parquet"],
+        "--class-names-json",
+        local_data["json"],
+        "--output-dir",
+        out,
+        "--no-progress",
+        *quick,
+    ]
     assert main(args) == 0
     with open(os.path.join(out, "results.json")) as f:
         first = json.load(f)["results"]
@@ -135,11 +161,13 @@ def test_resume_skips_finished_datasets(tmp_path, local_data, monkeypatch, capsy
     calls.clear()
     assert main(args) == 0 and calls == []
     # another protocol (here eps) is not "finished": both are recomputed; --no-resume recomputes too
-    assert main(args[:-len(quick)] + ["--eps", "4/255", "--num-samples", "30", "--check-samples", "30"]) == 0
+    assert main(args[: -len(quick)] + ["--eps", "4/255", "--num-samples", "30", "--check-samples", "30"]) == 0
     assert calls == ["digits_pq", "digits_folder"]
     calls.clear()
-    assert main(args[:-len(quick)] + ["--eps", "4/255", "--num-samples", "30", "--check-samples", "30",
-                                      "--no-resume"]) == 0
+    assert (
+        main(args[: -len(quick)] + ["--eps", "4/255", "--num-samples", "30", "--check-samples", "30", "--no-resume"])
+        == 0
+    )
     assert calls == ["digits_pq", "digits_folder"]
 
 
@@ -152,10 +180,18 @@ def test_same_named_datasets_are_not_confused(tmp_path, local_data, monkeypatch)
     assert short_name(str(other)) == "digits_folder"
     calls = []
     real = robust_eval.evaluate_on_data
-    monkeypatch.setattr(robust_eval, "evaluate_on_data",
-                        lambda m, d, p, **k: calls.append(d.name) or real(m, d, p, **k))
-    kwargs = {"eps": (2 / 255,), "num_samples": 10, "checks": False, "pgd_steps": 1,
-              "output_dir": str(tmp_path / "out"), "progress": False, "verbose": False}
+    monkeypatch.setattr(
+        robust_eval, "evaluate_on_data", lambda m, d, p, **k: calls.append(d.name) or real(m, d, p, **k)
+    )
+    kwargs = {
+        "eps": (2 / 255,),
+        "num_samples": 10,
+        "checks": False,
+        "pgd_steps": 1,
+        "output_dir": str(tmp_path / "out"),
+        "progress": False,
+        "verbose": False,
+    }
     robust_eval.evaluate_robustness(saved_tiny_clip_dir(), [local_data["folder"]], **kwargs)
     report = robust_eval.evaluate_robustness(saved_tiny_clip_dir(), [str(other)], **kwargs)
     assert calls == ["digits_folder", os.path.normpath(str(other))]  # same name, another folder: not skipped
@@ -171,14 +207,32 @@ def test_training_run_output_dir(tmp_path, local_data, digits_train):
 
     clip, processor = build_tiny_clip(hidden=32, image_size=16, seed=0)
     run = str(tmp_path / "run")
-    args = MMTARDConfig(output_dir=run, preset="tecoa", use_cpu=True, report_to="none", max_steps=1,
-                        per_device_train_batch_size=8, attack_steps=0, save_strategy="no", disable_tqdm=True)
-    trainer = MMTARDTrainer(model=clip, args=args, processing_class=processor,
-                            train_dataset=digits_train.select(range(16)))
+    args = MMTARDConfig(
+        output_dir=run,
+        preset="tecoa",
+        use_cpu=True,
+        report_to="none",
+        max_steps=1,
+        per_device_train_batch_size=8,
+        attack_steps=0,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = MMTARDTrainer(
+        model=clip, args=args, processing_class=processor, train_dataset=digits_train.select(range(16))
+    )
     trainer.train()
     trainer.save_model(run)
-    report = robust_eval.evaluate_robustness(run, [local_data["folder"]], eps=(1 / 255,), num_samples=10,
-                                             checks=False, pgd_steps=1, progress=False, verbose=False)
+    report = robust_eval.evaluate_robustness(
+        run,
+        [local_data["folder"]],
+        eps=(1 / 255,),
+        num_samples=10,
+        checks=False,
+        pgd_steps=1,
+        progress=False,
+        verbose=False,
+    )
     (r,) = report["results"]
     assert (r["model"], r["num_samples"], r["model_source"]) == ("run", 10, run)
 

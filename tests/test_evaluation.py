@@ -134,10 +134,12 @@ class TestData:
         import datasets
 
         x, y = digits_test(6)
-        features = datasets.Features({"pixel_values": datasets.Array3D((3, 16, 16), "float32"),
-                                      "label": datasets.ClassLabel(names=DIGIT_NAMES)})
+        features = datasets.Features(
+            {"pixel_values": datasets.Array3D((3, 16, 16), "float32"), "label": datasets.ClassLabel(names=DIGIT_NAMES)}
+        )
         datasets.Dataset.from_dict({"pixel_values": x.numpy(), "label": y.tolist()}, features=features).to_parquet(
-            str(tmp_path / "cifar10.parquet"))
+            str(tmp_path / "cifar10.parquet")
+        )
         data = load_eval_data(str(tmp_path / "cifar10.parquet"), image_size=16, num_samples=4)
         assert data.name == "cifar10" and len(data.templates) == 18  # OpenAI's CIFAR ensemble
         assert data.class_names == list(DIGIT_NAMES)  # local data keep their own names
@@ -203,8 +205,9 @@ class TestWorstCase:
     @pytest.mark.parametrize("cascade", [True, False])
     def test_robust_only_if_every_attack_fails(self, patched, zero_shot, cascade):
         data, calls = patched
-        protocol = get_protocol("quick", attacks=("pgd", "apgd-ce", "apgd-t"), eps=(2 / 255,), cascade=cascade,
-                                checks=False, batch_size=5)
+        protocol = get_protocol(
+            "quick", attacks=("pgd", "apgd-ce", "apgd-t"), eps=(2 / 255,), cascade=cascade, checks=False, batch_size=5
+        )
         result = evaluate_on_data(zero_shot, data, protocol, progress=False, return_masks=True)
         expected = self.clean_correct & self.survives["pgd"] & self.survives["apgd-ce"] & self.survives["apgd-t"]
         assert torch.equal(result["_masks"]["2/255"], expected)
@@ -238,8 +241,9 @@ def test_apgd_at_least_as_strong_as_pgd_on_trained_tiny_clip(zero_shot, digits):
     assert ce.float().mean() <= min(pgd10, pgd40) + 1 / 100
     assert worst.float().mean() <= min(pgd10, pgd40)
     # the benchmark path gives the same worst case (same seeds, same batch)
-    result = evaluate_on_data(zero_shot, data, protocol.replace(eps=(eps,), checks=False), progress=False,
-                              return_masks=True)
+    result = evaluate_on_data(
+        zero_shot, data, protocol.replace(eps=(eps,), checks=False), progress=False, return_masks=True
+    )
     assert result["robust_accuracy"]["4/255"]["worst_case"] <= worst.float().mean().item() + 2 / 100
     assert result["robust_accuracy"]["4/255"]["worst_case"] <= result["clean_accuracy"]
 
@@ -278,14 +282,28 @@ def test_model_mode_and_grads_untouched(digits):
     zs = ZeroShotCLIP(copy.deepcopy(clip), processor)
     zs.train()
     zs.requires_grad_(True)
-    protocol = get_protocol("quick", attacks=("pgd", "apgd-ce"), eps=(2 / 255,), n_iter=3, pgd_steps=2,
-                            num_samples=16, check_samples=16, check_steps=1, noise_draws=1)
+    protocol = get_protocol(
+        "quick",
+        attacks=("pgd", "apgd-ce"),
+        eps=(2 / 255,),
+        n_iter=3,
+        pgd_steps=2,
+        num_samples=16,
+        check_samples=16,
+        check_steps=1,
+        noise_draws=1,
+    )
     result = evaluate_on_data(zs, load_eval_data(digits, image_size=16, num_samples=16), protocol, progress=False)
     assert zs.training and all(m.training for m in zs.modules())
     assert all(p.grad is None for p in zs.parameters())
-    assert set(result["checks"]) == {"eps_zero_equals_clean", "monotone_in_steps", "monotone_in_eps",
-                                     "apgd_at_least_as_strong_as_pgd", "noise_far_weaker_than_attack",
-                                     "nonzero_gradients"}
+    assert set(result["checks"]) == {
+        "eps_zero_equals_clean",
+        "monotone_in_steps",
+        "monotone_in_eps",
+        "apgd_at_least_as_strong_as_pgd",
+        "noise_far_weaker_than_attack",
+        "nonzero_gradients",
+    }
     json.dumps(result)  # JSON-ready
 
 
@@ -296,14 +314,26 @@ def test_callback_logs_eval_metrics_with_mmtard_trainer(tmp_path, digits_train):
 
     clip, processor = build_tiny_clip(hidden=32, image_size=16, seed=0)
     args = MMTARDConfig(
-        output_dir=str(tmp_path / "run"), preset="tecoa", use_cpu=True, report_to="none", max_steps=4,
-        per_device_train_batch_size=8, attack_steps=0, logging_steps=1, eval_steps=2, save_strategy="no",
-        disable_tqdm=True, learning_rate=1e-3, seed=0,
+        output_dir=str(tmp_path / "run"),
+        preset="tecoa",
+        use_cpu=True,
+        report_to="none",
+        max_steps=4,
+        per_device_train_batch_size=8,
+        attack_steps=0,
+        logging_steps=1,
+        eval_steps=2,
+        save_strategy="no",
+        disable_tqdm=True,
+        learning_rate=1e-3,
+        seed=0,
     )
-    trainer = MMTARDTrainer(model=clip, args=args, processing_class=processor, train_dataset=digits_train.select(
-        range(64)))
-    callback = RobustEvalCallback(digits_dataset(16, "test"), trainer=trainer, num_samples=24, eps=(2 / 255,),
-                                  pgd_steps=2, batch_size=24)
+    trainer = MMTARDTrainer(
+        model=clip, args=args, processing_class=processor, train_dataset=digits_train.select(range(64))
+    )
+    callback = RobustEvalCallback(
+        digits_dataset(16, "test"), trainer=trainer, num_samples=24, eps=(2 / 255,), pgd_steps=2, batch_size=24
+    )
     trainer.add_callback(callback)
     head = trainer.model.student.text_head.clone()
     trainer.train()
@@ -328,8 +358,15 @@ def test_text_heads_cached_on_disk(tmp_path, zero_shot, digits, monkeypatch):
     clip.save_pretrained(path)
     processor.save_pretrained(path)
     data = load_eval_data(digits, image_size=16, num_samples=8)
-    kwargs = {"datasets": {"digits": data}, "protocol": "quick", "checks": False, "pgd_steps": 1, "output_dir": str(tmp_path /
-                  "out"), "progress": False, "verbose": False}
+    kwargs = {
+        "datasets": {"digits": data},
+        "protocol": "quick",
+        "checks": False,
+        "pgd_steps": 1,
+        "output_dir": str(tmp_path / "out"),
+        "progress": False,
+        "verbose": False,
+    }
     robust_eval.evaluate_robustness(path, **kwargs)
     assert len(os.listdir(tmp_path / "out" / "text_heads")) == 1
     from mmt_ard import models

@@ -112,8 +112,9 @@ class TestSection2Formula:
     def test_eps_zero_loss_equals_formula(self, make_trainer, raw_models, batch):
         trainer = make_trainer("mmt-ard", attack_eps=0.0)
         loss = trainer.compute_loss(trainer.model, dict(batch))
-        robust_term, clean_term = section2_terms(*raw_models, batch["pixel_values"], batch["pixel_values"],
-                                                 batch["labels"])
+        robust_term, clean_term = section2_terms(
+            *raw_models, batch["pixel_values"], batch["pixel_values"], batch["labels"]
+        )
         expected = robust_term + clean_term
         assert expected > 0
         torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=0)
@@ -129,8 +130,7 @@ class TestSection2Formula:
         expected = sum(section2_terms(*raw_models, batch["pixel_values"], batch["pixel_values"], batch["labels"]))
         torch.testing.assert_close(loss.detach(), expected * 8 / 16, rtol=1e-5, atol=0)
 
-    def test_adversarial_loss_equals_formula_on_the_trainers_x_adv(self, make_trainer, raw_models, batch,
-                                                                    capture_pgd):
+    def test_adversarial_loss_equals_formula_on_the_trainers_x_adv(self, make_trainer, raw_models, batch, capture_pgd):
         trainer = make_trainer("mmt-ard", attack_steps=None)  # the preset's PGD-10 at 2/255, momentum 0.9
         torch.manual_seed(1234)
         loss = trainer.compute_loss(trainer.model, dict(batch))

@@ -107,12 +107,20 @@ def fuzz_trainer(tmp_path_factory):
     from mmt_ard.tiny import DIGIT_NAMES, build_tiny_clip
 
     student, processor = build_tiny_clip(**STUDENT_KW)
-    teachers = [Teacher(*build_tiny_clip(**ROBUST_KW)[:1], role="robust", processor=build_tiny_clip(**ROBUST_KW)[1]),
-                Teacher(*build_tiny_clip(**CLEAN_KW)[:1], role="clean", processor=build_tiny_clip(**CLEAN_KW)[1])]
-    args = MMTARDConfig(output_dir=str(tmp_path_factory.mktemp("fuzz")), use_cpu=True, report_to="none",
-                        attack_steps=1, cache_teacher_outputs=True)
-    trainer = MMTARDTrainer(model=student, args=args, teachers=teachers, processing_class=processor,
-                            class_names=DIGIT_NAMES)
+    teachers = [
+        Teacher(*build_tiny_clip(**ROBUST_KW)[:1], role="robust", processor=build_tiny_clip(**ROBUST_KW)[1]),
+        Teacher(*build_tiny_clip(**CLEAN_KW)[:1], role="clean", processor=build_tiny_clip(**CLEAN_KW)[1]),
+    ]
+    args = MMTARDConfig(
+        output_dir=str(tmp_path_factory.mktemp("fuzz")),
+        use_cpu=True,
+        report_to="none",
+        attack_steps=1,
+        cache_teacher_outputs=True,
+    )
+    trainer = MMTARDTrainer(
+        model=student, args=args, teachers=teachers, processing_class=processor, class_names=DIGIT_NAMES
+    )
     trainer.model.train()
     return trainer
 
@@ -153,13 +161,19 @@ def mutate(batch: dict, rng: random.Random):
         "labels float": lambda: {**batch, "labels": rng.choice([y.float(), y.float() + 0.5, y.float() * math.nan])},
         "labels bool/complex": lambda: {**batch, "labels": rng.choice([y > 4, y.to(torch.complex64)])},
         "labels list": lambda: {**batch, "labels": rng.choice([y.tolist(), [1.5] * b, [[1]] * b])},
-        "labels shape": lambda: {**batch, "labels": rng.choice([y[:, None], y[:-1], torch.cat([y, y]),
-                                                                torch.nn.functional.one_hot(y, 10)])},
+        "labels shape": lambda: {
+            **batch,
+            "labels": rng.choice([y[:, None], y[:-1], torch.cat([y, y]), torch.nn.functional.one_hot(y, 10)]),
+        },
         "labels out of range": lambda: {**batch, "labels": _poke(y, rng, rng.choice([-1, 10, 11, 10**12]))},
         # sample ids (the cache is on)
         "ids missing": lambda: {k: v for k, v in batch.items() if k != "sample_id"},
-        "ids wrong": lambda: {**batch, "sample_id": rng.choice([batch["sample_id"].float(), batch["sample_id"][:-1],
-                                                                None, 3.5, [1.5] * b, [str(i) for i in range(b)]])},
+        "ids wrong": lambda: {
+            **batch,
+            "sample_id": rng.choice(
+                [batch["sample_id"].float(), batch["sample_id"][:-1], None, 3.5, [1.5] * b, [str(i) for i in range(b)]]
+            ),
+        },
     }
     name = rng.choice(sorted(choices))
     return choices[name](), name

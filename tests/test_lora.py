@@ -75,8 +75,15 @@ def test_attack_sees_the_adapted_model(batch, class_names):
     for key, clip in (("lora", model), ("merged", merged), ("plain", plain)):
         zs = ZeroShotCLIP(clip, processor).eval()
         zs.set_classes(class_names, ["a photo of a {}"])
-        x_adv = pgd(zs, batch["pixel_values"], ce_inner_loss(batch["labels"]), eps=8 / 255, step_size=2 / 255,
-                    steps=3, generator=torch.Generator().manual_seed(0))
+        x_adv = pgd(
+            zs,
+            batch["pixel_values"],
+            ce_inner_loss(batch["labels"]),
+            eps=8 / 255,
+            step_size=2 / 255,
+            steps=3,
+            generator=torch.Generator().manual_seed(0),
+        )
         views[key] = (zs(batch["pixel_values"]).logits, x_adv)
     assert torch.allclose(views["lora"][0], views["merged"][0], atol=1e-4)
     assert torch.allclose(views["lora"][1], views["merged"][1], atol=1e-6)  # same attack as on the merged model
@@ -140,8 +147,11 @@ def test_save_resume_and_merge(make_lora_trainer, output_dir, tmp_path, batch):
 def test_lora_argument_errors():
     clip, _ = build_tiny_clip(**STUDENT_KW)
     for kwargs, field in (
-        (dict(r=0), "`r`"), (dict(alpha=-1), "`alpha`"), (dict(dropout=1.5), "`dropout`"),
-        (dict(tower="audio"), "`tower`"), (dict(target_modules=[3]), "`target_modules`"),
+        (dict(r=0), "`r`"),
+        (dict(alpha=-1), "`alpha`"),
+        (dict(dropout=1.5), "`dropout`"),
+        (dict(tower="audio"), "`tower`"),
+        (dict(target_modules=[3]), "`target_modules`"),
     ):
         with pytest.raises(ValueError, match=field):
             apply_lora(clip, **kwargs)

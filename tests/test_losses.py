@@ -82,12 +82,22 @@ class TestFeatureLoss:
 
 def two_teacher_terms(b=6, c=10, feature=True):
     s_adv, s_cln = logits(10, (b, c)), logits(11, (b, c))
-    return [
-        TeacherTerm("robust", logits(1, (b, c)), s_adv, torch.linspace(0.5, 2.0, b),
-                    teacher_feats=logits(3, (b, 8)), student_feats=logits(4, (b, 8)),
-                    feature_weight=0.7 if feature else 0.0),
-        TeacherTerm("clean", logits(2, (b, c)), s_cln, torch.full((b,), 0.25)),
-    ], s_adv, s_cln
+    return (
+        [
+            TeacherTerm(
+                "robust",
+                logits(1, (b, c)),
+                s_adv,
+                torch.linspace(0.5, 2.0, b),
+                teacher_feats=logits(3, (b, 8)),
+                student_feats=logits(4, (b, 8)),
+                feature_weight=0.7 if feature else 0.0,
+            ),
+            TeacherTerm("clean", logits(2, (b, c)), s_cln, torch.full((b,), 0.25)),
+        ],
+        s_adv,
+        s_cln,
+    )
 
 
 class TestFusedLoss:
@@ -95,8 +105,13 @@ class TestFusedLoss:
         terms, s_adv, s_cln = two_teacher_terms()
         labels = torch.arange(6) % 10
         out = fused_distillation_loss(
-            terms, labels=labels, student_adv_logits=s_adv, student_clean_logits=s_cln, ce_weight=0.3,
-            self_kl_weight=0.2, kl_reduction="sum",
+            terms,
+            labels=labels,
+            student_adv_logits=s_adv,
+            student_clean_logits=s_cln,
+            ce_weight=0.3,
+            self_kl_weight=0.2,
+            kl_reduction="sum",
         )
         keys = sorted(k for k in out if k.endswith("_loss"))
         assert keys == ["ce_loss", "feat_robust_loss", "kl_clean_loss", "kl_robust_loss", "self_kl_loss"]
@@ -107,8 +122,14 @@ class TestFusedLoss:
         terms, s_adv, s_cln = two_teacher_terms()
         labels = torch.arange(6) % 10
         out = fused_distillation_loss(
-            terms, labels=labels, student_adv_logits=s_adv, student_clean_logits=s_cln, ce_weight=0.3,
-            self_kl_weight=0.2, kl_reduction="class_mean", temperature=2.0,
+            terms,
+            labels=labels,
+            student_adv_logits=s_adv,
+            student_clean_logits=s_cln,
+            ce_weight=0.3,
+            self_kl_weight=0.2,
+            kl_reduction="class_mean",
+            temperature=2.0,
         )
         r, c = terms
         kl_r = textbook_kl(r.teacher_logits, r.student_logits, 2.0) * 4 / 10
@@ -138,10 +159,15 @@ class TestFusedLoss:
         halves = []
         for sl in (slice(0, 3), slice(3, 6)):
             part = [
-                TeacherTerm(t.name, t.teacher_logits[sl], t.student_logits[sl], t.weights[sl],
-                            teacher_feats=None if t.teacher_feats is None else t.teacher_feats[sl],
-                            student_feats=None if t.student_feats is None else t.student_feats[sl],
-                            feature_weight=t.feature_weight)
+                TeacherTerm(
+                    t.name,
+                    t.teacher_logits[sl],
+                    t.student_logits[sl],
+                    t.weights[sl],
+                    teacher_feats=None if t.teacher_feats is None else t.teacher_feats[sl],
+                    student_feats=None if t.student_feats is None else t.student_feats[sl],
+                    feature_weight=t.feature_weight,
+                )
                 for t in terms
             ]
             halves.append(fused_distillation_loss(part, normalizer=6)["loss"])
@@ -149,8 +175,9 @@ class TestFusedLoss:
 
     def test_kl_direction_student_teacher(self):
         t, s = logits(0), logits(1)
-        out = fused_distillation_loss([TeacherTerm("o", t, s, None, kl_direction="student_teacher")],
-                                      kl_reduction="sum")
+        out = fused_distillation_loss(
+            [TeacherTerm("o", t, s, None, kl_direction="student_teacher")], kl_reduction="sum"
+        )
         assert torch.allclose(out["kl_o_loss"], textbook_kl(s, t).mean(), rtol=1e-5)
 
     def test_zero_weights_zero_loss_and_gradients_flow(self):

@@ -38,9 +38,13 @@ def fresh_trainer(make_config, digits_small):
         for role in PRESET_ROLES[preset]:
             clip, proc = build_tiny_clip(**kw[role])
             teachers.append(Teacher(clip, role=role, processor=proc))
-        return MMTARDTrainer(model=student, args=make_config(preset=preset, **overrides), teachers=teachers,
-                             processing_class=processor,
-                             train_dataset=digits_small if train_dataset is None else train_dataset)
+        return MMTARDTrainer(
+            model=student,
+            args=make_config(preset=preset, **overrides),
+            teachers=teachers,
+            processing_class=processor,
+            train_dataset=digits_small if train_dataset is None else train_dataset,
+        )
 
     return make
 
@@ -96,8 +100,9 @@ def test_activation_checkpointing_with_lora_student(make_config, teacher_specs, 
             for name, p in model.named_parameters():
                 if ".lora_B." in name:
                     p.fill_(0.01)  # non-zero, so that lora_A gets a gradient too
-        return MMTARDTrainer(model=model, args=make_config(preset="fare"), processing_class=processor,
-                             train_dataset=digits_small)
+        return MMTARDTrainer(
+            model=model, args=make_config(preset="fare"), processing_class=processor, train_dataset=digits_small
+        )
 
     loss_ref, grads_ref = step_loss_and_grads(lora_trainer(), batch)
     trainer = lora_trainer()
@@ -127,8 +132,14 @@ def max_diff(a, b):
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_teacher_cache_same_training(fresh_trainer, rows_with_ids, accumulation):
     """Two epochs (the second one served from the cache) end where the uncached run ends."""
-    kw = dict(max_steps=4, learning_rate=1e-3, gradient_accumulation_steps=accumulation,
-              per_device_train_batch_size=8 // accumulation, train_dataset=rows_with_ids, feature_weight=0.5)
+    kw = dict(
+        max_steps=4,
+        learning_rate=1e-3,
+        gradient_accumulation_steps=accumulation,
+        per_device_train_batch_size=8 // accumulation,
+        train_dataset=rows_with_ids,
+        feature_weight=0.5,
+    )
     plain = fresh_trainer("mmt-ard", **kw)
     plain.train()
     cached = fresh_trainer("mmt-ard", cache_teacher_outputs=True, **kw)

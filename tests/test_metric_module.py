@@ -63,10 +63,17 @@ def test_matches_the_evaluation_on_a_trained_tiny_clip(metric):
 
     model = tiny_zero_shot()
     x, y = digits_test(60)
-    protocol = get_protocol("quick", attacks=("pgd", "apgd-ce"), eps=(4 / 255,), n_iter=10, cascade=False,
-                            checks=False, batch_size=60, num_samples=60)
-    result = evaluate_on_data(model, EvalData("digits", x, y, list(DIGIT_NAMES), TEMPLATES), protocol,
-                              progress=False)
+    protocol = get_protocol(
+        "quick",
+        attacks=("pgd", "apgd-ce"),
+        eps=(4 / 255,),
+        n_iter=10,
+        cascade=False,
+        checks=False,
+        batch_size=60,
+        num_samples=60,
+    )
+    result = evaluate_on_data(model, EvalData("digits", x, y, list(DIGIT_NAMES), TEMPLATES), protocol, progress=False)
     # the same attacks by hand, keeping the adversarial images this time
     from mmt_ard.apgd import apgd_ce
     from mmt_ard.attacks import ce_inner_loss, pgd
@@ -75,13 +82,18 @@ def test_matches_the_evaluation_on_a_trained_tiny_clip(metric):
     logits = LogitsModel(model)
     with torch.no_grad():
         clean = logits(x).argmax(-1)
-    x_pgd = pgd(model, x, ce_inner_loss(y), eps=eps, step_size=eps / 4, steps=10,
-                generator=torch.Generator().manual_seed(0))
+    x_pgd = pgd(
+        model, x, ce_inner_loss(y), eps=eps, step_size=eps / 4, steps=10, generator=torch.Generator().manual_seed(0)
+    )
     x_apgd = apgd_ce(logits, x, y, eps=eps, n_iter=10, seed=0)
     with torch.no_grad():
         preds = torch.stack([logits(x_pgd).argmax(-1), logits(x_apgd).argmax(-1)], dim=1)  # (N, 2)
-    out = metric.compute(predictions=preds.tolist(), references=y.tolist(), clean_predictions=clean.tolist(),
-                         attack_names=["pgd", "apgd-ce"])
+    out = metric.compute(
+        predictions=preds.tolist(),
+        references=y.tolist(),
+        clean_predictions=clean.tolist(),
+        attack_names=["pgd", "apgd-ce"],
+    )
     assert out["clean_accuracy"] == pytest.approx(result["clean_accuracy"])
     assert out["num_samples"] == result["num_samples"] == 60
     # PGD's random start depends on which images are attacked (the evaluation attacks the clean-correct ones only),

@@ -57,7 +57,10 @@ def assert_same(a: dict, b: dict):
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_nan_step_is_skipped_without_side_effects(make_trainer, accumulation):
     trainer = make_trainer(
-        "mmt-ard-sigmoid", max_steps=3, gradient_accumulation_steps=accumulation, learning_rate=1e-3,
+        "mmt-ard-sigmoid",
+        max_steps=3,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=1e-3,
         per_device_train_batch_size=4 if accumulation == 2 else 8,
     )
     snaps = Snapshots(trainer)

@@ -132,8 +132,16 @@ def fresh_student_trainer(make_config, teacher_specs, dataset, preset, callbacks
 class TestResume:
     @pytest.mark.parametrize("preset, fields", [("mmt-ard-sigmoid", ("mean", "std")), ("mtard", ("balance",))])
     def test_weighting_state_restored(self, preset, fields, make_config, teacher_specs, digits_small, output_dir):
-        first = fresh_student_trainer(make_config, teacher_specs, digits_small, preset, max_steps=3,
-                                      save_strategy="steps", save_steps=3, **FAST_TRAIN)
+        first = fresh_student_trainer(
+            make_config,
+            teacher_specs,
+            digits_small,
+            preset,
+            max_steps=3,
+            save_strategy="steps",
+            save_steps=3,
+            **FAST_TRAIN,
+        )
         first.train()
         saved = first.weighting.state_dict()
         fresh = type(first.weighting)().state_dict()
@@ -146,8 +154,9 @@ class TestResume:
             assert json.load(f)["weighting"] == saved
 
         probe = StateAtTrainBegin()
-        second = fresh_student_trainer(make_config, teacher_specs, digits_small, preset, callbacks=[probe],
-                                       max_steps=4, **FAST_TRAIN)
+        second = fresh_student_trainer(
+            make_config, teacher_specs, digits_small, preset, callbacks=[probe], max_steps=4, **FAST_TRAIN
+        )
         probe.trainer = second
         assert second.weighting.state_dict() != saved
         second.train(resume_from_checkpoint=ckpt)
@@ -168,8 +177,16 @@ class TestLoadBestModelAtEnd:
         trainer = MMTARDTrainer(
             model=student[0],
             args=make_config(
-                preset="tecoa", max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
-                load_best_model_at_end=True, metric_for_best_model="score", eval_attack_steps=0, **FAST_TRAIN,
+                preset="tecoa",
+                max_steps=4,
+                save_strategy="steps",
+                save_steps=2,
+                eval_strategy="steps",
+                eval_steps=2,
+                load_best_model_at_end=True,
+                metric_for_best_model="score",
+                eval_attack_steps=0,
+                **FAST_TRAIN,
             ),
             processing_class=student[1],
             train_dataset=digits_small,
@@ -186,12 +203,22 @@ class TestLoadBestModelAtEnd:
 
 
 class TestFeatureProjections:
-    def test_projections_train_save_resume_and_stay_out_of_the_export(self, make_config, teacher_specs, digits_small,
-                                                                      output_dir):
+    def test_projections_train_save_resume_and_stay_out_of_the_export(
+        self, make_config, teacher_specs, digits_small, output_dir
+    ):
         import safetensors.torch
 
-        first = fresh_student_trainer(make_config, teacher_specs, digits_small, "mmt-ard", feature_weight=0.5,
-                                      max_steps=2, save_strategy="steps", save_steps=2, **FAST_TRAIN)
+        first = fresh_student_trainer(
+            make_config,
+            teacher_specs,
+            digits_small,
+            "mmt-ard",
+            feature_weight=0.5,
+            max_steps=2,
+            save_strategy="steps",
+            save_steps=2,
+            **FAST_TRAIN,
+        )
         projections = first.model.projections
         # P_k maps the student's 32-d space to each teacher's (robust 40-d, clean 44-d)
         assert {k: tuple(v.weight.shape) for k, v in projections.items()} == {"robust": (40, 32), "clean": (44, 32)}
@@ -209,8 +236,9 @@ class TestFeatureProjections:
         ckpt = os.path.join(output_dir, "checkpoint-2")
         exported = safetensors.torch.load_file(os.path.join(ckpt, "model.safetensors"))
         assert set(exported) == set(CLIPModel(first.model.student.base.config).state_dict())  # a plain CLIPModel
-        second = fresh_student_trainer(make_config, teacher_specs, digits_small, "mmt-ard", feature_weight=0.5,
-                                       max_steps=3, **FAST_TRAIN)
+        second = fresh_student_trainer(
+            make_config, teacher_specs, digits_small, "mmt-ard", feature_weight=0.5, max_steps=3, **FAST_TRAIN
+        )
         probe = StateAtTrainBegin()
         probe.trainer = second
         second.add_callback(probe)
@@ -234,15 +262,28 @@ class TestGradientAccumulation:
         # plain SGD without clipping: the update is lr * gradient, so a mis-scaled loss shows (Adam's first step
         # and gradient clipping would both hide it); a deterministic attack splits identically across micro-batches
         common = {
-            "max_steps": 1, "optim": "sgd", "learning_rate": 0.5, "warmup_steps": 0, "lr_scheduler_type": "constant",
-            "weight_decay": 0.0, "max_grad_norm": 0.0,
-            "attack_random_init": False, "attack_steps": 2, "attack_eps": 8 / 255, "attack_step_size": 2 / 255,
+            "max_steps": 1,
+            "optim": "sgd",
+            "learning_rate": 0.5,
+            "warmup_steps": 0,
+            "lr_scheduler_type": "constant",
+            "weight_decay": 0.0,
+            "max_grad_norm": 0.0,
+            "attack_random_init": False,
+            "attack_steps": 2,
+            "attack_eps": 8 / 255,
+            "attack_step_size": 2 / 255,
         }
         runs = {}
         for name, (batch_size, accumulation) in {"full": (16, 1), "accumulated": (8, 2)}.items():
             trainer = fresh_student_trainer(
-                make_config, teacher_specs, data, "mmt-ard", per_device_train_batch_size=batch_size,
-                gradient_accumulation_steps=accumulation, **common,
+                make_config,
+                teacher_specs,
+                data,
+                "mmt-ard",
+                per_device_train_batch_size=batch_size,
+                gradient_accumulation_steps=accumulation,
+                **common,
             )
             before = clone_state(trainer.model.student.base)
             trainer.train()
@@ -298,8 +339,16 @@ class TestPresetDefaults:
         assert args.eval_attack_steps == 3 and args.eval_attack_eps == args.attack_eps
 
         explicit = MMTARDConfig(
-            output_dir=output_dir, preset="mmt-ard", report_to="none", use_cpu=True, learning_rate=1e-3,
-            attack_momentum=0.0, attack_random_init=False, robust_coef=0.0, kl_reduction="sum", attack_eps=0.0,
+            output_dir=output_dir,
+            preset="mmt-ard",
+            report_to="none",
+            use_cpu=True,
+            learning_rate=1e-3,
+            attack_momentum=0.0,
+            attack_random_init=False,
+            robust_coef=0.0,
+            kl_reduction="sum",
+            attack_eps=0.0,
             eval_attack_steps=7,
         )
         assert explicit.learning_rate == 1e-3

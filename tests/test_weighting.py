@@ -95,8 +95,10 @@ class TestSigmoid:
         assert torch.allclose(strategy.mean, mean, atol=1e-6)
         assert torch.allclose(strategy.std, std, atol=1e-6)
         probe = confidences(9)
-        expected = torch.tensor([[3.0], [0.5]]) * 2 * torch.sigmoid(
-            2.0 * (probe - mean.view(-1, 1)) / (std.view(-1, 1) + 1e-6)
+        expected = (
+            torch.tensor([[3.0], [0.5]])
+            * 2
+            * torch.sigmoid(2.0 * (probe - mean.view(-1, 1)) / (std.view(-1, 1) + 1e-6))
         )
         assert torch.allclose(strategy.weights(probe, torch.tensor([3.0, 0.5])), expected, atol=1e-5)
 

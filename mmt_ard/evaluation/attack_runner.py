@@ -66,15 +66,29 @@ def attack_batch(
     logits_model = LogitsModel(zero_shot)
     if attack == "pgd":  # eps = 0 goes through the attack code too (it returns the clean images)
         x_adv = pgd(
-            zero_shot, xs, ce_inner_loss(ys), eps=eps, step_size=step_size, steps=steps,
-            norm=protocol.norm, random_init=True, generator=torch.Generator().manual_seed(seed),
+            zero_shot,
+            xs,
+            ce_inner_loss(ys),
+            eps=eps,
+            step_size=step_size,
+            steps=steps,
+            norm=protocol.norm,
+            random_init=True,
+            generator=torch.Generator().manual_seed(seed),
         )
         survived = torch.ones_like(ys, dtype=torch.bool)
     else:
         x_adv, survived = apgd_worst_case(
-            logits_model, xs, ys, eps=eps, norm=protocol.norm, attacks=(attack,),
-            n_iter=protocol.n_iter if n_iter is None else n_iter, n_restarts=protocol.n_restarts,
-            n_target_classes=protocol.n_target_classes, seed=seed,
+            logits_model,
+            xs,
+            ys,
+            eps=eps,
+            norm=protocol.norm,
+            attacks=(attack,),
+            n_iter=protocol.n_iter if n_iter is None else n_iter,
+            n_restarts=protocol.n_restarts,
+            n_target_classes=protocol.n_target_classes,
+            seed=seed,
         )
     with torch.no_grad(), eval_mode(zero_shot):
         correct = logits_model(x_adv).argmax(-1) == ys
@@ -115,6 +129,9 @@ def run_attack(
     masks = []
     for b, start in enumerate(range(0, len(y), protocol.batch_size)):
         end = start + protocol.batch_size
-        masks.append(attack_batch(zero_shot, x[start:end], y[start:end], attack, eps, protocol,
-                                  seed=protocol.seed + b, **kwargs).cpu())
+        masks.append(
+            attack_batch(
+                zero_shot, x[start:end], y[start:end], attack, eps, protocol, seed=protocol.seed + b, **kwargs
+            ).cpu()
+        )
     return torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)

@@ -80,7 +80,9 @@ class RobustEvalCallback(TrainerCallback):
             if self._wrapper is None or self._wrapper.clip is not student:
                 processor = processing_class or getattr(self.trainer, "processing_class", None)
                 if processor is None:
-                    raise ValueError("RobustEvalCallback needs the CLIPProcessor: give the Trainer `processing_class`.")
+                    raise ValueError(
+                        "RobustEvalCallback needs the CLIPProcessor: give the Trainer `processing_class`."
+                    )
                 self._wrapper = ZeroShotCLIP(student, processor, logit_scale=self.protocol.logit_scale)
             return self._wrapper.to(next(student.parameters()).device)
         raise TypeError(f"RobustEvalCallback cannot find a CLIP student in a {type(model).__name__}.")
@@ -98,9 +100,15 @@ class RobustEvalCallback(TrainerCallback):
                 meta["templates"] = [templates] if isinstance(templates, str) else list(templates)
             user_meta = {name: meta}
             self._data = load_eval_data(
-                self.data_spec, image_size=image_size, num_samples=self.protocol.num_samples, seed=self.protocol.seed,
-                split=self.protocol.split, templates="ensemble" if templates else self.protocol.templates,
-                single_template=self.protocol.single_template, user_meta=user_meta, name=name,
+                self.data_spec,
+                image_size=image_size,
+                num_samples=self.protocol.num_samples,
+                seed=self.protocol.seed,
+                split=self.protocol.split,
+                templates="ensemble" if templates else self.protocol.templates,
+                single_template=self.protocol.single_template,
+                user_meta=user_meta,
+                name=name,
             )
         return self._data
 

@@ -107,10 +107,12 @@ def run_checks(
 
     # 2. more PGD steps are not weaker (Madry's step 2.5 eps / steps, same random starts)
     short_steps, long_steps = protocol.check_steps, 4 * protocol.check_steps
-    pgd_short = run_attack(zero_shot, x, y, "pgd", eps, protocol, pgd_steps=short_steps,
-                           pgd_step_size=2.5 * eps / short_steps)
-    pgd_long = run_attack(zero_shot, x, y, "pgd", eps, protocol, pgd_steps=long_steps,
-                          pgd_step_size=2.5 * eps / long_steps)
+    pgd_short = run_attack(
+        zero_shot, x, y, "pgd", eps, protocol, pgd_steps=short_steps, pgd_step_size=2.5 * eps / short_steps
+    )
+    pgd_long = run_attack(
+        zero_shot, x, y, "pgd", eps, protocol, pgd_steps=long_steps, pgd_step_size=2.5 * eps / long_steps
+    )
     acc_short, acc_long = _acc(pgd_short), _acc(pgd_long)
     checks["monotone_in_steps"] = _check(
         acc_long <= acc_short + tol,
@@ -123,11 +125,17 @@ def run_checks(
     if full_results is not None:
         sequence = [("0", full_results["clean_accuracy"])] + list(full_results["robust_accuracy"].items())
     reported_ok = all(b <= a + tol for (_, a), (_, b) in itertools.pairwise(sequence))
-    pgd_half = _acc(run_attack(zero_shot, x, y, "pgd", eps / 2, protocol, pgd_steps=short_steps,
-                               pgd_step_size=2.5 * eps / 2 / short_steps))
+    pgd_half = _acc(
+        run_attack(
+            zero_shot, x, y, "pgd", eps / 2, protocol, pgd_steps=short_steps, pgd_step_size=2.5 * eps / 2 / short_steps
+        )
+    )
     double = min(2 * eps, 1.0) if protocol.norm == "linf" else 2 * eps
-    pgd_double = _acc(run_attack(zero_shot, x, y, "pgd", double, protocol, pgd_steps=short_steps,
-                                 pgd_step_size=2.5 * double / short_steps))
+    pgd_double = _acc(
+        run_attack(
+            zero_shot, x, y, "pgd", double, protocol, pgd_steps=short_steps, pgd_step_size=2.5 * double / short_steps
+        )
+    )
     pgd_ok = acc_short <= pgd_half + tol and pgd_double <= acc_short + tol
     checks["monotone_in_eps"] = _check(
         reported_ok and pgd_ok,
@@ -153,8 +161,12 @@ def run_checks(
         survives = torch.ones(n, dtype=torch.bool)
         for draw in range(protocol.noise_draws):
             noisy = uniform_noise(x, eps, protocol.norm, protocol.seed + 7919 * (draw + 1))
-            preds = torch.cat([LogitsModel(zero_shot)(noisy[s : s + protocol.batch_size]).argmax(-1).cpu()
-                               for s in range(0, n, protocol.batch_size)])
+            preds = torch.cat(
+                [
+                    LogitsModel(zero_shot)(noisy[s : s + protocol.batch_size]).argmax(-1).cpu()
+                    for s in range(0, n, protocol.batch_size)
+                ]
+            )
             survives &= preds == y.cpu()
     noise_acc = _acc(survives)
     drop_noise, drop_attack = clean - noise_acc, clean - worst
@@ -174,8 +186,9 @@ def run_checks(
 
     # 6. no zero input gradients (at the clean images and at a noisy point)
     grad_clean = margin_loss_gradients(zero_shot, x, y, protocol.batch_size)
-    grad_noisy = margin_loss_gradients(zero_shot, uniform_noise(x, eps, protocol.norm, protocol.seed + 1), y,
-                                       protocol.batch_size)
+    grad_noisy = margin_loss_gradients(
+        zero_shot, uniform_noise(x, eps, protocol.norm, protocol.seed + 1), y, protocol.batch_size
+    )
     zero = (grad_clean == 0) | (grad_noisy == 0)
     zero_fraction = _acc(zero)
     checks["nonzero_gradients"] = _check(
@@ -188,5 +201,10 @@ def run_checks(
     failed = [name for name, c in checks.items() if not c["passed"]]
     if progress and failed:
         print(f"[mmt-ard-eval] gradient-masking checks failed: {failed}")
-    return {"checks": checks, "flagged": bool(failed), "failed_checks": failed, "check_samples": n,
-            "check_tolerance": tol}
+    return {
+        "checks": checks,
+        "flagged": bool(failed),
+        "failed_checks": failed,
+        "check_samples": n,
+        "check_tolerance": tol,
+    }

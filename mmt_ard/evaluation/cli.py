@@ -40,11 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Protocols: {protocols}",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--models", nargs="+", required=False, default=None,
-                        help="Hub ids, local CLIPModel folders, or training run output_dirs.")
-    parser.add_argument("--datasets", nargs="+", default=None,
-                        help="Names (cifar10, pets, ...: clip-benchmark Hub copies), Hub ids, or local parquet files/"
-                        "folders or image folders. Default: the protocol's datasets.")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        required=False,
+        default=None,
+        help="Hub ids, local CLIPModel folders, or training run output_dirs.",
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=None,
+        help="Names (cifar10, pets, ...: clip-benchmark Hub copies), Hub ids, or local parquet files/"
+        "folders or image folders. Default: the protocol's datasets.",
+    )
     parser.add_argument("--protocol", default="quick", choices=sorted(PROTOCOLS), help="Protocol preset.")
     parser.add_argument("--eps", nargs="+", default=None, help="Budgets, e.g. --eps 2/255 4/255.")
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=None, help="Attacks, run in order.")
@@ -65,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cascade", action="store_true", help="Run every attack on every image.")
     parser.add_argument("--no-checks", action="store_true", help="Skip the gradient-masking checks.")
     parser.add_argument("--check-samples", type=int, default=None, help="Images the checks run on.")
-    parser.add_argument("--class-names-json", default=None,
-                        help='JSON {"<dataset>": {"classnames": [...], "templates": [...]}}.')
+    parser.add_argument(
+        "--class-names-json", default=None, help='JSON {"<dataset>": {"classnames": [...], "templates": [...]}}.'
+    )
     parser.add_argument("--processor", default=None, help="Processor id/path for models whose folder has none.")
     parser.add_argument("--output-dir", default="robust_eval", help="Where results.json/.md and the plot go.")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available).")
@@ -97,18 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as err:
         parser.error(str(err))
     overrides = {
-        "norm": args.norm, "n_iter": args.n_iter, "n_restarts": args.n_restarts, "n_target_classes": args.n_target_classes,
-        "pgd_steps": args.pgd_steps, "pgd_step_size": step,
-        "templates": args.templates, "logit_scale": args.logit_scale, "split": args.split, "seed": args.seed,
-        "batch_size": args.batch_size, "check_samples": args.check_samples,
+        "norm": args.norm,
+        "n_iter": args.n_iter,
+        "n_restarts": args.n_restarts,
+        "n_target_classes": args.n_target_classes,
+        "pgd_steps": args.pgd_steps,
+        "pgd_step_size": step,
+        "templates": args.templates,
+        "logit_scale": args.logit_scale,
+        "split": args.split,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "check_samples": args.check_samples,
     }
     if args.no_cascade:
         overrides["cascade"] = False
     if args.no_checks:
         overrides["checks"] = False
     try:
-        protocol = get_protocol(args.protocol, eps=eps, attacks=args.attacks, num_samples=args.num_samples,
-                                **overrides)
+        protocol = get_protocol(
+            args.protocol, eps=eps, attacks=args.attacks, num_samples=args.num_samples, **overrides
+        )
         if args.all_samples:
             protocol.num_samples, protocol.dataset_num_samples = None, {}
             protocol.modified = tuple(sorted(set(protocol.modified) | {"num_samples"}))
@@ -116,9 +135,15 @@ def main(argv: list[str] | None = None) -> int:
             protocol.logit_scale = None
             protocol.modified = tuple(sorted(set(protocol.modified) | {"logit_scale"}))
         report = evaluate_robustness(
-            args.models, args.datasets, protocol=protocol, output_dir=args.output_dir,
-            class_names_json=args.class_names_json, processor=args.processor, device=args.device,
-            resume=not args.no_resume, progress=not args.no_progress,
+            args.models,
+            args.datasets,
+            protocol=protocol,
+            output_dir=args.output_dir,
+            class_names_json=args.class_names_json,
+            processor=args.processor,
+            device=args.device,
+            resume=not args.no_resume,
+            progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
         print(f"mmt-ard-eval: error: {err}", file=sys.stderr)

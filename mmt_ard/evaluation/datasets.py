@@ -96,8 +96,14 @@ class EvalData:
     def subset(self, indices) -> EvalData:
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         return EvalData(
-            self.name, self.images[idx], self.labels[idx], self.class_names, self.templates, self.source,
-            self.dataset_size, dict(self.meta),
+            self.name,
+            self.images[idx],
+            self.labels[idx],
+            self.class_names,
+            self.templates,
+            self.source,
+            self.dataset_size,
+            dict(self.meta),
         )
 
 
@@ -119,7 +125,7 @@ def load_user_meta(path: str | None) -> dict[str, dict]:
         data = json.load(f)
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(
-            f"{path}: expected {{\"<dataset>\": {{\"classnames\": [...], \"templates\": [...]}}}}, got "
+            f'{path}: expected {{"<dataset>": {{"classnames": [...], "templates": [...]}}}}, got '
             f"{type(data).__name__} with values {sorted({type(v).__name__ for v in getattr(data, 'values', list)()})}."
         )
     for name, entry in data.items():
@@ -270,8 +276,21 @@ def load_eval_data(
         display = name or getattr(getattr(spec, "info", None), "dataset_name", None) or "dataset"
         rows, cols, label_names, n_total, indices = _select_rows(spec, num_samples, seed)
         meta_names = _meta(user_meta, display, "classnames") or label_names
-        return _finish(display, rows, cols, meta_names, None, image_size, indices, n_total, "in-memory Dataset",
-                       templates, single_template, user_meta, {})
+        return _finish(
+            display,
+            rows,
+            cols,
+            meta_names,
+            None,
+            image_size,
+            indices,
+            n_total,
+            "in-memory Dataset",
+            templates,
+            single_template,
+            user_meta,
+            {},
+        )
 
     if not isinstance(spec, str):
         raise TypeError(f"Dataset spec of type {type(spec).__name__}: pass a path, a Hub id, a name or an EvalData.")
@@ -331,12 +350,26 @@ def _select_rows(ds, num_samples, seed):
     return rows, (image_col, label_col), label_names, n_total, indices
 
 
-def _finish(display, rows, cols, class_names, key, image_size, indices, n_total, source, templates_mode,
-            single_template, user_meta, extra_meta, dataset_templates=None) -> EvalData:
+def _finish(
+    display,
+    rows,
+    cols,
+    class_names,
+    key,
+    image_size,
+    indices,
+    n_total,
+    source,
+    templates_mode,
+    single_template,
+    user_meta,
+    extra_meta,
+    dataset_templates=None,
+) -> EvalData:
     if not class_names:
         raise ValueError(
             f"Dataset {display!r} ({source}) has no class names (its label column is not a ClassLabel): pass a JSON "
-            f"with `--class-names-json` holding {{\"{display}\": {{\"classnames\": [...]}}}}."
+            f'with `--class-names-json` holding {{"{display}": {{"classnames": [...]}}}}.'
         )
     images = _stack([to_pixels(v, image_size) for v in rows["image"]])
     labels = torch.as_tensor([int(v) for v in rows["label"]], dtype=torch.long)
@@ -347,16 +380,30 @@ def _finish(display, rows, cols, class_names, key, image_size, indices, n_total,
 
 def _load_local(path, display, image_size, num_samples, seed, split, templates, single_template, user_meta):
     key = _registry_key(display)
-    saved = os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json",
-                                                                                         "state.json"))
+    saved = os.path.isdir(path) and any(
+        os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")
+    )
     if saved or path.endswith(".arrow"):  # `save_to_disk` folders and Arrow files: the training data loader reads them
         from ..data import load_image_dataset
 
         ds = load_image_dataset(path, split)
         rows, cols, label_names, n_total, indices = _select_rows(ds, num_samples, seed)
         names = _meta(user_meta, display, "classnames") or label_names
-        return _finish(display, rows, cols, names, key, image_size, indices, n_total, os.path.abspath(path),
-                       templates, single_template, user_meta, {"format": "arrow"})
+        return _finish(
+            display,
+            rows,
+            cols,
+            names,
+            key,
+            image_size,
+            indices,
+            n_total,
+            os.path.abspath(path),
+            templates,
+            single_template,
+            user_meta,
+            {"format": "arrow"},
+        )
     parquet = _parquet_files(path, split)
     if parquet:
         import datasets
@@ -364,9 +411,24 @@ def _load_local(path, display, image_size, num_samples, seed, split, templates, 
         ds = datasets.Dataset.from_parquet(parquet if len(parquet) > 1 else parquet[0])
         rows, cols, label_names, n_total, indices = _select_rows(ds, num_samples, seed)
         names = _meta(user_meta, display, "classnames") or label_names
-        return _finish(display, rows, cols, names, key, image_size, indices, n_total, os.path.abspath(path),
-                       templates, single_template, user_meta, {"format": "parquet", "classnames_source":
-                       "user json" if _meta(user_meta, display, "classnames") else "ClassLabel"})
+        return _finish(
+            display,
+            rows,
+            cols,
+            names,
+            key,
+            image_size,
+            indices,
+            n_total,
+            os.path.abspath(path),
+            templates,
+            single_template,
+            user_meta,
+            {
+                "format": "parquet",
+                "classnames_source": "user json" if _meta(user_meta, display, "classnames") else "ClassLabel",
+            },
+        )
     root = os.path.join(path, split) if os.path.isdir(os.path.join(path, split)) else path
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     files, labels = [], []
@@ -385,9 +447,21 @@ def _load_local(path, display, image_size, num_samples, seed, split, templates, 
     rows = {"image": [{"path": files[i]} for i in indices], "label": [labels[i] for i in indices]}
     user_names = _meta(user_meta, display, "classnames")
     names = user_names or [c.replace("_", " ") for c in classes]
-    return _finish(display, rows, None, names, key, image_size, indices, len(files), os.path.abspath(root),
-                   templates, single_template, user_meta,
-                   {"format": "imagefolder", "classnames_source": "user json" if user_names else "folder names"})
+    return _finish(
+        display,
+        rows,
+        None,
+        names,
+        key,
+        image_size,
+        indices,
+        len(files),
+        os.path.abspath(root),
+        templates,
+        single_template,
+        user_meta,
+        {"format": "imagefolder", "classnames_source": "user json" if user_names else "folder names"},
+    )
 
 
 def _parquet_files(path: str, split: str) -> list[str]:
@@ -421,12 +495,30 @@ def _load_hub(hub_id, display, key, image_size, num_samples, seed, split, templa
     user_names = _meta(user_meta, display, "classnames")
     builtin = list(CLASS_NAMES.get(key, ())) if key else []
     n_labels = max(int(max(rows["label"])) + 1 if rows["label"] else 0, len(label_names))
-    for names, source in ((user_names, "user json"), (wds_names, "classnames.txt"),
-                          (builtin if len(builtin) >= n_labels else None, "built-in"), (label_names, "ClassLabel")):
+    for names, source in (
+        (user_names, "user json"),
+        (wds_names, "classnames.txt"),
+        (builtin if len(builtin) >= n_labels else None, "built-in"),
+        (label_names, "ClassLabel"),
+    ):
         if names:
             break
-    return _finish(display, rows, cols, names, key, image_size, indices, n_total, f"hub:{hub_id}", templates,
-                   single_template, user_meta, {"format": "hub", "classnames_source": source}, wds_templates)
+    return _finish(
+        display,
+        rows,
+        cols,
+        names,
+        key,
+        image_size,
+        indices,
+        n_total,
+        f"hub:{hub_id}",
+        templates,
+        single_template,
+        user_meta,
+        {"format": "hub", "classnames_source": source},
+        wds_templates,
+    )
 
 
 def _clip_benchmark_files(hub_id: str) -> tuple[list[str] | None, list[str] | None]:

@@ -204,7 +204,9 @@ class Protocol:
         new = dataclasses.replace(self, **changed)
         if "modified" not in changed:
             differs = [
-                k for k in changed if k not in _NON_RESULT_FIELDS | {"modified"} and getattr(new, k) != getattr(self, k)
+                k
+                for k in changed
+                if k not in _NON_RESULT_FIELDS | {"modified"} and getattr(new, k) != getattr(self, k)
             ]
             new.modified = tuple(sorted(set(self.modified) | set(differs)))
         return new

@@ -39,20 +39,40 @@ def markdown_table(results: list[dict]) -> str:
     for model, rows in by_model.items():
         for r in rows:
             robust = [_pct(r["robust_accuracy"].get(k, {}).get("worst_case")) for k in keys]
-            checks = "FLAGGED: " + ", ".join(r["failed_checks"]) if r.get("flagged") else (
-                "ok" if r.get("checks") else "not run")
+            checks = (
+                "FLAGGED: " + ", ".join(r["failed_checks"])
+                if r.get("flagged")
+                else ("ok" if r.get("checks") else "not run")
+            )
             n = f"{r['num_samples']}/{r['dataset_size']}" if r.get("dataset_size") else str(r["num_samples"])
-            lines.append("| " + " | ".join([model, r["dataset"], n, _pct(r["clean_accuracy"])] + robust +
-                                           [" + ".join(r["attacks"]), checks]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [model, r["dataset"], n, _pct(r["clean_accuracy"])] + robust + [" + ".join(r["attacks"]), checks]
+                )
+                + " |"
+            )
         if len(rows) > 1:
             mean = lambda vals: sum(vals) / len(vals) if vals else None
-            robust = [_pct(mean([r["robust_accuracy"][k]["worst_case"] for r in rows if k in r["robust_accuracy"]]))
-                      for k in keys]
+            robust = [
+                _pct(mean([r["robust_accuracy"][k]["worst_case"] for r in rows if k in r["robust_accuracy"]]))
+                for k in keys
+            ]
             flagged = sum(bool(r.get("flagged")) for r in rows)
-            lines.append("| " + " | ".join(
-                [f"**{model}**", f"**mean of {len(rows)}**", str(sum(r["num_samples"] for r in rows)),
-                 _pct(mean([r["clean_accuracy"] for r in rows]))] + robust +
-                ["", f"{flagged} flagged" if flagged else "ok"]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        f"**{model}**",
+                        f"**mean of {len(rows)}**",
+                        str(sum(r["num_samples"] for r in rows)),
+                        _pct(mean([r["clean_accuracy"] for r in rows])),
+                    ]
+                    + robust
+                    + ["", f"{flagged} flagged" if flagged else "ok"]
+                )
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -81,8 +101,10 @@ def markdown_report(report: dict) -> str:
     if len(summaries) > 1:
         parts += ["**Warning:** these results mix protocols:", ""] + [f"- {s}" for s in summaries] + [""]
     parts += [
-        ("Accuracies in %, on `n` = evaluated images / images in the split (seeded subset). Robust = worst case per "
-        "image over the attacks listed (an image counts only if every attack fails)."),
+        (
+            "Accuracies in %, on `n` = evaluated images / images in the split (seeded subset). Robust = worst case per "
+            "image over the attacks listed (an image counts only if every attack fails)."
+        ),
         "",
         markdown_table(results),
         "",
@@ -93,11 +115,16 @@ def markdown_report(report: dict) -> str:
     ]
     flagged = [r for r in results if r.get("flagged")]
     for r in flagged:
-        parts.append(f"- **{r['model']} x {r['dataset']}** flagged: " + "; ".join(
-            f"{c}: {r['checks'][c]['message']}" for c in r["failed_checks"]))
+        parts.append(
+            f"- **{r['model']} x {r['dataset']}** flagged: "
+            + "; ".join(f"{c}: {r['checks'][c]['message']}" for c in r["failed_checks"])
+        )
     versions = ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
-    parts += ["", f"Device: {report.get('device', '?')}. Versions: {versions}. Updated {report.get('updated', '')}.",
-              ""]
+    parts += [
+        "",
+        f"Device: {report.get('device', '?')}. Versions: {versions}. Updated {report.get('updated', '')}.",
+        "",
+    ]
     return "\n".join(parts)
 
 
@@ -118,15 +145,28 @@ def plot_robustness(results: list[dict], path: str, title: str = "") -> None:
         curves = []
         for r in rows:
             points = [(0.0, r["clean_accuracy"])] + sorted(
-                (v["eps"] * 255, v["worst_case"]) for v in r["robust_accuracy"].values())
+                (v["eps"] * 255, v["worst_case"]) for v in r["robust_accuracy"].values()
+            )
             xs, ys = zip(*points)
-            ax.plot(xs, [100 * y for y in ys], marker="o", lw=1, alpha=0.8,
-                    label=f"{r['dataset']} (n={r['num_samples']})" + (" [flagged]" if r.get("flagged") else ""))
+            ax.plot(
+                xs,
+                [100 * y for y in ys],
+                marker="o",
+                lw=1,
+                alpha=0.8,
+                label=f"{r['dataset']} (n={r['num_samples']})" + (" [flagged]" if r.get("flagged") else ""),
+            )
             curves.append(dict(points))
         common = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
         if len(rows) > 1 and common:
-            ax.plot(common, [100 * sum(c[e] for c in curves) / len(curves) for e in common], color="black", lw=2.5,
-                    marker="s", label="mean")
+            ax.plot(
+                common,
+                [100 * sum(c[e] for c in curves) / len(curves) for e in common],
+                color="black",
+                lw=2.5,
+                marker="s",
+                label="mean",
+            )
         ax.set_title(model if len(model) <= 40 else "..." + model[-37:], fontsize=9)
         ax.set_xlabel("eps (x 1/255)")
         ax.grid(alpha=0.3)

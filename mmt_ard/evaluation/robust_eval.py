@@ -100,7 +100,9 @@ def load_eval_model(
         zs = model
     elif isinstance(model, nn.Module) and hasattr(model, "get_image_features"):
         if processor is None or isinstance(processor, str):
-            raise ValueError("A `CLIPModel` object needs its `processor` (the CLIPProcessor object) to build text heads.")
+            raise ValueError(
+                "A `CLIPModel` object needs its `processor` (the CLIPProcessor object) to build text heads."
+            )
         zs = ZeroShotCLIP(model, processor, logit_scale=logit_scale)
     else:
         raise TypeError(
@@ -141,20 +143,31 @@ def evaluate_on_data(
         for attack in attacks:
             own = torch.zeros(n, dtype=torch.bool)
             batches = range(0, n, protocol.batch_size)
-            for b, start in enumerate(tqdm(batches, desc=f"{data.name} {attack} eps={key}", disable=not progress,
-                                           leave=False)):
+            for b, start in enumerate(
+                tqdm(batches, desc=f"{data.name} {attack} eps={key}", disable=not progress, leave=False)
+            ):
                 end = min(start + protocol.batch_size, n)
                 active = robust[start:end] if protocol.cascade else clean_correct[start:end]
                 mask = attack_batch(
-                    zero_shot, data.pixels(start, end).to(device), y_all[start:end].to(device), attack, eps,
-                    protocol, active.to(device), seed=protocol.seed + b,
+                    zero_shot,
+                    data.pixels(start, end).to(device),
+                    y_all[start:end].to(device),
+                    attack,
+                    eps,
+                    protocol,
+                    active.to(device),
+                    seed=protocol.seed + b,
                 ).cpu()
                 own[start:end] = mask
                 robust[start:end] &= mask | ~active  # cascade: inactive images are already counted
             per_attack[attack] = _acc(own if not protocol.cascade else robust, n)
         masks[key] = robust
-        robust_acc[key] = {"eps": eps, "worst_case": _acc(robust, n), "num_robust": int(robust.sum()),
-                           "per_attack": per_attack}
+        robust_acc[key] = {
+            "eps": eps,
+            "worst_case": _acc(robust, n),
+            "num_robust": int(robust.sum()),
+            "per_attack": per_attack,
+        }
     result = {
         "num_samples": n,
         "dataset_size": data.dataset_size,
@@ -172,11 +185,16 @@ def evaluate_on_data(
         k = min(protocol.check_samples, n)
         check_data = (data.pixels(0, k).to(device), y_all[:k].to(device))
         check_report = run_checks(
-            zero_shot, *check_data, protocol=protocol, clean_correct=clean_correct[:k],
+            zero_shot,
+            *check_data,
+            protocol=protocol,
+            clean_correct=clean_correct[:k],
             robust_masks={key: m[:k] for key, m in masks.items()},
-            full_results={"clean_accuracy": result["clean_accuracy"],
-                          "robust_accuracy": {key: v["worst_case"] for key, v in robust_acc.items()},
-                          "num_samples": n},
+            full_results={
+                "clean_accuracy": result["clean_accuracy"],
+                "robust_accuracy": {key: v["worst_case"] for key, v in robust_acc.items()},
+                "num_samples": n,
+            },
             progress=progress,
         )
         result.update(check_report)
@@ -200,8 +218,10 @@ def _model_identity(spec) -> str | None:
         return None
     if os.path.isdir(spec):
         path = resolve_model_path(spec)
-        stats = [os.stat(f) for f in sorted(glob.glob(os.path.join(path, "*.safetensors")) +
-                                            glob.glob(os.path.join(path, "*.bin")))]
+        stats = [
+            os.stat(f)
+            for f in sorted(glob.glob(os.path.join(path, "*.safetensors")) + glob.glob(os.path.join(path, "*.bin")))
+        ]
         return f"{os.path.abspath(path)}|" + "|".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats)
     return spec
 
@@ -402,9 +422,15 @@ def evaluate_robustness(
             size_key = (d_name, zero_shot.image_size)
             if size_key not in data_cache:
                 data_cache[size_key] = load_eval_data(
-                    d_spec, image_size=zero_shot.image_size, num_samples=proto.samples_for(d_name), seed=proto.seed,
-                    split=proto.split, templates=proto.templates, single_template=proto.single_template,
-                    user_meta=user_meta, name=d_name,
+                    d_spec,
+                    image_size=zero_shot.image_size,
+                    num_samples=proto.samples_for(d_name),
+                    seed=proto.seed,
+                    split=proto.split,
+                    templates=proto.templates,
+                    single_template=proto.single_template,
+                    user_meta=user_meta,
+                    name=d_name,
                 )
             data = data_cache[size_key]
             save_head = _attach_head_cache(zero_shot, identity, cache_dir, data)
