@@ -383,7 +383,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the size's (tiny 32, vit-b32 64)")
     ap.add_argument("--steps", type=int, default=12, help="measured steps per contender per round")
     ap.add_argument("--warmup", type=int, default=3, help="unmeasured steps first")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="0: only the paired run")
     ap.add_argument("--eps", type=float, default=2 / 255)
     ap.add_argument("--step-size", type=float, default=1 / 255)
     ap.add_argument("--attack-steps", type=int, default=10)
@@ -416,7 +416,7 @@ def main(argv=None) -> None:
             print(f"round {r + 1}/{a.rounds} {name:15s} {res['images_per_s']:8.1f} img/s wall "
                   f"{res['images_per_cpu_s']:8.1f} img/CPU-s  step {1000 * res['step_s_median']:.0f} ms", flush=True)
     summary = {}
-    for name in names:
+    for name in names if a.rounds else []:
         rs = runs[name]
         summary[name] = {
             "images_per_s": statistics.median(x["images_per_s"] for x in rs),
@@ -440,19 +440,21 @@ def main(argv=None) -> None:
                 ratios = [x[metric] / y[metric] for x, y in zip(rs, runs[ref])]
                 summary[name][key + suffix] = statistics.median(ratios)
                 summary[name][key + suffix + "_rounds"] = ratios
-    table = _fmt_table(summary, names)
-    print()
-    print(f"size {a.size}, batch {cfg['batch_size']}, PGD-{a.attack_steps} eps {a.eps:.5f} step {a.step_size:.5f} "
-          f"momentum {a.momentum}; medians over {a.rounds} rounds of {a.steps} steps; phases: wall ms per step")
-    print(table)
-    key = "_cpu" if summary[names[0]]["device"] == "cpu" else ""
-    clock = "CPU time" if key else "wall time"
-    if "mmt-ard" in summary and "single-teacher" in summary:
-        print(f"\nmmt-ard / single-teacher images/s ({clock}): "
-              f"{summary['mmt-ard']['ratio_vs_single_teacher' + key]:.3f} (target >= 0.85)")
-    if "mmt-ard" in summary and "bare" in summary:
-        over = 1 / summary["mmt-ard"]["ratio_vs_bare" + key] - 1
-        print(f"Trainer overhead (mmt-ard step {clock} over the bare loop's): {100 * over:+.1f} % (target <= 5 %)")
+    table = ""
+    if a.rounds:
+        table = _fmt_table(summary, names)
+        print()
+        print(f"size {a.size}, batch {cfg['batch_size']}, PGD-{a.attack_steps} eps {a.eps:.5f} step {a.step_size:.5f} "
+              f"momentum {a.momentum}; medians over {a.rounds} rounds of {a.steps} steps; phases: wall ms per step")
+        print(table)
+        key = "_cpu" if summary[names[0]]["device"] == "cpu" else ""
+        clock = "CPU time" if key else "wall time"
+        if "mmt-ard" in summary and "single-teacher" in summary:
+            print(f"\nmmt-ard / single-teacher images/s ({clock}): "
+                  f"{summary['mmt-ard']['ratio_vs_single_teacher' + key]:.3f} (target >= 0.85)")
+        if "mmt-ard" in summary and "bare" in summary:
+            over = 1 / summary["mmt-ard"]["ratio_vs_bare" + key] - 1
+            print(f"Trainer overhead (mmt-ard step {clock} over the bare loop's): {100 * over:+.1f} % (target <= 5 %)")
     paired = []
     for _ in range(a.paired_runs if a.paired_steps else 0):
         paired.append(_run_one("paired", dict(cfg, steps=a.paired_steps)))
