@@ -21,21 +21,21 @@ import torch
 # A "tower" dict: hidden, layers, heads, mlp (intermediate size); vision adds image/patch.
 SIZES: dict[str, dict] = {
     # CPU scale (the replication's models): 32 px images, 8 px patches (16 tokens + CLS); teachers wider.
-    "tiny": dict(
-        student=dict(vision=dict(hidden=64, layers=4, heads=4, mlp=128, image=32, patch=8),
-                     text=dict(hidden=64, layers=2, heads=4, mlp=128), projection=64),
-        teacher=dict(vision=dict(hidden=96, layers=4, heads=4, mlp=192, image=32, patch=8),
-                     text=dict(hidden=96, layers=2, heads=4, mlp=192), projection=96),
-        batch_size=32,
-    ),
+    "tiny": {
+        "student": {"vision": {"hidden": 64, "layers": 4, "heads": 4, "mlp": 128, "image": 32, "patch": 8},
+                     "text": {"hidden": 64, "layers": 2, "heads": 4, "mlp": 128}, "projection": 64},
+        "teacher": {"vision": {"hidden": 96, "layers": 4, "heads": 4, "mlp": 192, "image": 32, "patch": 8},
+                     "text": {"hidden": 96, "layers": 2, "heads": 4, "mlp": 192}, "projection": 96},
+        "batch_size": 32,
+    },
     # The paper's shapes at random init: OpenAI CLIP ViT-B/32 student, ViT-L/14 teachers (224 px). GPU only.
-    "vit-b32": dict(
-        student=dict(vision=dict(hidden=768, layers=12, heads=12, mlp=3072, image=224, patch=32),
-                     text=dict(hidden=512, layers=12, heads=8, mlp=2048), projection=512),
-        teacher=dict(vision=dict(hidden=1024, layers=24, heads=16, mlp=4096, image=224, patch=14),
-                     text=dict(hidden=768, layers=12, heads=12, mlp=3072), projection=768),
-        batch_size=64,
-    ),
+    "vit-b32": {
+        "student": {"vision": {"hidden": 768, "layers": 12, "heads": 12, "mlp": 3072, "image": 224, "patch": 32},
+                     "text": {"hidden": 512, "layers": 12, "heads": 8, "mlp": 2048}, "projection": 512},
+        "teacher": {"vision": {"hidden": 1024, "layers": 24, "heads": 16, "mlp": 4096, "image": 224, "patch": 14},
+                     "text": {"hidden": 768, "layers": 12, "heads": 12, "mlp": 3072}, "projection": 768},
+        "batch_size": 64,
+    },
 }
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,16 +54,16 @@ def build_clip(spec: dict, seed: int, words: list[str]):
 
     tokenizer = build_tokenizer(words)
     v, t = spec["vision"], spec["text"]
-    text_cfg = dict(
-        vocab_size=len(tokenizer), hidden_size=t["hidden"], intermediate_size=t["mlp"],
-        num_hidden_layers=t["layers"], num_attention_heads=t["heads"],
-        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    vision_cfg = dict(
-        hidden_size=v["hidden"], intermediate_size=v["mlp"], num_hidden_layers=v["layers"],
-        num_attention_heads=v["heads"], image_size=v["image"], patch_size=v["patch"],
-    )
+    text_cfg = {
+        "vocab_size": len(tokenizer), "hidden_size": t["hidden"], "intermediate_size": t["mlp"],
+        "num_hidden_layers": t["layers"], "num_attention_heads": t["heads"],
+        "max_position_embeddings": tokenizer.model_max_length, "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision_cfg = {
+        "hidden_size": v["hidden"], "intermediate_size": v["mlp"], "num_hidden_layers": v["layers"],
+        "num_attention_heads": v["heads"], "image_size": v["image"], "patch_size": v["patch"],
+    }
     config = CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=spec["projection"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -79,11 +79,11 @@ def build_clip(spec: dict, seed: int, words: list[str]):
 
 def spec_from_args(hidden: int, layers: int, image: int, patch: int, heads: int = 4) -> dict:
     """A small tower spec (text tower: same width, 2 layers; MLP 2x width)."""
-    return dict(
-        vision=dict(hidden=hidden, layers=layers, heads=heads, mlp=2 * hidden, image=image, patch=patch),
-        text=dict(hidden=hidden, layers=2, heads=heads, mlp=2 * hidden),
-        projection=hidden,
-    )
+    return {
+        "vision": {"hidden": hidden, "layers": layers, "heads": heads, "mlp": 2 * hidden, "image": image, "patch": patch},
+        "text": {"hidden": hidden, "layers": 2, "heads": heads, "mlp": 2 * hidden},
+        "projection": hidden,
+    }
 
 
 def count_params(model: torch.nn.Module, vision_only: bool = True) -> int:
@@ -103,7 +103,7 @@ def load_image_table(source: str, image_size: int | None = None):
     if source == "sklearn-digits":  # scikit-learn's bundled 8x8 digits, upsampled (method.md section 8)
         from mmt_ard.tiny import DIGIT_NAMES, load_digits_arrays
 
-        x_tr, y_tr, x_te, y_te = load_digits_arrays(image_size or 32, seed=0, test_fraction=0.0)
+        x_tr, y_tr, _x_te, _y_te = load_digits_arrays(image_size or 32, seed=0, test_fraction=0.0)
         return x_tr.contiguous(), y_tr, list(DIGIT_NAMES)
     if os.path.exists(source):
         import pyarrow.parquet as pq
@@ -200,7 +200,8 @@ def machine_info() -> dict:
         pass
     try:
         info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__)
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
+            cwd=os.path.dirname(__file__),
         ).stdout.strip()
     except OSError:
         pass

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import statistics
 import sys
@@ -38,8 +37,15 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import TensorImageDataset, balanced_split, build_clip, count_params, load_image_table, machine_info  # noqa: E402
-from _common import spec_from_args  # noqa: E402
+from _common import (
+    TensorImageDataset,
+    balanced_split,
+    build_clip,
+    count_params,
+    load_image_table,
+    machine_info,
+    spec_from_args,
+)
 
 PRESETS_ALL = ["mmt-ard", "single-teacher", "tecoa", "fare", "pmg-aft", "mtard"]
 TEMPLATES = ["This is a photo of a {}"]
@@ -99,6 +105,23 @@ def evaluate(zs, x, y, cfg: dict, robust_n: int, apgd_iters: int = 0, seed: int 
         for m, flag in flags.items():
             m.training = flag
     return out
+
+
+@torch.no_grad()
+def confidence_stats(zs, x, y, batch: int = 250) -> dict:
+    """The released code's per-sample confidence (raw cosine of a teacher's image embedding to the true class's text
+    embedding) on clean images: mean, std and the fraction that is negative (a negative confidence flips that
+    sample's distillation term)."""
+    flags = {m: m.training for m in zs.modules()}
+    zs.eval()
+    try:
+        c = torch.cat([zs.confidence(zs(x[i : i + batch]).image_embeds, y[i : i + batch])
+                       for i in range(0, len(y), batch)])
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    return {"mean": c.mean().item(), "std": c.std().item(), "frac_negative": (c < 0).float().mean().item(),
+            "n": len(y)}
 
 
 # ---------------------------------------------------------------- training
@@ -194,6 +217,11 @@ def run_seed(seed: int, cfg: dict, x, y, class_names, train_idx, test_idx) -> di
                          lr=cfg["lr"], cfg=cfg, seed=seed, attack_steps=cfg["robust_attack_steps"])
     res["robust_teacher"] = {**final_eval(robust_clip, t_proc), "train_s": timing["train_s"]}
     log(f"  robust teacher: {res['robust_teacher']}")
+    res["teacher_confidence"] = {
+        role: confidence_stats(_zero_shot(m, t_proc, class_names), x_tr[:2000], y_tr[:2000])
+        for role, m in (("clean", clean_clip), ("robust", robust_clip))
+    }
+    log(f"  teacher confidence on clean training images: {res['teacher_confidence']}")
 
     # the student initialisation every preset starts from
     s_clip, s_proc = build_clip(s_spec, seed=2000 + seed, words=class_names)
@@ -265,8 +293,8 @@ def aggregate(seeds: list[dict]) -> dict:
 
 
 def table(agg: dict, seeds: list[dict]) -> str:
-    lines = ["| preset | seeds | clean | PGD-10 | APGD-CE | steps to single-teacher's robust acc | train s to it "
-             "| train s total |", "|---|---|---|---|---|---|---|---|"]
+    lines = [("| preset | seeds | clean | PGD-10 | APGD-CE | steps to single-teacher's robust acc | train s to it "
+             "| train s total |"), "|---|---|---|---|---|---|---|---|"]
     for name, row in agg.items():
         if "_minus_" in name:
             continue
@@ -304,13 +332,16 @@ def plot(seeds: list[dict], path: str) -> None:
             ax.set_xlabel("training steps")
             ax.set_ylabel("%")
             n_key = "n_robust" if key == "pgd" else "n_clean"
-            n = next(iter(seed["presets"].values()))["curve"][-1].get(n_key, "?")
+            n = next(iter(seed["presets"].values()), {"curve": [{}]})["curve"][-1].get(n_key, "?")
             ax.set_title(f"seed {seed['seed']}: {title}, {n} held-out images", fontsize=9)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=72)
+    from PIL import Image
+
+    Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)  # a small file for the docs
 
 
 def write_report(seeds: list[dict], cfg: dict, machine: dict, out: str, plot_path: str | None, wall: float) -> None:
@@ -352,7 +383,7 @@ def main(argv=None) -> None:
     ap.add_argument("--robust-attack-steps", type=int, default=5)
     ap.add_argument("--student-steps", type=int, default=400, help="student initialisation: clean CE steps")
     ap.add_argument("--steps", type=int, default=400, help="steps per preset (the equal budget)")
-    ap.add_argument("--presets", nargs="+", default=PRESETS_ALL)
+    ap.add_argument("--presets", nargs="*", default=PRESETS_ALL, help="none: only teachers and student init")
     ap.add_argument("--pretrain-lr", type=float, default=1e-3)
     ap.add_argument("--lr", type=float, default=5e-4, help="adversarial fine-tuning / distillation lr, all presets")
     ap.add_argument("--eps", type=float, default=2 / 255)
