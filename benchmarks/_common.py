@@ -22,18 +22,30 @@ import torch
 SIZES: dict[str, dict] = {
     # CPU scale (the replication's models): 32 px images, 8 px patches (16 tokens + CLS); teachers wider.
     "tiny": {
-        "student": {"vision": {"hidden": 64, "layers": 4, "heads": 4, "mlp": 128, "image": 32, "patch": 8},
-                     "text": {"hidden": 64, "layers": 2, "heads": 4, "mlp": 128}, "projection": 64},
-        "teacher": {"vision": {"hidden": 96, "layers": 4, "heads": 4, "mlp": 192, "image": 32, "patch": 8},
-                     "text": {"hidden": 96, "layers": 2, "heads": 4, "mlp": 192}, "projection": 96},
+        "student": {
+            "vision": {"hidden": 64, "layers": 4, "heads": 4, "mlp": 128, "image": 32, "patch": 8},
+            "text": {"hidden": 64, "layers": 2, "heads": 4, "mlp": 128},
+            "projection": 64,
+        },
+        "teacher": {
+            "vision": {"hidden": 96, "layers": 4, "heads": 4, "mlp": 192, "image": 32, "patch": 8},
+            "text": {"hidden": 96, "layers": 2, "heads": 4, "mlp": 192},
+            "projection": 96,
+        },
         "batch_size": 32,
     },
     # The paper's shapes at random init: OpenAI CLIP ViT-B/32 student, ViT-L/14 teachers (224 px). GPU only.
     "vit-b32": {
-        "student": {"vision": {"hidden": 768, "layers": 12, "heads": 12, "mlp": 3072, "image": 224, "patch": 32},
-                     "text": {"hidden": 512, "layers": 12, "heads": 8, "mlp": 2048}, "projection": 512},
-        "teacher": {"vision": {"hidden": 1024, "layers": 24, "heads": 16, "mlp": 4096, "image": 224, "patch": 14},
-                     "text": {"hidden": 768, "layers": 12, "heads": 12, "mlp": 3072}, "projection": 768},
+        "student": {
+            "vision": {"hidden": 768, "layers": 12, "heads": 12, "mlp": 3072, "image": 224, "patch": 32},
+            "text": {"hidden": 512, "layers": 12, "heads": 8, "mlp": 2048},
+            "projection": 512,
+        },
+        "teacher": {
+            "vision": {"hidden": 1024, "layers": 24, "heads": 16, "mlp": 4096, "image": 224, "patch": 14},
+            "text": {"hidden": 768, "layers": 12, "heads": 12, "mlp": 3072},
+            "projection": 768,
+        },
         "batch_size": 64,
     },
 }
@@ -55,14 +67,23 @@ def build_clip(spec: dict, seed: int, words: list[str]):
     tokenizer = build_tokenizer(words)
     v, t = spec["vision"], spec["text"]
     text_cfg = {
-        "vocab_size": len(tokenizer), "hidden_size": t["hidden"], "intermediate_size": t["mlp"],
-        "num_hidden_layers": t["layers"], "num_attention_heads": t["heads"],
-        "max_position_embeddings": tokenizer.model_max_length, "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+        "vocab_size": len(tokenizer),
+        "hidden_size": t["hidden"],
+        "intermediate_size": t["mlp"],
+        "num_hidden_layers": t["layers"],
+        "num_attention_heads": t["heads"],
+        "max_position_embeddings": tokenizer.model_max_length,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
     }
     vision_cfg = {
-        "hidden_size": v["hidden"], "intermediate_size": v["mlp"], "num_hidden_layers": v["layers"],
-        "num_attention_heads": v["heads"], "image_size": v["image"], "patch_size": v["patch"],
+        "hidden_size": v["hidden"],
+        "intermediate_size": v["mlp"],
+        "num_hidden_layers": v["layers"],
+        "num_attention_heads": v["heads"],
+        "image_size": v["image"],
+        "patch_size": v["patch"],
     }
     config = CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=spec["projection"])
     with torch.random.fork_rng(devices=[]):
@@ -71,8 +92,10 @@ def build_clip(spec: dict, seed: int, words: list[str]):
     model.eval()
     size = v["image"]
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-        image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD),
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=list(OPENAI_MEAN),
+        image_std=list(OPENAI_STD),
     )
     return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
@@ -80,7 +103,14 @@ def build_clip(spec: dict, seed: int, words: list[str]):
 def spec_from_args(hidden: int, layers: int, image: int, patch: int, heads: int = 4) -> dict:
     """A small tower spec (text tower: same width, 2 layers; MLP 2x width)."""
     return {
-        "vision": {"hidden": hidden, "layers": layers, "heads": heads, "mlp": 2 * hidden, "image": image, "patch": patch},
+        "vision": {
+            "hidden": hidden,
+            "layers": layers,
+            "heads": heads,
+            "mlp": 2 * hidden,
+            "image": image,
+            "patch": patch,
+        },
         "text": {"hidden": hidden, "layers": 2, "heads": heads, "mlp": 2 * hidden},
         "projection": hidden,
     }
@@ -120,15 +150,19 @@ def load_image_table(source: str, image_size: int | None = None):
     else:
         import datasets
 
-        ds = datasets.load_dataset(source, split="test" if "test" in datasets.get_dataset_split_names(source) else None)
+        ds = datasets.load_dataset(
+            source, split="test" if "test" in datasets.get_dataset_split_names(source) else None
+        )
         image_col = "image" if "image" in ds.column_names else "img"
         label_col = "label" if "label" in ds.column_names else "labels"
         classes = getattr(ds.features[label_col], "names", None)
         images = [im.convert("RGB") for im in ds[image_col]]
         labels = list(ds[label_col])
     if image_size is not None:
-        images = [im if im.size == (image_size, image_size) else im.resize((image_size, image_size), Image.BILINEAR)
-                  for im in images]
+        images = [
+            im if im.size == (image_size, image_size) else im.resize((image_size, image_size), Image.BILINEAR)
+            for im in images
+        ]
     x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images])).permute(0, 3, 1, 2)
     x = x.float().div_(255.0).contiguous()
     y = torch.tensor(labels, dtype=torch.long)
@@ -200,7 +234,10 @@ def machine_info() -> dict:
         pass
     try:
         info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
             cwd=os.path.dirname(__file__),
         ).stdout.strip()
     except OSError:

@@ -68,12 +68,20 @@ def main(argv=None) -> None:
                 for p in params:
                     p.requires_grad_(False)
             try:
-                pgd(student, x, kl_inner_loss(target), eps=2 / 255, step_size=1 / 255, steps=a.attack_steps,
-                    momentum=0.9)
+                pgd(
+                    student,
+                    x,
+                    kl_inner_loss(target),
+                    eps=2 / 255,
+                    step_size=1 / 255,
+                    steps=a.attack_steps,
+                    momentum=0.9,
+                )
             finally:
                 if freeze:
                     for p in params:
                         p.requires_grad_(True)
+
         return run
 
     def teacher_fwd(mode):
@@ -81,6 +89,7 @@ def main(argv=None) -> None:
             with mode():
                 for _ in range(5):
                     teacher(x)
+
         return run
 
     pairs = {
@@ -96,19 +105,34 @@ def main(argv=None) -> None:
         keys = list(pairs) if r % 2 == 0 else list(reversed(pairs))
         for k in keys:
             times[k].append(_timed(pairs[k]))
-    summary = {k: {"wall_ms": 1000 * statistics.median(t[0] for t in v), "cpu_ms": 1000 * statistics.median(t[1] for t in v)}
-               for k, v in times.items()}
+    summary = {
+        k: {"wall_ms": 1000 * statistics.median(t[0] for t in v), "cpu_ms": 1000 * statistics.median(t[1] for t in v)}
+        for k, v in times.items()
+    }
     for k, v in summary.items():
         print(f"{k:40s} wall {v['wall_ms']:8.1f} ms   cpu {v['cpu_ms']:8.1f} ms")
     ks = list(summary)
     for base, alt in ((ks[0], ks[1]), (ks[2], ks[3])):
-        print(f"{alt} / {base}: cpu {summary[alt]['cpu_ms'] / summary[base]['cpu_ms']:.3f}, "
-              f"wall {summary[alt]['wall_ms'] / summary[base]['wall_ms']:.3f}")
+        print(
+            f"{alt} / {base}: cpu {summary[alt]['cpu_ms'] / summary[base]['cpu_ms']:.3f}, "
+            f"wall {summary[alt]['wall_ms'] / summary[base]['wall_ms']:.3f}"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump({"size": a.size, "batch_size": b, "attack_steps": a.attack_steps, "repeats": a.repeats,
-                   "device": device, "machine": machine_info(), "summary": summary,
-                   "raw_s": {k: v for k, v in times.items()}}, f, indent=2)
+        json.dump(
+            {
+                "size": a.size,
+                "batch_size": b,
+                "attack_steps": a.attack_steps,
+                "repeats": a.repeats,
+                "device": device,
+                "machine": machine_info(),
+                "summary": summary,
+                "raw_s": {k: v for k, v in times.items()},
+            },
+            f,
+            indent=2,
+        )
 
 
 if __name__ == "__main__":

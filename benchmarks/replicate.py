@@ -66,7 +66,9 @@ def _zero_shot(clip, processor, class_names):
 
 @torch.no_grad()
 def _clean_acc(zs, x, y, batch: int) -> float:
-    hits = sum(int((zs(x[i : i + batch]).logits.argmax(-1) == y[i : i + batch]).sum()) for i in range(0, len(y), batch))
+    hits = sum(
+        int((zs(x[i : i + batch]).logits.argmax(-1) == y[i : i + batch]).sum()) for i in range(0, len(y), batch)
+    )
     return hits / len(y)
 
 
@@ -84,8 +86,16 @@ def evaluate(zs, x, y, cfg: dict, robust_n: int, apgd_iters: int = 0, seed: int 
         hits = 0
         for i in range(0, len(yr), batch):
             xb, yb = xr[i : i + batch], yr[i : i + batch]
-            adv = pgd(zs, xb, ce_inner_loss(yb), eps=cfg["eps"], step_size=cfg["eval_step_size"],
-                      steps=cfg["eval_steps"], random_init=True, generator=gen)
+            adv = pgd(
+                zs,
+                xb,
+                ce_inner_loss(yb),
+                eps=cfg["eps"],
+                step_size=cfg["eval_step_size"],
+                steps=cfg["eval_steps"],
+                random_init=True,
+                generator=gen,
+            )
             with torch.no_grad():
                 hits += int((zs(adv).logits.argmax(-1) == yb).sum())
         out["pgd"] = hits / len(yr)
@@ -115,13 +125,18 @@ def confidence_stats(zs, x, y, batch: int = 250) -> dict:
     flags = {m: m.training for m in zs.modules()}
     zs.eval()
     try:
-        c = torch.cat([zs.confidence(zs(x[i : i + batch]).image_embeds, y[i : i + batch])
-                       for i in range(0, len(y), batch)])
+        c = torch.cat(
+            [zs.confidence(zs(x[i : i + batch]).image_embeds, y[i : i + batch]) for i in range(0, len(y), batch)]
+        )
     finally:
         for m, flag in flags.items():
             m.training = flag
-    return {"mean": c.mean().item(), "std": c.std().item(), "frac_negative": (c < 0).float().mean().item(),
-            "n": len(y)}
+    return {
+        "mean": c.mean().item(),
+        "std": c.std().item(),
+        "frac_negative": (c < 0).float().mean().item(),
+        "n": len(y),
+    }
 
 
 # ---------------------------------------------------------------- training
@@ -147,8 +162,10 @@ def _eval_callback(trainer_ref: dict, every: int, eval_fn, curve: list, timing: 
             timing["eval_s"] += time.perf_counter() - t0
             timing["eval_cpu_s"] += time.process_time() - c0
             curve.append({"step": state.global_step, "train_s": train_s, "train_cpu_s": train_cpu_s, **res})
-            log(f"    step {state.global_step:4d}  clean {res['clean']:.3f}  pgd {res['pgd']:.3f}  "
-                f"train {train_s:.0f}s")
+            log(
+                f"    step {state.global_step:4d}  clean {res['clean']:.3f}  pgd {res['pgd']:.3f}  "
+                f"train {train_s:.0f}s"
+            )
 
         def on_train_end(self, args, state, control, **kw):
             timing["train_s"] = time.perf_counter() - timing["start"] - timing["eval_s"]
@@ -157,8 +174,23 @@ def _eval_callback(trainer_ref: dict, every: int, eval_fn, curve: list, timing: 
     return PeriodicEval()
 
 
-def train(clip, processor, class_names, data, *, preset: str, steps: int, lr: float, cfg: dict, seed: int,
-          teachers=(), attack_steps: int | None = None, eval_every: int = 0, eval_fn=None, extra: dict | None = None):
+def train(
+    clip,
+    processor,
+    class_names,
+    data,
+    *,
+    preset: str,
+    steps: int,
+    lr: float,
+    cfg: dict,
+    seed: int,
+    teachers=(),
+    attack_steps: int | None = None,
+    eval_every: int = 0,
+    eval_fn=None,
+    extra: dict | None = None,
+):
     """Train `clip` in place with `MMTARDTrainer`; returns (periodic curve, timing, last logged metrics)."""
     from mmt_ard import MMTARDConfig, MMTARDTrainer
 
@@ -166,14 +198,32 @@ def train(clip, processor, class_names, data, *, preset: str, steps: int, lr: fl
     callbacks = [_eval_callback(ref, eval_every, eval_fn, curve, timing)] if eval_every else []
     with tempfile.TemporaryDirectory() as out:
         args = MMTARDConfig(
-            output_dir=out, preset=preset, attack_eps=cfg["eps"], attack_step_size=cfg["step_size"],
+            output_dir=out,
+            preset=preset,
+            attack_eps=cfg["eps"],
+            attack_step_size=cfg["step_size"],
             attack_steps=cfg["attack_steps"] if attack_steps is None else attack_steps,
-            learning_rate=lr, per_device_train_batch_size=cfg["batch_size"], max_steps=steps,
-            logging_steps=max(1, steps // 4), save_strategy="no", report_to="none", disable_tqdm=True,
-            dataloader_num_workers=0, use_cpu=True, seed=seed, **(extra or {}),
+            learning_rate=lr,
+            per_device_train_batch_size=cfg["batch_size"],
+            max_steps=steps,
+            logging_steps=max(1, steps // 4),
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            use_cpu=True,
+            seed=seed,
+            **(extra or {}),
         )
-        trainer = MMTARDTrainer(model=clip, args=args, teachers=list(teachers), class_names=class_names,
-                                processing_class=processor, train_dataset=data, callbacks=callbacks)
+        trainer = MMTARDTrainer(
+            model=clip,
+            args=args,
+            teachers=list(teachers),
+            class_names=class_names,
+            processing_class=processor,
+            train_dataset=data,
+            callbacks=callbacks,
+        )
         ref["trainer"] = trainer
         t0 = time.perf_counter()
         trainer.train()
@@ -197,8 +247,15 @@ def run_seed(seed: int, cfg: dict, x, y, class_names, train_idx, test_idx) -> di
     res: dict = {"seed": seed}
 
     def final_eval(clip, proc):
-        return evaluate(_zero_shot(clip, proc, class_names), x_te, y_te, cfg, robust_n=len(y_te),
-                        apgd_iters=cfg["apgd_iters"], seed=seed)
+        return evaluate(
+            _zero_shot(clip, proc, class_names),
+            x_te,
+            y_te,
+            cfg,
+            robust_n=len(y_te),
+            apgd_iters=cfg["apgd_iters"],
+            seed=seed,
+        )
 
     def periodic_eval(zs):
         return evaluate(zs, x_te, y_te, cfg, robust_n=cfg["eval_robust_n"], seed=seed)
@@ -207,14 +264,34 @@ def run_seed(seed: int, cfg: dict, x, y, class_names, train_idx, test_idx) -> di
     t0 = time.perf_counter()
     clean_clip, t_proc = build_clip(t_spec, seed=1000 + seed, words=class_names)
     log(f"seed {seed}: clean teacher ({count_params(clean_clip)} vision params), {cfg['teacher_steps']} clean steps")
-    _, timing, _ = train(clean_clip, t_proc, class_names, data, preset="tecoa", steps=cfg["teacher_steps"],
-                         lr=cfg["pretrain_lr"], cfg=cfg, seed=seed, attack_steps=0)
+    _, timing, _ = train(
+        clean_clip,
+        t_proc,
+        class_names,
+        data,
+        preset="tecoa",
+        steps=cfg["teacher_steps"],
+        lr=cfg["pretrain_lr"],
+        cfg=cfg,
+        seed=seed,
+        attack_steps=0,
+    )
     res["clean_teacher"] = {**final_eval(clean_clip, t_proc), "train_s": timing["train_s"]}
     log(f"  clean teacher: {res['clean_teacher']}")
     robust_clip = copy.deepcopy(clean_clip)
     log(f"seed {seed}: robust teacher, {cfg['robust_steps']} tecoa steps (PGD-{cfg['robust_attack_steps']})")
-    _, timing, _ = train(robust_clip, t_proc, class_names, data, preset="tecoa", steps=cfg["robust_steps"],
-                         lr=cfg["lr"], cfg=cfg, seed=seed, attack_steps=cfg["robust_attack_steps"])
+    _, timing, _ = train(
+        robust_clip,
+        t_proc,
+        class_names,
+        data,
+        preset="tecoa",
+        steps=cfg["robust_steps"],
+        lr=cfg["lr"],
+        cfg=cfg,
+        seed=seed,
+        attack_steps=cfg["robust_attack_steps"],
+    )
     res["robust_teacher"] = {**final_eval(robust_clip, t_proc), "train_s": timing["train_s"]}
     log(f"  robust teacher: {res['robust_teacher']}")
     res["teacher_confidence"] = {
@@ -226,8 +303,18 @@ def run_seed(seed: int, cfg: dict, x, y, class_names, train_idx, test_idx) -> di
     # the student initialisation every preset starts from
     s_clip, s_proc = build_clip(s_spec, seed=2000 + seed, words=class_names)
     log(f"seed {seed}: student ({count_params(s_clip)} vision params), {cfg['student_steps']} clean steps")
-    _, timing, _ = train(s_clip, s_proc, class_names, data, preset="tecoa", steps=cfg["student_steps"],
-                         lr=cfg["pretrain_lr"], cfg=cfg, seed=seed, attack_steps=0)
+    _, timing, _ = train(
+        s_clip,
+        s_proc,
+        class_names,
+        data,
+        preset="tecoa",
+        steps=cfg["student_steps"],
+        lr=cfg["pretrain_lr"],
+        cfg=cfg,
+        seed=seed,
+        attack_steps=0,
+    )
     res["student_init"] = {**final_eval(s_clip, s_proc), "train_s": timing["train_s"]}
     log(f"  student init: {res['student_init']}")
     res["setup_s"] = time.perf_counter() - t0
@@ -241,13 +328,29 @@ def run_seed(seed: int, cfg: dict, x, y, class_names, train_idx, test_idx) -> di
         if preset in ("mmt-ard", "mmt-ard-sigmoid", "mtard"):
             teachers.append(Teacher(model=clean_clip, processor=t_proc, role="clean"))
         log(f"seed {seed}: preset {preset}, {cfg['steps']} steps")
-        curve, timing, logged = train(clip, s_proc, class_names, data, preset=preset, steps=cfg["steps"],
-                                      lr=cfg["lr"], cfg=cfg, seed=seed, teachers=teachers,
-                                      eval_every=cfg["eval_every"], eval_fn=periodic_eval)
+        curve, timing, logged = train(
+            clip,
+            s_proc,
+            class_names,
+            data,
+            preset=preset,
+            steps=cfg["steps"],
+            lr=cfg["lr"],
+            cfg=cfg,
+            seed=seed,
+            teachers=teachers,
+            eval_every=cfg["eval_every"],
+            eval_fn=periodic_eval,
+        )
         final = final_eval(clip, s_proc)
-        res["presets"][preset] = {"curve": curve, "final": final, "train_s": timing["train_s"],
-                                  "train_cpu_s": timing.get("train_cpu_s"),
-                                  "eval_s": timing.get("eval_s", 0.0), "last_log": logged}
+        res["presets"][preset] = {
+            "curve": curve,
+            "final": final,
+            "train_s": timing["train_s"],
+            "train_cpu_s": timing.get("train_cpu_s"),
+            "eval_s": timing.get("eval_s", 0.0),
+            "last_log": logged,
+        }
         log(f"  {preset}: final {final}, train {timing['train_s']:.0f}s")
     res["targets"] = steps_to_target(res["presets"])
     return res
@@ -261,8 +364,12 @@ def steps_to_target(presets: dict) -> dict:
     out = {"target_pgd": target}
     for name, p in presets.items():
         hit = next((pt for pt in p["curve"] if pt["pgd"] >= target), None)
-        out[name] = {"steps": hit["step"] if hit else None, "train_s": hit["train_s"] if hit else None,
-                     "train_cpu_s": hit.get("train_cpu_s") if hit else None, "final_pgd": p["curve"][-1]["pgd"]}
+        out[name] = {
+            "steps": hit["step"] if hit else None,
+            "train_s": hit["train_s"] if hit else None,
+            "train_cpu_s": hit.get("train_cpu_s") if hit else None,
+            "final_pgd": p["curve"][-1]["pgd"],
+        }
     return out
 
 
@@ -293,20 +400,29 @@ def aggregate(seeds: list[dict]) -> dict:
 
 
 def table(agg: dict, seeds: list[dict]) -> str:
-    lines = [("| preset | seeds | clean | PGD-10 | APGD-CE | steps to single-teacher's robust acc | train s to it "
-             "| train s total |"), "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| preset | seeds | clean | PGD-10 | APGD-CE | steps to single-teacher's robust acc | train s to it "
+            "| train s total |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, row in agg.items():
         if "_minus_" in name:
             continue
         steps = ", ".join("-" if s is None else str(s) for s in row["steps_to_target"])
         secs = ", ".join("-" if s is None else f"{s:.0f}" for s in row["train_s_to_target"])
-        lines.append(f"| {name} | {len(row['seeds'])} | {100 * row['clean']:.1f} | {100 * row['pgd']:.1f} | "
-                     f"{100 * row.get('apgd_ce', float('nan')):.1f} | {steps} | {secs} | {row['train_s']:.0f} |")
+        lines.append(
+            f"| {name} | {len(row['seeds'])} | {100 * row['clean']:.1f} | {100 * row['pgd']:.1f} | "
+            f"{100 * row.get('apgd_ce', float('nan')):.1f} | {steps} | {secs} | {row['train_s']:.0f} |"
+        )
     for key in ("clean_teacher", "robust_teacher", "student_init"):
         vals = [s[key] for s in seeds]
         m = {k: statistics.mean(v[k] for v in vals) for k in ("clean", "pgd", "apgd_ce")}
-        lines.append(f"| ({key.replace('_', ' ')}) | {len(vals)} | {100 * m['clean']:.1f} | {100 * m['pgd']:.1f} | "
-                     f"{100 * m['apgd_ce']:.1f} | | | {statistics.mean(v['train_s'] for v in vals):.0f} |")
+        lines.append(
+            f"| ({key.replace('_', ' ')}) | {len(vals)} | {100 * m['clean']:.1f} | {100 * m['pgd']:.1f} | "
+            f"{100 * m['apgd_ce']:.1f} | | | {statistics.mean(v['train_s'] for v in vals):.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -325,8 +441,15 @@ def plot(seeds: list[dict], path: str) -> None:
         for ax, key, title in ((row[0], "pgd", "robust accuracy (PGD-10)"), (row[1], "clean", "clean accuracy")):
             for name in [n for n in names if n in seed["presets"]]:
                 curve = seed["presets"][name]["curve"]
-                ax.plot([pt["step"] for pt in curve], [100 * pt[key] for pt in curve], marker="o", ms=3, label=name,
-                        color=colors.get(name), lw=2.2 if name == "mmt-ard" else 1.3)
+                ax.plot(
+                    [pt["step"] for pt in curve],
+                    [100 * pt[key] for pt in curve],
+                    marker="o",
+                    ms=3,
+                    label=name,
+                    color=colors.get(name),
+                    lw=2.2 if name == "mmt-ard" else 1.3,
+                )
             for tkey, style in (("robust_teacher", ":"), ("clean_teacher", "--")):
                 ax.axhline(100 * seed[tkey][key], color="gray", ls=style, lw=1, label=tkey.replace("_", " "))
             ax.set_xlabel("training steps")
@@ -350,12 +473,25 @@ def write_report(seeds: list[dict], cfg: dict, machine: dict, out: str, plot_pat
     print(tab)
     for key in ("mmt-ard_minus_single-teacher", "mmt-ard-sigmoid_minus_single-teacher"):
         if key in agg:
-            print(key.replace("_", " ") + " (points, per seed): "
-                  + ", ".join(f"{k} {[round(100 * v, 1) for v in vs]}" for k, vs in agg[key].items()))
+            print(
+                key.replace("_", " ")
+                + " (points, per seed): "
+                + ", ".join(f"{k} {[round(100 * v, 1) for v in vs]}" for k, vs in agg[key].items())
+            )
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"config": cfg, "machine": machine, "wall_s": wall, "aggregate": agg, "table_markdown": tab,
-                   "seeds": seeds}, f, indent=2)
+        json.dump(
+            {
+                "config": cfg,
+                "machine": machine,
+                "wall_s": wall,
+                "aggregate": agg,
+                "table_markdown": tab,
+                "seeds": seeds,
+            },
+            f,
+            indent=2,
+        )
     log(f"wrote {out}")
     if plot_path:
         plot(seeds, plot_path)
@@ -364,9 +500,12 @@ def write_report(seeds: list[dict], cfg: dict, machine: dict, out: str, plot_pat
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default="/work/shared/data/cifar10_test.parquet",
-                    help="Parquet file (image bytes + label, class names in the .json sidecar), a Hub dataset id, "
-                         "or `sklearn-digits`")
+    ap.add_argument(
+        "--data",
+        default="/work/shared/data/cifar10_test.parquet",
+        help="Parquet file (image bytes + label, class names in the .json sidecar), a Hub dataset id, "
+        "or `sklearn-digits`",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--split-seed", type=int, default=0, help="seed of the train/held-out split (same for all seeds)")
     ap.add_argument("--train-per-class", type=int, default=900)
@@ -430,7 +569,9 @@ def main(argv=None) -> None:
     x, y, class_names = load_image_table(a.data, a.image_size)
     train_idx, test_idx = balanced_split(y, a.train_per_class, a.test_per_class, a.split_seed)
     cfg.update(n_train=len(train_idx), n_test=len(test_idx), class_names=class_names)
-    log(f"data {a.data}: {len(y)} images, {len(class_names)} classes; train {len(train_idx)}, held-out {len(test_idx)}")
+    log(
+        f"data {a.data}: {len(y)} images, {len(class_names)} classes; train {len(train_idx)}, held-out {len(test_idx)}"
+    )
     machine = machine_info()
     seeds = [run_seed(s, cfg, x, y, class_names, train_idx, test_idx) for s in a.seeds]
     write_report(seeds, cfg, machine, a.out, a.plot, time.perf_counter() - t_start)

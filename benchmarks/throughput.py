@@ -109,8 +109,14 @@ class _StepTimer:
         if self.t_prev_end is not None:
             total = now - self.t_prev_end
             in_step = self.t_pre_opt - self.t_begin  # compute_loss + backward + grad norm/clip
-            row = dict(step=total, cpu_step=cpu_now - self.cpu_prev_end, data=self.t_begin - self.t_prev_end, **phases,
-                       backward=in_step - sum(phases.values()), optimizer=self.t_opt - self.t_pre_opt)
+            row = dict(
+                step=total,
+                cpu_step=cpu_now - self.cpu_prev_end,
+                data=self.t_begin - self.t_prev_end,
+                **phases,
+                backward=in_step - sum(phases.values()),
+                optimizer=self.t_opt - self.t_pre_opt,
+            )
             row["rest"] = total - row["data"] - in_step - row["optimizer"]
             self.rows.append(row)
         self.t_prev_end, self.cpu_prev_end = now, cpu_now
@@ -124,22 +130,39 @@ def run_trainer(cfg: dict, name: str, device: str) -> dict:
     timer = _StepTimer(cfg["warmup"])
     with tempfile.TemporaryDirectory() as out:
         args = MMTARDConfig(
-            output_dir=out, preset=name, attack_eps=cfg["eps"], attack_step_size=cfg["step_size"],
-            attack_steps=cfg["attack_steps"], attack_momentum=cfg["momentum"], attack_random_init=True,
-            per_device_train_batch_size=cfg["batch_size"], max_steps=cfg["warmup"] + cfg["steps"] + 1,
-            logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
-            dataloader_num_workers=0, use_cpu=device == "cpu", seed=0,
+            output_dir=out,
+            preset=name,
+            attack_eps=cfg["eps"],
+            attack_step_size=cfg["step_size"],
+            attack_steps=cfg["attack_steps"],
+            attack_momentum=cfg["momentum"],
+            attack_random_init=True,
+            per_device_train_batch_size=cfg["batch_size"],
+            max_steps=cfg["warmup"] + cfg["steps"] + 1,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            use_cpu=device == "cpu",
+            seed=0,
         )
-        trainer = MMTARDTrainer(model=student[0], args=args, teachers=specs, class_names=CLASS_NAMES,
-                                processing_class=student[1], train_dataset=_data(cfg, device),
-                                callbacks=[timer.callback])
+        trainer = MMTARDTrainer(
+            model=student[0],
+            args=args,
+            teachers=specs,
+            class_names=CLASS_NAMES,
+            processing_class=student[1],
+            train_dataset=_data(cfg, device),
+            callbacks=[timer.callback],
+        )
         timer.trainer = trainer
         rss0 = maxrss_mib()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
         rss1 = maxrss_mib()
-    rows = timer.rows[cfg["warmup"]:]  # the first interval of rows already excludes step 1 (no previous end)
+    rows = timer.rows[cfg["warmup"] :]  # the first interval of rows already excludes step 1 (no previous end)
     return _summary(rows, cfg, rss0, rss1, device, student[0], teachers)
 
 
@@ -240,8 +263,17 @@ class BareMMTARD:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         t8 = clock()
-        return {"step": t8 - t0, "cpu_step": time.process_time() - cpu0, "data": t1 - t0, "teachers": (t2 - t1) + (t4 - t3),
-                    "attack": t3 - t2, "student": t5 - t4, "backward": t6 - t5, "optimizer": t7 - t6, "rest": t8 - t7}
+        return {
+            "step": t8 - t0,
+            "cpu_step": time.process_time() - cpu0,
+            "data": t1 - t0,
+            "teachers": (t2 - t1) + (t4 - t3),
+            "attack": t3 - t2,
+            "student": t5 - t4,
+            "backward": t6 - t5,
+            "optimizer": t7 - t6,
+            "rest": t8 - t7,
+        }
 
 
 def run_bare(cfg: dict, device: str) -> dict:
@@ -249,7 +281,7 @@ def run_bare(cfg: dict, device: str) -> dict:
     rss0 = maxrss_mib()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rows = [bare.step() for _ in range(bare.total_steps)][1 + cfg["warmup"]:]
+    rows = [bare.step() for _ in range(bare.total_steps)][1 + cfg["warmup"] :]
     return _summary(rows, cfg, rss0, maxrss_mib(), device, bare.s_clip, bare.teachers)
 
 
@@ -284,16 +316,34 @@ def run_paired(cfg: dict, device: str) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         args = MMTARDConfig(
-            output_dir=out, preset="mmt-ard", attack_eps=cfg["eps"], attack_step_size=cfg["step_size"],
-            attack_steps=cfg["attack_steps"], attack_momentum=cfg["momentum"], attack_random_init=True,
-            per_device_train_batch_size=cfg["batch_size"], max_steps=bare.total_steps - 1,
-            logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
-            dataloader_num_workers=0, use_cpu=device == "cpu", seed=0,
+            output_dir=out,
+            preset="mmt-ard",
+            attack_eps=cfg["eps"],
+            attack_step_size=cfg["step_size"],
+            attack_steps=cfg["attack_steps"],
+            attack_momentum=cfg["momentum"],
+            attack_random_init=True,
+            per_device_train_batch_size=cfg["batch_size"],
+            max_steps=bare.total_steps - 1,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            use_cpu=device == "cpu",
+            seed=0,
         )
-        trainer = MMTARDTrainer(model=student[0], args=args, teachers=specs, class_names=CLASS_NAMES,
-                                processing_class=student[1], train_dataset=_data(cfg, device), callbacks=[Pair()])
+        trainer = MMTARDTrainer(
+            model=student[0],
+            args=args,
+            teachers=specs,
+            class_names=CLASS_NAMES,
+            processing_class=student[1],
+            train_dataset=_data(cfg, device),
+            callbacks=[Pair()],
+        )
         trainer.train()
-    pairs = pairs[cfg["warmup"]:]
+    pairs = pairs[cfg["warmup"] :]
     ratio = {k: statistics.median(b[k] / t[k] for t, b in pairs) for k in ("step", "cpu_step")}
     return {
         "pairs": len(pairs),
@@ -343,11 +393,16 @@ def _run_one(name: str, cfg: dict) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if cfg.get("threads"):
         env["OMP_NUM_THREADS"] = str(cfg["threads"])
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name, "--cfg", json.dumps(cfg)],
-                          capture_output=True, text=True, env=env, check=False)  # failure: raised below
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", name, "--cfg", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )  # failure: raised below
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise RuntimeError(f"contender {name} failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
@@ -368,11 +423,16 @@ def _fmt_table(summary: dict, order: list[str]) -> str:
     for name in order:
         s = summary[name]
         ph = " | ".join(f"{1000 * s['phases_s'][k]:.0f}" for k in PHASES)
-        mem = (f"{s['cuda_peak_mib']:.0f}" if s.get("cuda_peak_mib") is not None
-               else f"{s['maxrss_mib']:.0f} (+{s['maxrss_growth_mib']:.0f})")
+        mem = (
+            f"{s['cuda_peak_mib']:.0f}"
+            if s.get("cuda_peak_mib") is not None
+            else f"{s['maxrss_mib']:.0f} (+{s['maxrss_growth_mib']:.0f})"
+        )
         rates = f"{s['images_per_s']:.1f} | {s['images_per_cpu_s']:.1f}" if cpu else f"{s['images_per_s']:.1f}"
-        lines.append(f"| {name} | {rates} | {r(s, 'ratio_vs_bare')} | {r(s, 'ratio_vs_single_teacher')} | "
-                     f"{1000 * s['step_s']:.0f} | {ph} | {mem} |")
+        lines.append(
+            f"| {name} | {rates} | {r(s, 'ratio_vs_bare')} | {r(s, 'ratio_vs_single_teacher')} | "
+            f"{1000 * s['step_s']:.0f} | {ph} | {mem} |"
+        )
     return "\n".join(lines)
 
 
@@ -389,11 +449,19 @@ def main(argv=None) -> None:
     ap.add_argument("--attack-steps", type=int, default=10)
     ap.add_argument("--momentum", type=float, default=0.9, help="sign momentum, same for every preset")
     ap.add_argument("--cpu", action="store_true", help="stay on CPU even with a GPU")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads per worker (0: torch's default). 1 by default: on a shared CPU, 2 OpenMP threads "
-                         "that wait on each other run ~10x slower than one")
-    ap.add_argument("--paired-steps", type=int, default=30,
-                    help="steps of the paired run (Trainer mmt-ard and bare loop alternating in one process; 0: skip)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per worker (0: torch's default). 1 by default: on a shared CPU, 2 OpenMP threads "
+        "that wait on each other run ~10x slower than one",
+    )
+    ap.add_argument(
+        "--paired-steps",
+        type=int,
+        default=30,
+        help="steps of the paired run (Trainer mmt-ard and bare loop alternating in one process; 0: skip)",
+    )
     ap.add_argument("--paired-runs", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/throughput.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -402,19 +470,31 @@ def main(argv=None) -> None:
     if a.worker:
         worker(a.worker, json.loads(a.cfg))
         return
-    cfg = {"size": a.size, "batch_size": a.batch_size or SIZES[a.size]["batch_size"], "steps": a.steps, "warmup": a.warmup,
-               "eps": a.eps, "step_size": a.step_size, "attack_steps": a.attack_steps, "momentum": a.momentum, "cpu": a.cpu,
-               "threads": a.threads}
+    cfg = {
+        "size": a.size,
+        "batch_size": a.batch_size or SIZES[a.size]["batch_size"],
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "eps": a.eps,
+        "step_size": a.step_size,
+        "attack_steps": a.attack_steps,
+        "momentum": a.momentum,
+        "cpu": a.cpu,
+        "threads": a.threads,
+    }
     names = list(a.contenders)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     t_start = time.time()
     for r in range(a.rounds):
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate: nobody always runs first
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate: nobody always runs first
         for name in order:
             res = _run_one(name, cfg)
             runs[name].append(res)
-            print(f"round {r + 1}/{a.rounds} {name:15s} {res['images_per_s']:8.1f} img/s wall "
-                  f"{res['images_per_cpu_s']:8.1f} img/CPU-s  step {1000 * res['step_s_median']:.0f} ms", flush=True)
+            print(
+                f"round {r + 1}/{a.rounds} {name:15s} {res['images_per_s']:8.1f} img/s wall "
+                f"{res['images_per_cpu_s']:8.1f} img/CPU-s  step {1000 * res['step_s_median']:.0f} ms",
+                flush=True,
+            )
     summary = {}
     for name in names if a.rounds else []:
         rs = runs[name]
@@ -444,14 +524,18 @@ def main(argv=None) -> None:
     if a.rounds:
         table = _fmt_table(summary, names)
         print()
-        print(f"size {a.size}, batch {cfg['batch_size']}, PGD-{a.attack_steps} eps {a.eps:.5f} step {a.step_size:.5f} "
-              f"momentum {a.momentum}; medians over {a.rounds} rounds of {a.steps} steps; phases: wall ms per step")
+        print(
+            f"size {a.size}, batch {cfg['batch_size']}, PGD-{a.attack_steps} eps {a.eps:.5f} step {a.step_size:.5f} "
+            f"momentum {a.momentum}; medians over {a.rounds} rounds of {a.steps} steps; phases: wall ms per step"
+        )
         print(table)
         key = "_cpu" if summary[names[0]]["device"] == "cpu" else ""
         clock = "CPU time" if key else "wall time"
         if "mmt-ard" in summary and "single-teacher" in summary:
-            print(f"\nmmt-ard / single-teacher images/s ({clock}): "
-                  f"{summary['mmt-ard']['ratio_vs_single_teacher' + key]:.3f} (target >= 0.85)")
+            print(
+                f"\nmmt-ard / single-teacher images/s ({clock}): "
+                f"{summary['mmt-ard']['ratio_vs_single_teacher' + key]:.3f} (target >= 0.85)"
+            )
         if "mmt-ard" in summary and "bare" in summary:
             over = 1 / summary["mmt-ard"]["ratio_vs_bare" + key] - 1
             print(f"Trainer overhead (mmt-ard step {clock} over the bare loop's): {100 * over:+.1f} % (target <= 5 %)")
@@ -459,13 +543,26 @@ def main(argv=None) -> None:
     for _ in range(a.paired_runs if a.paired_steps else 0):
         paired.append(_run_one("paired", dict(cfg, steps=a.paired_steps)))
         p = paired[-1]
-        print(f"paired run ({p['pairs']} alternating step pairs): Trainer mmt-ard step over the bare loop's: "
-              f"CPU {100 * p['trainer_over_bare_cpu']:+.1f} %, wall {100 * p['trainer_over_bare_wall']:+.1f} % "
-              f"(trainer {1000 * p['trainer_cpu_step_s']:.0f} ms CPU, bare {1000 * p['bare_cpu_step_s']:.0f} ms CPU)")
+        print(
+            f"paired run ({p['pairs']} alternating step pairs): Trainer mmt-ard step over the bare loop's: "
+            f"CPU {100 * p['trainer_over_bare_cpu']:+.1f} %, wall {100 * p['trainer_over_bare_wall']:+.1f} % "
+            f"(trainer {1000 * p['trainer_cpu_step_s']:.0f} ms CPU, bare {1000 * p['bare_cpu_step_s']:.0f} ms CPU)"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump({"config": cfg, "machine": machine_info(), "wall_s": time.time() - t_start, "summary": summary,
-                   "runs": runs, "paired": paired, "table_markdown": table}, f, indent=2)
+        json.dump(
+            {
+                "config": cfg,
+                "machine": machine_info(),
+                "wall_s": time.time() - t_start,
+                "summary": summary,
+                "runs": runs,
+                "paired": paired,
+                "table_markdown": table,
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {a.out}")
 
 
