@@ -51,6 +51,7 @@ FIELD_KINDS = {
     "sigmoid_gamma": "number",
     "sigmoid_momentum": "number",
     "mtard_lr": "number",
+    "confidence_floor": "number?",
     "max_bad_steps": "int",
     "cache_teacher_outputs": "bool",
     "bad_samples": "str",
@@ -99,6 +100,9 @@ class MMTARDConfig(TrainingArguments):
         sigmoid_gamma: `gamma` of the `sigmoid` weighting.
         sigmoid_momentum: EMA momentum of the `sigmoid` weighting's statistics.
         mtard_lr: balancing rate of the `mtard` weighting.
+        confidence_floor: clamp teachers' raw-cosine confidences to at least this value before weighting (ours; None
+            keeps the authors' raw cosines, which turn a teacher's KL term into a push *away* from it wherever they are
+            negative; 0 guards against that).
         max_bad_steps: consecutive non-finite losses tolerated (each such step is skipped) before the run stops.
         cache_teacher_outputs: cache clean-input teacher outputs per sample (needs deterministic preprocessing and a
             dataset yielding a unique `sample_id` per row).
@@ -138,6 +142,10 @@ class MMTARDConfig(TrainingArguments):
     sigmoid_gamma: float = field(default=1.0, metadata={"help": "Sharpness of the `sigmoid` weighting."})
     sigmoid_momentum: float = field(default=0.99, metadata={"help": "EMA momentum of the `sigmoid` weighting."})
     mtard_lr: float = field(default=0.025, metadata={"help": "Balancing rate of the `mtard` weighting."})
+    confidence_floor: float | None = field(
+        default=None,
+        metadata={"help": "Clamp confidences to >= this before weighting (None: raw cosines, as released)."},
+    )
     max_bad_steps: int = field(default=5, metadata={"help": "Consecutive non-finite losses before stopping."})
     cache_teacher_outputs: bool = field(
         default=False, metadata={"help": "Cache clean-input teacher outputs by `sample_id` across epochs."}
@@ -214,6 +222,10 @@ class MMTARDConfig(TrainingArguments):
             raise ValueError(f"`sigmoid_gamma`={self.sigmoid_gamma} must be >= 0 (1.0 is the default).")
         if not 0 <= self.sigmoid_momentum < 1:
             raise ValueError(f"`sigmoid_momentum`={self.sigmoid_momentum} must be in [0, 1) (0.99 is the default).")
+        if self.confidence_floor is not None and not -1 <= self.confidence_floor <= 1:
+            raise ValueError(
+                f"`confidence_floor`={self.confidence_floor}: confidences are cosines in [-1, 1]; use e.g. 0, or None."
+            )
         if not 0 <= self.mtard_lr <= 1:
             raise ValueError(f"`mtard_lr`={self.mtard_lr} must be in [0, 1] (MTARD uses 0.025).")
         for name in ("learning_rate", "weight_decay", "warmup_steps"):

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
+from transformers.utils import logging
 
 from .attacks import ce_inner_loss, embedding_l2_inner_loss, kl_inner_loss, pgd
 from .checkpointing import last_good_checkpoint, remove_stale_staging, save_checkpoint_atomically
@@ -37,6 +38,8 @@ from .teacher_cache import TeacherOutputCache, sample_ids_of
 from .teachers import Teacher, build_teacher_module, frozen_copy
 from .validation import check_batch
 from .weighting import make_weighting
+
+logger = logging.get_logger(__name__)
 
 STATE_NAME = "mmt_ard_state.json"
 PROJECTIONS_NAME = "mmt_ard_projections.safetensors"
@@ -167,6 +170,7 @@ class MMTARDTrainer(Trainer):
         self.attack_target_index = self._resolve_attack_target(args)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._bad_steps = 0  # consecutive skipped (non-finite) updates
+        self._warned_negative_weights = False
         self._nonfinite_steps = 0  # all skipped updates
         self._nonfinite = NonFiniteGuard(self)
         self._teacher_cache = TeacherOutputCache() if args.cache_teacher_outputs else None
@@ -378,7 +382,16 @@ class MMTARDTrainer(Trainer):
                 ).float()  # (K, B)
             else:
                 conf = torch.ones(k, b, device=x.device)
+            if args.confidence_floor is not None:
+                conf = conf.clamp_min(args.confidence_floor)
             weights = self.weighting.weights(conf, coefs) if k else conf  # (K, B)
+            if mode == "train" and k and not self._warned_negative_weights and bool((weights < 0).any()):
+                self._warned_negative_weights = True
+                logger.warning(
+                    "Some per-sample teacher weights are negative (a teacher's raw cosine to the true class is < 0): "
+                    "on those samples the student is trained away from that teacher. Set `confidence_floor=0` or "
+                    "`weighting='sigmoid'` to prevent it; `negative_weight_fraction/<teacher>` is logged."
+                )
 
             # 6. the fused loss
             bundle = self.accelerator.unwrap_model(model)
@@ -442,6 +455,7 @@ class MMTARDTrainer(Trainer):
                 m[key].append(float(value) * scale_back)
         for i, spec in enumerate(self.teacher_specs):
             m[f"weight/{spec.name}"].append(float(weights[i].mean()))
+            m[f"negative_weight_fraction/{spec.name}"].append(float((weights[i] < 0).float().mean()))
             m[f"teacher_accuracy/{spec.name}"].append(float((teacher_out[i].logits.argmax(-1) == y).float().mean()))
         for kind, (logits, _) in student.items():
             key = "adv_accuracy" if kind == "adversarial" else "clean_accuracy"

@@ -330,6 +330,46 @@ class TestComputeLossAndEvaluate:
         assert [m.text_head.shape for m in trainer.teacher_modules] == [(10, 40), (10, 44)]
 
 
+class TestConfidenceFloor:
+    """Negative raw-cosine confidences are logged, warned about, and clamped by `confidence_floor`."""
+
+    def _weights(self, trainer, batch):
+        # a robust teacher whose cosine to the true class is negative on half the batch
+        trainer.teacher_modules[0].confidence = lambda embeds, labels: torch.linspace(-0.5, 0.5, len(labels))
+        captured = {}
+        original = trainer.weighting.weights
+
+        def spy(conf, coefs):
+            captured["conf"] = conf.clone()
+            captured["weights"] = original(conf, coefs)
+            return captured["weights"]
+
+        trainer.weighting.weights = spy
+        trainer.model.train()
+        trainer.compute_loss(trainer.model, dict(batch))
+        return captured
+
+    def test_raw_cosines_by_default_and_negative_fraction_logged(self, make_trainer, batch):
+        trainer = make_trainer("mmt-ard", attack_eps=0.0)
+        captured = self._weights(trainer, batch)
+        assert float((captured["conf"][0] < 0).float().mean()) == 0.5
+        logged = trainer._metrics["train"]["negative_weight_fraction/robust"][-1]
+        assert logged == pytest.approx(float((captured["weights"][0] < 0).float().mean()))
+        assert trainer._warned_negative_weights
+
+    def test_floor_clamps_confidences_before_weighting(self, make_trainer, batch):
+        trainer = make_trainer("mmt-ard", attack_eps=0.0, confidence_floor=0.0)
+        captured = self._weights(trainer, batch)
+        assert float(captured["conf"].min()) >= 0.0
+        assert float(captured["weights"].min()) >= 0.0
+        assert trainer._metrics["train"]["negative_weight_fraction/robust"][-1] == 0.0
+        assert not trainer._warned_negative_weights
+
+    def test_floor_outside_cosine_range_is_an_error(self, make_config):
+        with pytest.raises(ValueError, match="confidence_floor"):
+            make_config(preset="mmt-ard", confidence_floor=2.0)
+
+
 class TestPresetDefaults:
     def test_preset_fills_defaults_and_explicit_fields_win(self, output_dir):
         args = MMTARDConfig(output_dir=output_dir, preset="mmt-ard", attack_steps=3, report_to="none", use_cpu=True)
