@@ -17,7 +17,7 @@ Every model is trained by `MMTARDTrainer` (clean pretraining = `tecoa` with `att
 random init with frozen random text towers, so their "zero-shot" heads are fixed random class embeddings: this is
 supervised classification through a CLIP head, not zero-shot transfer.
 
-    python benchmarks/replicate.py --data /work/shared/data/cifar10_test.parquet --seeds 0 \
+    python benchmarks/replicate.py --data data/cifar10_test.parquet --seeds 0 \
         --out benchmarks/results/replicate_seed0.json
     python benchmarks/replicate.py --merge benchmarks/results/replicate_seed*.json \
         --out benchmarks/results/replicate.json --plot docs/replicate_robust_vs_steps.png
@@ -502,7 +502,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--data",
-        default="/work/shared/data/cifar10_test.parquet",
+        required=True,
         help="Parquet file (image bytes + label, class names in the .json sidecar), a Hub dataset id, "
         "or `sklearn-digits`",
     )
