@@ -319,6 +319,34 @@ class TestEndToEnd:
         assert results["dataset"]["skipped"] >= 1
         assert "Bad samples skipped:** " in (tmp_path / "skip" / "README.md").read_text()
 
+    def test_imagefolder_with_corrupt_grayscale_and_rgba_images(self, assets, tmp_path):
+        """A folder of mixed modes trains (grayscale/RGBA/palette converted); a corrupt file is named or skipped."""
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        folder = tmp_path / "folder"
+        for i in range(18):
+            label = int(digits.target[i]) % 3
+            gray = Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), mode="L")
+            image = {0: gray, 1: gray.convert("RGBA"), 2: gray.convert("P")}[i % 3]
+            (folder / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+            image.save(folder / CLASSES[label] / f"img{i}.png")
+        (folder / CLASSES[0] / "broken.png").write_bytes(b"\x89PNG\r\n truncated")
+        args = ["--dataset_name", str(folder), "--train_split", "train", "--eval_split", "none", "--max_steps", "2"]
+        args += ["--per_device_train_batch_size", "19"]
+
+        def folder_args(out, *extra):
+            argv = base_args(assets, out, *args, *extra)
+            i = argv.index("--train_files")
+            return argv[:i] + argv[i + 2 :]  # the folder, not the parquet files, is the training data
+
+        with pytest.raises(BadSampleError, match="broken.png"):
+            run_mmt_ard.main(folder_args(tmp_path / "raise"))
+        results = run_mmt_ard.main(folder_args(tmp_path / "skip", "--bad_samples", "skip"))
+        assert results["dataset"]["num_train"] == 19  # 18 images in three modes + the broken file
+        assert results["dataset"]["skipped"] >= 1 and results["training"]["steps"] == 2  # counted per occurrence
+        assert (tmp_path / "skip" / "model.safetensors").is_file()
+
     def test_user_errors(self, assets, tmp_path):
         with pytest.raises(ValueError, match="needs `--clean_teacher`"):
             run_mmt_ard.main(
