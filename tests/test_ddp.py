@@ -22,39 +22,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "run_mmt_ard.py")
 
 
-def _accelerate() -> list[str]:
+def _launch_two_processes(port: int, script: str, *script_args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 script ...` on CPU (gloo), offline, one thread per rank."""
     exe = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    return [exe] if exe else [sys.executable, "-m", "accelerate.commands.launch"]
-
-
-@pytest.mark.slow
-def test_two_process_cpu_ddp_keeps_replicas_in_sync(tmp_path):
-    out = tmp_path / "ddp"
-    cmd = _accelerate()
-    if cmd[-1] != "accelerate.commands.launch":
-        cmd.append("launch")
-    cmd += [
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29531",
-        SCRIPT,
-        "--quick",
-        "--dump_checksums",
-        "--disable_tqdm",
-        "true",
-        "--output_dir",
-        str(out),
-        "--embedded_cache_dir",
-        str(tmp_path / "cache"),
-    ]
+    cmd = [exe, "launch"] if exe else [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    cmd += ["--dynamo_backend", "no", "--main_process_port", str(port), script, *script_args]
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -62,7 +35,16 @@ def test_two_process_cpu_ddp_keeps_replicas_in_sync(tmp_path):
         "HF_DATASETS_OFFLINE": "1",
         "CUDA_VISIBLE_DEVICES": "",
     }
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=env, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=env, check=False)
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_keeps_replicas_in_sync(tmp_path):
+    out = tmp_path / "ddp"
+    proc = _launch_two_processes(
+        29531, SCRIPT, "--quick", "--dump_checksums", "--disable_tqdm", "true",
+        "--output_dir", str(out), "--embedded_cache_dir", str(tmp_path / "cache"),
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     ranks = [json.loads((out / f"checksum_rank{r}.json").read_text()) for r in (0, 1)]
@@ -97,27 +79,8 @@ def test_accelerate_configs_load(name, kind):
 @pytest.mark.slow
 def test_evaluate_before_train_still_wraps_in_ddp(tmp_path):
     """`evaluate()` first must not leave the student unwrapped (and the ranks drifting apart) in `train()`."""
-    cmd = _accelerate()
-    if cmd[-1] != "accelerate.commands.launch":
-        cmd.append("launch")
     helper = os.path.join(REPO, "tests", "ddp_eval_first_helper.py")
-    cmd += [
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29533",
-        helper,
-        str(tmp_path),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
+    proc = _launch_two_processes(29533, helper, str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["wrapped"] == "DistributedDataParallel" for r in ranks), ranks

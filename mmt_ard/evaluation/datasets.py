@@ -383,52 +383,26 @@ def _load_local(path, display, image_size, num_samples, seed, split, templates, 
     saved = os.path.isdir(path) and any(
         os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")
     )
+    user_names = _meta(user_meta, display, "classnames")
+
+    def from_table(ds, info: dict):
+        """A `datasets.Dataset` with image bytes and labels -> the seeded subset, as `_finish` wants it."""
+        rows, cols, label_names, n_total, indices = _select_rows(ds, num_samples, seed)
+        names = user_names or label_names
+        args = (display, rows, cols, names, key, image_size, indices, n_total, os.path.abspath(path))
+        return _finish(*args, templates, single_template, user_meta, info)
+
     if saved or path.endswith(".arrow"):  # `save_to_disk` folders and Arrow files: the training data loader reads them
         from ..data import load_image_dataset
 
-        ds = load_image_dataset(path, split)
-        rows, cols, label_names, n_total, indices = _select_rows(ds, num_samples, seed)
-        names = _meta(user_meta, display, "classnames") or label_names
-        return _finish(
-            display,
-            rows,
-            cols,
-            names,
-            key,
-            image_size,
-            indices,
-            n_total,
-            os.path.abspath(path),
-            templates,
-            single_template,
-            user_meta,
-            {"format": "arrow"},
-        )
+        return from_table(load_image_dataset(path, split), {"format": "arrow"})
     parquet = _parquet_files(path, split)
     if parquet:
         import datasets
 
         ds = datasets.Dataset.from_parquet(parquet if len(parquet) > 1 else parquet[0])
-        rows, cols, label_names, n_total, indices = _select_rows(ds, num_samples, seed)
-        names = _meta(user_meta, display, "classnames") or label_names
-        return _finish(
-            display,
-            rows,
-            cols,
-            names,
-            key,
-            image_size,
-            indices,
-            n_total,
-            os.path.abspath(path),
-            templates,
-            single_template,
-            user_meta,
-            {
-                "format": "parquet",
-                "classnames_source": "user json" if _meta(user_meta, display, "classnames") else "ClassLabel",
-            },
-        )
+        source = "user json" if user_names else "ClassLabel"
+        return from_table(ds, {"format": "parquet", "classnames_source": source})
     root = os.path.join(path, split) if os.path.isdir(os.path.join(path, split)) else path
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     files, labels = [], []
@@ -445,7 +419,6 @@ def _load_local(path, display, image_size, num_samples, seed, split, templates, 
         )
     indices = subset_indices(len(files), num_samples, seed)
     rows = {"image": [{"path": files[i]} for i in indices], "label": [labels[i] for i in indices]}
-    user_names = _meta(user_meta, display, "classnames")
     names = user_names or [c.replace("_", " ") for c in classes]
     return _finish(
         display,
