@@ -122,40 +122,47 @@ class _StepTimer:
         self.t_prev_end, self.cpu_prev_end = now, cpu_now
 
 
+def _trainer(cfg: dict, preset: str, device: str, out: str, student, specs, max_steps: int, callback):
+    """An `MMTARDTrainer` with the benchmark's shared attack and batch settings (no logging, no saving)."""
+    from mmt_ard import MMTARDConfig, MMTARDTrainer
+
+    args = MMTARDConfig(
+        output_dir=out,
+        preset=preset,
+        attack_eps=cfg["eps"],
+        attack_step_size=cfg["step_size"],
+        attack_steps=cfg["attack_steps"],
+        attack_momentum=cfg["momentum"],
+        attack_random_init=True,
+        per_device_train_batch_size=cfg["batch_size"],
+        max_steps=max_steps,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=device == "cpu",
+        seed=0,
+    )
+    return MMTARDTrainer(
+        model=student[0],
+        args=args,
+        teachers=specs,
+        class_names=CLASS_NAMES,
+        processing_class=student[1],
+        train_dataset=_data(cfg, device),
+        callbacks=[callback],
+    )
+
+
 def run_trainer(cfg: dict, name: str, device: str) -> dict:
-    from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
+    from mmt_ard import Teacher
 
     student, teachers = _models(cfg, name)
     specs = [Teacher(model=m, processor=p, role=r) for r, (m, p) in teachers.items()]
     timer = _StepTimer(cfg["warmup"])
     with tempfile.TemporaryDirectory() as out:
-        args = MMTARDConfig(
-            output_dir=out,
-            preset=name,
-            attack_eps=cfg["eps"],
-            attack_step_size=cfg["step_size"],
-            attack_steps=cfg["attack_steps"],
-            attack_momentum=cfg["momentum"],
-            attack_random_init=True,
-            per_device_train_batch_size=cfg["batch_size"],
-            max_steps=cfg["warmup"] + cfg["steps"] + 1,
-            logging_strategy="no",
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            use_cpu=device == "cpu",
-            seed=0,
-        )
-        trainer = MMTARDTrainer(
-            model=student[0],
-            args=args,
-            teachers=specs,
-            class_names=CLASS_NAMES,
-            processing_class=student[1],
-            train_dataset=_data(cfg, device),
-            callbacks=[timer.callback],
-        )
+        trainer = _trainer(cfg, name, device, out, student, specs, cfg["warmup"] + cfg["steps"] + 1, timer.callback)
         timer.trainer = trainer
         rss0 = maxrss_mib()
         if device == "cuda":
@@ -294,7 +301,7 @@ def run_paired(cfg: dict, device: str) -> dict:
     """
     from transformers import TrainerCallback
 
-    from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
+    from mmt_ard import Teacher
 
     bare = BareMMTARD(cfg, device)
     student, teachers = _models(cfg, "mmt-ard")
@@ -315,33 +322,7 @@ def run_paired(cfg: dict, device: str) -> dict:
             state["t"], state["cpu"] = time.perf_counter(), time.process_time()
 
     with tempfile.TemporaryDirectory() as out:
-        args = MMTARDConfig(
-            output_dir=out,
-            preset="mmt-ard",
-            attack_eps=cfg["eps"],
-            attack_step_size=cfg["step_size"],
-            attack_steps=cfg["attack_steps"],
-            attack_momentum=cfg["momentum"],
-            attack_random_init=True,
-            per_device_train_batch_size=cfg["batch_size"],
-            max_steps=bare.total_steps - 1,
-            logging_strategy="no",
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            use_cpu=device == "cpu",
-            seed=0,
-        )
-        trainer = MMTARDTrainer(
-            model=student[0],
-            args=args,
-            teachers=specs,
-            class_names=CLASS_NAMES,
-            processing_class=student[1],
-            train_dataset=_data(cfg, device),
-            callbacks=[Pair()],
-        )
+        trainer = _trainer(cfg, "mmt-ard", device, out, student, specs, bare.total_steps - 1, Pair())
         trainer.train()
     pairs = pairs[cfg["warmup"] :]
     ratio = {k: statistics.median(b[k] / t[k] for t, b in pairs) for k in ("step", "cpu_step")}

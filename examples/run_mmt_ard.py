@@ -703,8 +703,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = _teacher_rows(inputs, config, eps_list) if eval_teachers else []
     if do_eval and sa.eval_before_training:
-        # a separate no-teacher trainer: `evaluate()` before `train()` on the training trainer would mark its model
-        # "prepared" in Accelerate, and `train()` would then skip the DDP wrapper (no gradient synchronisation)
+        # a separate no-teacher trainer with the evaluation settings, so the table's rows are all measured alike
+        # (MMTARDTrainer.train also copes with an earlier `evaluate()` under DDP: it re-wraps the student)
         rows += evaluate_model(inputs.student, inputs.processor, "student (before)", inputs, config, eps_list)
     trainer = MMTARDTrainer(
         model=inputs.student,
