@@ -8,7 +8,8 @@ Threat model:
     White-box, untargeted evasion. Inputs are pixels in [0, 1] of shape (B, 3, H, W);
     the adversary may add a perturbation ``delta`` with ``||delta||_p <= eps``
     (p = inf for ``norm="linf"``, p = 2 for ``norm="l2"``) and the result is clipped
-    back to [0, 1]. ``model`` maps such pixels to logits (B, C); any input
+    back to [0, 1]. ``model`` maps such pixels to logits (B, C) or to an object
+    with ``.logits`` such as a ``ZeroShotCLIP`` output (the ``attacks.pgd`` convention); any input
     normalisation must live inside the model. An image counts as robust only if the
     model classifies it correctly at every point the attack visits.
 
@@ -38,6 +39,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .models import logits_of
 
 __all__ = ["apgd", "apgd_ce", "apgd_t", "apgd_worst_case"]
 
@@ -96,7 +99,7 @@ def _single_run(model, x0, y, target, *, eps, norm, loss, n_iter, rho, x_start):
 
     def loss_and_grad(x_adv):
         x_adv = x_adv.detach().requires_grad_(True)
-        logits = model(x_adv).float()  # (n, C)
+        logits = logits_of(model(x_adv)).float()  # (n, C)
         if loss == "ce":
             per_sample = F.cross_entropy(logits, y, reduction="none")  # (n,)
         else:
@@ -204,7 +207,7 @@ def _apgd_impl(model, x, y, *, eps, norm, loss, n_iter, n_restarts, n_target_cla
     _validate(x, y, eps, norm, loss, n_iter, n_restarts, n_target_classes, rho)
     eps = float(eps)
     with torch.no_grad():
-        logits = model(x).float()  # (B, C)
+        logits = logits_of(model(x)).float()  # (B, C)
     robust = logits.argmax(1) == y  # (B,) misclassified clean images are never robust
     if active is not None:
         robust &= active

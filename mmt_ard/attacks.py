@@ -4,7 +4,8 @@ Threat models: L-inf and L2 balls of radius `eps` around `x`, intersected with t
 random start inside the ball, and the sign-momentum update of the MMT-ARD authors' code
 (`v <- m v + sign(g); v <- sign(v); delta <- delta + alpha v`, m = 0.9).
 
-The attacked model is any module mapping `(B, 3, H, W)` pixels in [0,1] to a `ZeroShotOutput`-like object; the inner
+The attacked model is any module mapping `(B, 3, H, W)` pixels in [0,1] to a `ZeroShotOutput`-like object (with
+`.logits`) or to plain `(B, C)` logits, the same convention as `mmt_ard.apgd` (see `models.logits_of`); the inner
 loss is a callable `(output) -> (B,)` per-sample loss to *maximise* (see the `*_inner_loss` factories below).
 Gradients are taken with `torch.autograd.grad` w.r.t. the perturbation only, so parameter `.grad` stays untouched; the
 model is put in eval mode for the attack and its mode restored afterwards; it works under `torch.no_grad()` (e.g.
@@ -21,6 +22,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .models import logits_of
 
 NORMS = ("linf", "l2")
 
@@ -57,13 +60,18 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
 
 
 def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A uniformly random perturbation in the ball (L2: uniform direction, radius `eps * u^(1/d)`)."""
+    """A uniformly random perturbation in the ball (L2: uniform direction, radius `eps * u^(1/d)`).
+
+    The noise is drawn where `generator` lives (the device RNG of `x`, seeded by the Trainer and saved in its
+    checkpoints, when there is none), so on a GPU nothing is drawn on the CPU or copied from host memory.
+    """
+    device = generator.device if generator is not None else x.device
     if norm == "linf":
-        delta = (torch.rand(x.shape, generator=generator, device="cpu") * 2 - 1) * eps
+        delta = (torch.rand(x.shape, generator=generator, device=device) * 2 - 1) * eps
     else:
         d = x[0].numel()
-        direction = torch.randn(x.shape, generator=generator, device="cpu")
-        radius = torch.rand(x.shape[0], generator=generator, device="cpu") ** (1.0 / d) * eps
+        direction = torch.randn(x.shape, generator=generator, device=device)
+        radius = torch.rand(x.shape[0], generator=generator, device=device) ** (1.0 / d) * eps
         delta = direction / _lp_norm(direction) * radius.view(-1, 1, 1, 1)
     return project(delta.to(device=x.device, dtype=x.dtype), x, eps, norm)
 
@@ -107,7 +115,7 @@ def pgd(
         norm: `"linf"` (signed steps) or `"l2"` (normalised-gradient steps).
         random_init: start from a uniform random point of the ball.
         momentum: `None` for plain PGD; a float `m` for the authors' sign-momentum update.
-        generator: CPU `torch.Generator` for the random start (the global RNG otherwise).
+        generator: `torch.Generator` for the random start, best on `x`'s device (the device's global RNG otherwise).
         autocast_dtype: run the forward passes under autocast in this dtype (training only; never in evaluation).
 
     Returns:
@@ -154,7 +162,7 @@ def kl_inner_loss(target_probs: torch.Tensor, temperature: float = 1.0) -> Inner
     target = target_probs.detach()
 
     def loss(out) -> torch.Tensor:
-        log_q = F.log_softmax(out.logits.float() / temperature, dim=-1)
+        log_q = F.log_softmax(logits_of(out).float() / temperature, dim=-1)
         return (target * (target.clamp_min(1e-12).log() - log_q)).sum(-1)
 
     return loss
@@ -164,7 +172,7 @@ def ce_inner_loss(labels: torch.Tensor) -> InnerLoss:
     """Cross-entropy to the true labels `(B,)`, per sample."""
 
     def loss(out) -> torch.Tensor:
-        return F.cross_entropy(out.logits.float(), labels, reduction="none")
+        return F.cross_entropy(logits_of(out).float(), labels, reduction="none")
 
     return loss
 
@@ -174,6 +182,11 @@ def embedding_l2_inner_loss(target_embeds: torch.Tensor) -> InnerLoss:
     target = target_embeds.detach().float()
 
     def loss(out) -> torch.Tensor:
+        if not hasattr(out, "image_embeds"):
+            raise TypeError(
+                f"The `embedding-l2` inner loss needs a model output with `image_embeds`, got {type(out).__name__}: "
+                "attack a `ZeroShotCLIP` (or use the `kl`/`ce` inner loss, which also take plain logits)."
+            )
         return (out.image_embeds.float() - target).pow(2).sum(-1)
 
     return loss

@@ -34,6 +34,21 @@ class ZeroShotOutput:
     image_embeds: torch.Tensor
 
 
+def logits_of(output) -> torch.Tensor:
+    """`(B, C)` logits of a model output: a `ZeroShotOutput`-like object's `.logits`, or the tensor itself.
+
+    The attacks (`attacks.pgd`, `apgd`) accept models returning either, so a `ZeroShotCLIP` and a bare classifier
+    `nn.Module` can be attacked the same way.
+    """
+    logits = getattr(output, "logits", output)
+    if not torch.is_tensor(logits):
+        raise TypeError(
+            f"The attacked model returned a {type(output).__name__}: it must return `(B, C)` logits or an object "
+            "with a `.logits` tensor (e.g. a `ZeroShotCLIP`)."
+        )
+    return logits
+
+
 def _image_settings(clip: nn.Module, processor) -> tuple[int, tuple, tuple]:
     """Input size, mean and std of a CLIP model, from its processor when there is one."""
     size = clip.config.vision_config.image_size

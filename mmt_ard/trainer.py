@@ -323,118 +323,141 @@ class MMTARDTrainer(Trainer):
         return self._nonfinite.install(super().create_optimizer(model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        args = self.args
+        """One MMT-ARD step (module docstring): teachers on x, attack, teachers on x_adv, student, weights, loss."""
         mode = "train" if model.training else "eval"
         x, y = self._check_batch(inputs)
-        train_text = args.train_text_tower and mode == "train"
-        if train_text:  # the attack reads the head of the previous step, detached
+        self._detach_text_head(model, mode)
+        with self._timed(mode, "teachers"):  # 1. teachers on clean images (also the attack's target)
+            teacher_out = self._teachers_on("clean", x, inputs, mode)
+        with self._timed(mode, "attack"):  # 2. attack the student
+            x_adv = self._attack(model, x, y, teacher_out, mode)
+        with self._timed(mode, "teachers", add_to_last=True):  # 3. teachers on adversarial images
+            teacher_out.update(self._teachers_on("adversarial", x_adv, inputs, mode))
+        with self._timed(mode, "student"):
+            student = self._student_forward(model, x, x_adv, mode)  # 4. one student forward
+            conf, weights = self._teacher_weights(teacher_out, y, mode)  # 5. per-teacher per-sample weights
+            normalizer, scale = self._normalizer(num_items_in_batch, x.shape[0])
+            losses = self._fused_loss(model, student, teacher_out, weights, y, normalizer)  # 6. the fused loss
+        if mode == "train":
+            self.weighting.update(conf, losses["per_teacher_kl"])
+        self._record(mode, losses, weights, student, teacher_out, y, scale_back=normalizer / x.shape[0])
+        loss = losses["loss"] * scale
+        return (loss, self._step_outputs(student)) if return_outputs else loss
+
+    # ---- the named steps of `compute_loss` ----
+    def _detach_text_head(self, model: nn.Module, mode: str) -> None:
+        """With a training text tower, the attack reads the head of the previous step, detached."""
+        if self.args.train_text_tower and mode == "train":
             student_zs = self.accelerator.unwrap_model(model).student
             student_zs.text_head = student_zs.text_head.detach()
 
-        # 1. teachers on clean images (also the attack's target)
-        teacher_out: dict[int, object] = {}
-        with self._timed(mode, "teachers"):
-            for i, spec in enumerate(self.teacher_specs):
-                if spec.input == "clean":
-                    teacher_out[i] = self._clean_teacher_forward(i, x, inputs, mode)
+    def _teachers_on(self, kind: str, pixels: torch.Tensor, inputs: dict, mode: str) -> dict[int, ZeroShotOutput]:
+        """Outputs of the teachers whose input is `kind` (`clean` or `adversarial`), by teacher index."""
+        out = {}
+        for i, spec in enumerate(self.teacher_specs):
+            if spec.input == kind:
+                if kind == "clean":
+                    out[i] = self._clean_teacher_forward(i, pixels, inputs, mode)
+                else:
+                    out[i] = self._teacher_forward(i, pixels)
+        return out
 
-        # 2. attack the student
-        with self._timed(mode, "attack"):
-            attack_model, ctx = self._attack_fn(model)
-            with ctx:
-                x_adv = pgd(
-                    attack_model,
-                    x,
-                    self._inner_loss(y, teacher_out),
-                    eps=args.attack_eps,
-                    step_size=args.attack_step_size,
-                    steps=args.attack_steps,
-                    norm=args.attack_norm,
-                    random_init=args.attack_random_init,
-                    momentum=args.attack_momentum or None,
-                    autocast_dtype=torch.bfloat16 if (args.attack_autocast and mode == "train") else None,
-                )
-
-        # 3. teachers on adversarial images
-        with self._timed(mode, "teachers", add_to_last=True):
-            for i, spec in enumerate(self.teacher_specs):
-                if spec.input == "adversarial":
-                    teacher_out[i] = self._teacher_forward(i, x_adv)
-
-        # 4. the student, one forward over what it is matched on
-        need_clean = args.self_kl_weight > 0 or any(s.match == "clean" for s in self.teacher_specs)
-        with self._timed(mode, "student"):
-            if train_text:  # an unfrozen text tower learns through the text head of this step
-                student_zs.refresh_text_head(grad=True)
-            pixels = torch.cat([x, x_adv]) if need_clean else x_adv
-            out = model(pixel_values=pixels)
-            b = x.shape[0]
-            student = {"adversarial": (out.logits[-b:], out.image_embeds[-b:])}
-            if need_clean:
-                student["clean"] = (out.logits[:b], out.image_embeds[:b])
-
-            # 5. per-teacher per-sample weights
-            k = len(self.teacher_specs)
-            coefs = torch.tensor([s.coef for s in self.teacher_specs], device=x.device, dtype=torch.float32)
-            if self.weighting.needs_confidence and k:
-                conf = torch.stack(
-                    [self.teacher_modules[i].confidence(teacher_out[i].image_embeds.float(), y) for i in range(k)]
-                ).float()  # (K, B)
-            else:
-                conf = torch.ones(k, b, device=x.device)
-            if args.confidence_floor is not None:
-                conf = conf.clamp_min(args.confidence_floor)
-            weights = self.weighting.weights(conf, coefs) if k else conf  # (K, B)
-            if mode == "train" and k and not self._warned_negative_weights and bool((weights < 0).any()):
-                self._warned_negative_weights = True
-                logger.warning(
-                    "Some per-sample teacher weights are negative (a teacher's raw cosine to the true class is < 0): "
-                    "on those samples the student is trained away from that teacher. Set `confidence_floor=0` or "
-                    "`weighting='sigmoid'` to prevent it; `negative_weight_fraction/<teacher>` is logged."
-                )
-
-            # 6. the fused loss
-            bundle = self.accelerator.unwrap_model(model)
-            terms = []
-            for i, spec in enumerate(self.teacher_specs):
-                s_logits, s_feats = student[spec.match]
-                if spec.name in bundle.projections:
-                    s_feats = bundle.projections[spec.name](s_feats)
-                terms.append(
-                    TeacherTerm(
-                        name=spec.name,
-                        teacher_logits=teacher_out[i].logits if spec.kl else None,
-                        student_logits=s_logits if spec.kl else None,
-                        weights=weights[i],
-                        kl_direction=spec.kl_direction,
-                        teacher_feats=teacher_out[i].image_embeds,
-                        student_feats=s_feats,
-                        feature_weight=spec.feature_weight or 0.0,
-                        feature_kind=args.feature_loss if spec.role != "original" else "l2",
-                    )
-                )
-            normalizer, scale = self._normalizer(num_items_in_batch, b)
-            losses = fused_distillation_loss(
-                terms,
-                temperature=args.temperature,
-                kl_reduction=args.kl_reduction,
-                labels=y,
-                student_adv_logits=student["adversarial"][0],
-                student_clean_logits=student.get("clean", (None,))[0],
-                ce_weight=args.ce_weight,
-                self_kl_weight=args.self_kl_weight,
-                normalizer=normalizer,
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_out: dict, mode: str):
+        """`x_adv = PGD(x)` maximising the preset's inner loss; `x` itself when the attack is off (eps or steps 0)."""
+        args = self.args
+        if args.attack_steps == 0 or args.attack_eps == 0:
+            return x
+        attack_model, ctx = self._attack_fn(model)
+        with ctx:
+            return pgd(
+                attack_model,
+                x,
+                self._inner_loss(y, teacher_out),
+                eps=args.attack_eps,
+                step_size=args.attack_step_size,
+                steps=args.attack_steps,
+                norm=args.attack_norm,
+                random_init=args.attack_random_init,
+                momentum=args.attack_momentum or None,
+                autocast_dtype=torch.bfloat16 if (args.attack_autocast and mode == "train") else None,
             )
-        loss = losses["loss"] * scale
-        if mode == "train":
-            self.weighting.update(conf, losses["per_teacher_kl"])
-        self._record(mode, losses, weights, student, teacher_out, y, scale_back=normalizer / b)
-        if return_outputs:
-            outputs = {"logits": student["adversarial"][0], "adv_logits": student["adversarial"][0]}
-            if "clean" in student:
-                outputs["clean_logits"] = student["clean"][0]
-            return loss, outputs
-        return loss
+
+    def _student_forward(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, mode: str) -> dict:
+        """The student once over what it is matched on: `{"adversarial": (logits, embeds)[, "clean": ...]}`."""
+        args = self.args
+        if args.train_text_tower and mode == "train":  # an unfrozen text tower learns through this step's head
+            self.accelerator.unwrap_model(model).student.refresh_text_head(grad=True)
+        need_clean = args.self_kl_weight > 0 or any(s.match == "clean" for s in self.teacher_specs)
+        out = model(pixel_values=torch.cat([x, x_adv]) if need_clean else x_adv)
+        b = x.shape[0]
+        student = {"adversarial": (out.logits[-b:], out.image_embeds[-b:])}
+        if need_clean:
+            student["clean"] = (out.logits[:b], out.image_embeds[:b])
+        return student
+
+    def _teacher_weights(self, teacher_out: dict, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Confidences and per-sample weights, both `(K, B)`; warns once when a weight is negative."""
+        args, k, b = self.args, len(self.teacher_specs), y.shape[0]
+        if self.weighting.needs_confidence and k:
+            conf = torch.stack(
+                [self.teacher_modules[i].confidence(teacher_out[i].image_embeds.float(), y) for i in range(k)]
+            ).float()  # (K, B)
+        else:
+            conf = torch.ones(k, b, device=y.device)
+        if args.confidence_floor is not None:
+            conf = conf.clamp_min(args.confidence_floor)
+        coefs = torch.tensor([s.coef for s in self.teacher_specs], device=y.device, dtype=torch.float32)  # (K,)
+        weights = self.weighting.weights(conf, coefs) if k else conf  # (K, B)
+        if mode == "train" and k and not self._warned_negative_weights and bool((weights < 0).any()):
+            self._warned_negative_weights = True
+            logger.warning(
+                "Some per-sample teacher weights are negative (a teacher's raw cosine to the true class is < 0): "
+                "on those samples the student is trained away from that teacher. Set `confidence_floor=0` or "
+                "`weighting='sigmoid'` to prevent it; `negative_weight_fraction/<teacher>` is logged."
+            )
+        return conf, weights
+
+    def _fused_loss(self, model, student: dict, teacher_out: dict, weights, y, normalizer: float) -> dict:
+        """`fused_distillation_loss` over one `TeacherTerm` per teacher (projections applied to student features)."""
+        args = self.args
+        projections = self.accelerator.unwrap_model(model).projections
+        terms = []
+        for i, spec in enumerate(self.teacher_specs):
+            s_logits, s_feats = student[spec.match]
+            if spec.name in projections:
+                s_feats = projections[spec.name](s_feats)
+            terms.append(
+                TeacherTerm(
+                    name=spec.name,
+                    teacher_logits=teacher_out[i].logits if spec.kl else None,
+                    student_logits=s_logits if spec.kl else None,
+                    weights=weights[i],
+                    kl_direction=spec.kl_direction,
+                    teacher_feats=teacher_out[i].image_embeds,
+                    student_feats=s_feats,
+                    feature_weight=spec.feature_weight or 0.0,
+                    feature_kind=args.feature_loss if spec.role != "original" else "l2",
+                )
+            )
+        return fused_distillation_loss(
+            terms,
+            temperature=args.temperature,
+            kl_reduction=args.kl_reduction,
+            labels=y,
+            student_adv_logits=student["adversarial"][0],
+            student_clean_logits=student.get("clean", (None,))[0],
+            ce_weight=args.ce_weight,
+            self_kl_weight=args.self_kl_weight,
+            normalizer=normalizer,
+        )
+
+    @staticmethod
+    def _step_outputs(student: dict) -> dict[str, torch.Tensor]:
+        """What `compute_loss(return_outputs=True)` hands back: the student's logits."""
+        outputs = {"logits": student["adversarial"][0], "adv_logits": student["adversarial"][0]}
+        if "clean" in student:
+            outputs["clean_logits"] = student["clean"][0]
+        return outputs
 
     def _normalizer(self, num_items_in_batch, batch_size: int):
         """Divide the per-sample sum by the accumulated batch size; mirror the Trainer's cross-device scaling."""

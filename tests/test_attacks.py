@@ -287,3 +287,61 @@ class TestPGDStrength:
         # random noise of the same budget hurts far less than the attack
         noise = (x + torch.empty_like(x).uniform_(-eps, eps, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
         assert correct(noise) > lib + 0.1 * len(y)
+
+
+class TestOutputConvention:
+    """`pgd` and `apgd` take the same models: ones returning an object with `.logits`, or plain `(B, C)` logits."""
+
+    def test_pgd_on_plain_logits_equals_pgd_on_the_zero_shot_output(self, zs_student, batch):
+        x, y = batch["pixel_values"], batch["labels"]
+        kwargs = {"eps": EPS, "step_size": EPS / 4, "steps": 3}
+        with_output = pgd(zs_student, x, ce_inner_loss(y), generator=torch.Generator().manual_seed(0), **kwargs)
+        plain = pgd(
+            lambda px: zs_student(px).logits, x, ce_inner_loss(y), generator=torch.Generator().manual_seed(0), **kwargs
+        )
+        assert not torch.equal(with_output, x)  # the attack moved the images
+        assert torch.equal(with_output, plain)
+
+    def test_apgd_on_the_zero_shot_output_equals_apgd_on_plain_logits(self, zs_student, batch):
+        from mmt_ard.apgd import apgd_ce
+
+        x, y = batch["pixel_values"], batch["labels"]
+        kwargs = {"eps": EPS, "n_iter": 3, "seed": 0}
+        direct = apgd_ce(zs_student, x, y, **kwargs)
+        plain = apgd_ce(lambda px: zs_student(px).logits, x, y, **kwargs)
+        assert not torch.equal(direct, x)  # the attack moved some images
+        assert torch.equal(direct, plain)
+
+    def test_output_without_logits_is_a_clear_error(self, batch):
+        x, y = batch["pixel_values"], batch["labels"]
+        with pytest.raises(TypeError, match="must return `\\(B, C\\)` logits"):
+            pgd(lambda px: {"scores": px}, x, ce_inner_loss(y), eps=EPS, step_size=EPS, steps=1)
+
+    def test_embedding_loss_on_plain_logits_says_what_it_needs(self, zs_student, batch):
+        x = batch["pixel_values"]
+        with torch.no_grad():
+            target = zs_student(x).image_embeds
+        with pytest.raises(TypeError, match="image_embeds"):
+            pgd(lambda px: zs_student(px).logits, x, embedding_l2_inner_loss(target), eps=EPS, step_size=EPS, steps=1)
+
+
+class TestRandomStartDevice:
+    def test_drawn_on_the_generator_device_and_seeded(self, batch):
+        from mmt_ard.attacks import random_start
+
+        x = batch["pixel_values"]
+        first = random_start(x, EPS, "linf", torch.Generator(device=x.device).manual_seed(5))
+        again = random_start(x, EPS, "linf", torch.Generator(device=x.device).manual_seed(5))
+        other = random_start(x, EPS, "linf", torch.Generator(device=x.device).manual_seed(6))
+        assert torch.equal(first, again) and not torch.equal(first, other)
+        assert first.abs().max() <= EPS + 1e-7 and first.device == x.device
+
+    def test_global_rng_of_the_device_without_generator(self, batch):
+        """Without a generator the start comes from `x`'s device RNG, which the Trainer seeds and checkpoints."""
+        from mmt_ard.attacks import random_start
+
+        x = batch["pixel_values"]
+        torch.manual_seed(11)
+        first = random_start(x, EPS, "l2", None)
+        torch.manual_seed(11)
+        assert torch.equal(first, random_start(x, EPS, "l2", None))

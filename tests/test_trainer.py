@@ -298,6 +298,19 @@ class TestGradientAccumulation:
 
 
 class TestComputeLossAndEvaluate:
+    @pytest.mark.parametrize("preset", ["mmt-ard", "single-teacher", "fare"])
+    def test_attack_steps_zero_trains_on_clean_images(self, preset, make_trainer, batch):
+        """`attack_steps=0` means no attack (docs): the step runs, and the adversarial inputs are the clean ones."""
+        trainer = make_trainer(preset, attack_steps=0, **FAST_TRAIN)
+        seen = []
+        original = trainer._teachers_on
+        trainer._teachers_on = lambda kind, px, *a: seen.append((kind, px)) or original(kind, px, *a)
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        assert torch.isfinite(loss)
+        assert all(torch.equal(px, batch["pixel_values"]) for _, px in seen)
+        trainer.train()  # and a whole run
+        assert trainer.state.global_step == 2
+
     def test_return_outputs_gives_logits(self, make_trainer, batch):
         trainer = make_trainer("mmt-ard", attack_eps=0.0)
         loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
