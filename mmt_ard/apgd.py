@@ -85,11 +85,11 @@ def _random_start(x0, eps, norm, gen, idx, full_shape):
     """Random point in the eps-ball; noise is drawn for the full batch and indexed,
     so a sample's start does not depend on which other samples are still attacked."""
     if norm == "linf":
-        noise = (2 * torch.rand(full_shape, generator=gen) - 1) * eps
+        noise = (2 * torch.rand(full_shape, generator=gen, device=gen.device) - 1) * eps
     else:
-        noise = torch.randn(full_shape, generator=gen)
+        noise = torch.randn(full_shape, generator=gen, device=gen.device)
         noise = noise * eps / (noise.flatten(1).norm(dim=1).view(-1, *[1] * (len(full_shape) - 1)) + 1e-12)
-    return (x0 + noise[idx.cpu()].to(x0.device)).clamp(0.0, 1.0)
+    return (x0 + noise[idx.to(noise.device)].to(x0.device)).clamp(0.0, 1.0)
 
 
 def _single_run(model, x0, y, target, *, eps, norm, loss, n_iter, rho, x_start):
@@ -230,7 +230,7 @@ def _apgd_impl(model, x, y, *, eps, norm, loss, n_iter, n_restarts, n_target_cla
     if eps == 0.0 or not robust.any():
         return x_adv, robust
 
-    gen = torch.Generator().manual_seed(seed)  # local CPU generator: global RNG untouched
+    gen = torch.Generator(device=x.device).manual_seed(seed)  # local generator on x's device: global RNG untouched
     best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)  # (B,)
     for t_idx, target in enumerate(targets):
         for restart in range(n_restarts):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
+from .precision import PRECISIONS, cuda_bf16_available, resolve_precision
 from .presets import ATTACK_LOSSES, PRESETS, get_preset
 from .validation import check_field, check_prompt_templates
 from .weighting import WEIGHTINGS
@@ -29,7 +31,7 @@ FIELD_KINDS = {
     "attack_random_init": "bool",
     "attack_loss": "str",
     "attack_target": "str?",
-    "attack_autocast": "bool",
+    "attack_autocast": "bool?",
     "eval_attack_eps": "number?",
     "eval_attack_steps": "int?",
     "eval_attack_step_size": "number?",
@@ -47,7 +49,8 @@ FIELD_KINDS = {
     "use_model_logit_scale": "bool",
     "prompt_templates": "str_list",
     "train_text_tower": "bool",
-    "teacher_dtype": "str",
+    "teacher_dtype": "str?",
+    "precision": "str",
     "sigmoid_gamma": "number",
     "sigmoid_momentum": "number",
     "mtard_lr": "number",
@@ -79,6 +82,7 @@ class MMTARDConfig(TrainingArguments):
         attack_loss: inner loss the attack maximises: `kl` (to a teacher's clean prediction), `ce`, `embedding-l2`.
         attack_target: role or name of the teacher whose clean output the `kl`/`embedding-l2` attack pushes away from.
         attack_autocast: run the training attack under bf16 autocast (faster on GPU; never used in evaluation).
+            Default: from `precision`.
         eval_attack_eps: budget of the PGD-CE attack in `evaluate()` (default: `attack_eps`).
         eval_attack_steps: iterations of the evaluation attack (default: `attack_steps`).
         eval_attack_step_size: step of the evaluation attack (default: `attack_step_size`).
@@ -96,7 +100,11 @@ class MMTARDConfig(TrainingArguments):
         use_model_logit_scale: use each model's own `logit_scale.exp()` instead of `logit_scale`.
         prompt_templates: training prompt templates, each with one `{}`.
         train_text_tower: also train the student's text tower (frozen by default).
-        teacher_dtype: dtype teachers run in: `fp32`, `bf16` or `fp16`.
+        teacher_dtype: dtype teachers run in: `fp32`, `bf16` or `fp16`. Default: from `precision`.
+        precision: `auto` (bf16 on a CUDA device that supports it, fp32 elsewhere), `fp32` (the authors' setting
+            exactly) or `bf16`: decides `bf16` (student training forward), `tf32`, `teacher_dtype` and
+            `attack_autocast` wherever they are not set explicitly; evaluation attacks are always fp32 (see
+            `mmt_ard.precision`).
         sigmoid_gamma: `gamma` of the `sigmoid` weighting.
         sigmoid_momentum: EMA momentum of the `sigmoid` weighting's statistics.
         mtard_lr: balancing rate of the `mtard` weighting.
@@ -120,7 +128,9 @@ class MMTARDConfig(TrainingArguments):
     attack_target: str | None = field(
         default=None, metadata={"help": "Role/name of the teacher the `kl`/`embedding-l2` attack uses as target."}
     )
-    attack_autocast: bool = field(default=False, metadata={"help": "bf16 autocast for the training attack only."})
+    attack_autocast: bool | None = field(
+        default=None, metadata={"help": "bf16 autocast for the training attack only (default: from `precision`)."}
+    )
     eval_attack_eps: float | None = field(default=None, metadata={"help": "Evaluation PGD budget (default: train)."})
     eval_attack_steps: int | None = field(default=None, metadata={"help": "Evaluation PGD iterations."})
     eval_attack_step_size: float | None = field(default=None, metadata={"help": "Evaluation PGD step size."})
@@ -138,7 +148,13 @@ class MMTARDConfig(TrainingArguments):
     use_model_logit_scale: bool = field(default=False, metadata={"help": "Use each model's own logit scale."})
     prompt_templates: list[str] | None = field(default=None, metadata={"help": "Prompt templates with one '{}'."})
     train_text_tower: bool = field(default=False, metadata={"help": "Also train the student's text tower."})
-    teacher_dtype: str = field(default="fp32", metadata={"help": f"Teacher dtype: {list(TEACHER_DTYPES)}."})
+    teacher_dtype: str | None = field(
+        default=None, metadata={"help": f"Teacher dtype: {list(TEACHER_DTYPES)} (default: from `precision`)."}
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": f"{list(PRECISIONS)}: auto = bf16 on a bf16-capable CUDA device, fp32 elsewhere."},
+    )
     sigmoid_gamma: float = field(default=1.0, metadata={"help": "Sharpness of the `sigmoid` weighting."})
     sigmoid_momentum: float = field(default=0.99, metadata={"help": "EMA momentum of the `sigmoid` weighting."})
     mtard_lr: float = field(default=0.025, metadata={"help": "Balancing rate of the `mtard` weighting."})
@@ -169,12 +185,26 @@ class MMTARDConfig(TrainingArguments):
         schedulers = [s.value for s in SchedulerType]
         if self.lr_scheduler_type not in schedulers:
             raise ValueError(f"`lr_scheduler_type`={self.lr_scheduler_type!r}: use one of {schedulers}.")
+        self._apply_precision()
         self.preset_roles = preset["roles"]
         self.preset_required_roles = tuple(preset["required_roles"])
         self.preset_make_original = bool(preset.get("make_original", False))
         self.preset_max_teachers = preset.get("max_teachers")
         super().__post_init__()
         self._validate()
+
+    def _apply_precision(self) -> None:
+        """Fill `bf16`, `tf32`, `teacher_dtype` and `attack_autocast` from `precision` where they are unset."""
+        on_cuda = not self.use_cpu and torch.cuda.is_available()
+        plan = resolve_precision(self.precision, cuda=on_cuda, bf16_supported=on_cuda and cuda_bf16_available())
+        if plan.bf16 and not self.fp16:
+            self.bf16 = True
+        if self.tf32 is None:
+            self.tf32 = plan.tf32
+        if self.teacher_dtype is None:
+            self.teacher_dtype = plan.teacher_dtype
+        if self.attack_autocast is None:
+            self.attack_autocast = plan.attack_autocast
 
     def _validate(self) -> None:
         from .attacks import check_attack_args

@@ -503,7 +503,7 @@ class MMTARDTrainer(Trainer):
             student.refresh_text_head(grad=False)
         with torch.no_grad():
             clean = student(x).logits
-        generator = torch.Generator().manual_seed(args.seed)
+        generator = torch.Generator(device=x.device).manual_seed(args.seed)  # the start is drawn where x lives
         x_adv = pgd(
             student,
             x,

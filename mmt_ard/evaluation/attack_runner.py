@@ -74,7 +74,7 @@ def attack_batch(
             steps=steps,
             norm=protocol.norm,
             random_init=True,
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator(device=xs.device).manual_seed(seed),
         )
         survived = torch.ones_like(ys, dtype=torch.bool)
     else:
