@@ -34,6 +34,7 @@ from .config import MMTARDConfig
 from .losses import TeacherTerm, fused_distillation_loss
 from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
+from .precision import PrecastForward
 from .teacher_cache import TeacherOutputCache, sample_ids_of
 from .teachers import Teacher, build_teacher_module, frozen_copy
 from .validation import check_batch
@@ -367,7 +368,10 @@ class MMTARDTrainer(Trainer):
         args = self.args
         if args.attack_steps == 0 or args.attack_eps == 0:
             return x
+        autocast_dtype = torch.bfloat16 if (args.attack_autocast and mode == "train") else None
         attack_model, ctx = self._attack_fn(model)
+        if autocast_dtype is not None and not self.is_fsdp_enabled:
+            attack_model = PrecastForward(attack_model, autocast_dtype)  # cast the matmul weights once, not per step
         with ctx:
             return pgd(
                 attack_model,
@@ -379,7 +383,7 @@ class MMTARDTrainer(Trainer):
                 norm=args.attack_norm,
                 random_init=args.attack_random_init,
                 momentum=args.attack_momentum or None,
-                autocast_dtype=torch.bfloat16 if (args.attack_autocast and mode == "train") else None,
+                autocast_dtype=autocast_dtype,
             )
 
     def _student_forward(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, mode: str) -> dict:

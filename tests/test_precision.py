@@ -93,3 +93,47 @@ class TestTrainer:
             metrics = trainer.evaluate(digits_small.select(range(32)))
             results.append((metrics["eval_clean_accuracy"], metrics["eval_adv_accuracy"], metrics["eval_loss"]))
         assert results[0] == results[1]
+
+
+class TestPrecastAttack:
+    """The training attack under autocast casts the matmul weights once per attack; the result is bit-identical."""
+
+    def test_pgd_through_precast_weights_equals_plain_autocast(self, student, class_names, batch):
+        from mmt_ard.attacks import ce_inner_loss, pgd
+        from mmt_ard.models import ZeroShotCLIP
+        from mmt_ard.precision import PrecastForward, autocast_weight_copies
+
+        model = ZeroShotCLIP(*student)
+        model.set_classes(class_names, ["This is a photo of a {}"])
+        model.requires_grad_(False)
+        x, y = batch["pixel_values"], batch["labels"]
+        kw = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 3, "autocast_dtype": torch.bfloat16}
+        plain = pgd(model, x, ce_inner_loss(y), generator=torch.Generator().manual_seed(1), **kw)
+        precast = pgd(
+            PrecastForward(model, torch.bfloat16),
+            x,
+            ce_inner_loss(y),
+            generator=torch.Generator().manual_seed(1),
+            **kw,
+        )
+        assert not torch.equal(plain, x)
+        assert torch.equal(plain, precast)
+        copies = autocast_weight_copies(model, torch.bfloat16)
+        assert copies and all(t.dtype == torch.bfloat16 for t in copies.values())
+        assert any(k.endswith("q_proj.weight") for k in copies)
+        assert any(k.endswith("patch_embedding.weight") for k in copies)  # the patch conv is cast too
+        assert not any(("layer_norm" in k or "position_embedding" in k or "class_embedding" in k) for k in copies)
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself is untouched
+
+    def test_trainer_attacks_through_precast_weights_under_autocast(self, make_trainer, batch, monkeypatch):
+        import mmt_ard.trainer as trainer_module
+        from mmt_ard.precision import PrecastForward
+
+        models = []
+        real_pgd = trainer_module.pgd
+        monkeypatch.setattr(trainer_module, "pgd", lambda m, *a, **kw: models.append(m) or real_pgd(m, *a, **kw))
+        for attack_autocast in (True, False):
+            trainer = make_trainer("mmt-ard", attack_autocast=attack_autocast)
+            trainer.model.train()
+            trainer.compute_loss(trainer.model, dict(batch))
+        assert [isinstance(m, PrecastForward) for m in models] == [True, False]
