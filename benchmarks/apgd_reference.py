@@ -39,9 +39,14 @@ def digits_model(seed: int = 0):
     tr, te = perm[:1400], perm[1400:]
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 10),
     )
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(8):
@@ -71,12 +76,15 @@ def main():
 
     model, x, y = digits_model()
     x, y = x[: args.n], y[: args.n]
-    print(f"torchattacks {torchattacks.__version__}; n={len(x)}; n_iter={args.n_iter}; "
-          f"clean acc {robust_acc(model, x, y):.4f}")
-    print(f"{'norm':5} {'eps':>8} | {'CE ours':>8} {'CE ref':>8} | {'T ours':>8} {'T ref':>8} "
-          f"| {'CE+T ours':>9} | time CE+T ours/ref (s)")
-    for norm, ref_norm, eps_list in [("linf", "Linf", [8 / 255, 16 / 255, 24 / 255]),
-                                     ("l2", "L2", [0.5, 1.0, 1.5])]:
+    print(
+        f"torchattacks {torchattacks.__version__}; n={len(x)}; n_iter={args.n_iter}; "
+        f"clean acc {robust_acc(model, x, y):.4f}"
+    )
+    print(
+        f"{'norm':5} {'eps':>8} | {'CE ours':>8} {'CE ref':>8} | {'T ours':>8} {'T ref':>8} "
+        f"| {'CE+T ours':>9} | time CE+T ours/ref (s)"
+    )
+    for norm, ref_norm, eps_list in [("linf", "Linf", [8 / 255, 16 / 255, 24 / 255]), ("l2", "L2", [0.5, 1.0, 1.5])]:
         for eps in eps_list:
             t0 = time.time()
             ce = robust_acc(model, apgd_ce(model, x, y, eps=eps, norm=norm, n_iter=args.n_iter), y)
@@ -84,16 +92,20 @@ def main():
             t1 = time.time()
             _, mask = apgd_worst_case(model, x, y, eps=eps, norm=norm, n_iter=args.n_iter)
             t1b = time.time()
-            ref_ce = torchattacks.APGD(model, norm=ref_norm, eps=eps, steps=args.n_iter, n_restarts=1,
-                                       seed=0, loss="ce", rho=0.75)
-            ref_t = torchattacks.APGDT(model, norm=ref_norm, eps=eps, steps=args.n_iter, n_restarts=1,
-                                       seed=0, rho=0.75, n_classes=10)
+            ref_ce = torchattacks.APGD(
+                model, norm=ref_norm, eps=eps, steps=args.n_iter, n_restarts=1, seed=0, loss="ce", rho=0.75
+            )
+            ref_t = torchattacks.APGDT(
+                model, norm=ref_norm, eps=eps, steps=args.n_iter, n_restarts=1, seed=0, rho=0.75, n_classes=10
+            )
             rce = robust_acc(model, ref_ce(x, y), y)
             rt = robust_acc(model, ref_t(x, y), y)
             t2 = time.time()
             label = f"{eps * 255:.0f}/255" if norm == "linf" else f"{eps:.2f}"
-            print(f"{norm:5} {label:>8} | {ce:8.4f} {rce:8.4f} | {tt:8.4f} {rt:8.4f} "
-                  f"| {mask.float().mean().item():9.4f} | {t1 - t0:.1f}/{t2 - t1b:.1f}")
+            print(
+                f"{norm:5} {label:>8} | {ce:8.4f} {rce:8.4f} | {tt:8.4f} {rt:8.4f} "
+                f"| {mask.float().mean().item():9.4f} | {t1 - t0:.1f}/{t2 - t1b:.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -45,14 +45,14 @@ PHASES = ["data", "teachers", "attack", "student", "backward", "optimizer", "res
 
 
 # ---------------------------------------------------------------- worker: one contender, one process
-def _models(cfg: dict, name: str):
+def _models(cfg: dict, name: str, device: str = "cpu"):
     size = SIZES[cfg["size"]]
-    student = build_clip(size["student"], seed=1, words=CLASS_NAMES)
+    student = build_clip(size["student"], seed=1, words=CLASS_NAMES, device=device)
     teachers = {}
     if name in DUAL + ("single-teacher",):
-        teachers["robust"] = build_clip(size["teacher"], seed=2, words=CLASS_NAMES)
+        teachers["robust"] = build_clip(size["teacher"], seed=2, words=CLASS_NAMES, device=device)
     if name in DUAL:
-        teachers["clean"] = build_clip(size["teacher"], seed=3, words=CLASS_NAMES)
+        teachers["clean"] = build_clip(size["teacher"], seed=3, words=CLASS_NAMES, device=device)
     return student, teachers
 
 
@@ -143,6 +143,7 @@ def _trainer(cfg: dict, preset: str, device: str, out: str, student, specs, max_
         dataloader_num_workers=0,
         use_cpu=device == "cpu",
         seed=0,
+        precision=cfg.get("precision", "auto"),
     )
     return MMTARDTrainer(
         model=student[0],
@@ -158,7 +159,7 @@ def _trainer(cfg: dict, preset: str, device: str, out: str, student, specs, max_
 def run_trainer(cfg: dict, name: str, device: str) -> dict:
     from mmt_ard import Teacher
 
-    student, teachers = _models(cfg, name)
+    student, teachers = _models(cfg, name, device)
     specs = [Teacher(model=m, processor=p, role=r) for r, (m, p) in teachers.items()]
     timer = _StepTimer(cfg["warmup"])
     with tempfile.TemporaryDirectory() as out:
