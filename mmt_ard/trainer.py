@@ -174,7 +174,8 @@ class MMTARDTrainer(Trainer):
         self._warned_negative_weights = False
         self._nonfinite_steps = 0  # all skipped updates
         self._nonfinite = NonFiniteGuard(self)
-        self._teacher_cache = TeacherOutputCache() if args.cache_teacher_outputs else None
+        # on the teachers' device: a cached step reads the clean teacher's outputs without a host round trip
+        self._teacher_cache = TeacherOutputCache(device=None) if args.cache_teacher_outputs else None
 
         if kwargs.get("compute_metrics") is None:
             kwargs["compute_metrics"] = robust_accuracy_metrics

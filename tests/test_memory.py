@@ -201,3 +201,16 @@ def test_cache_stores_low_precision_teachers_losslessly(fresh_trainer, batch):
     assert cache.nbytes == 8 * module.embed_dim * 2  # stored in bf16
     assert torch.equal(first.image_embeds, again.image_embeds)
     assert torch.allclose(first.logits, again.logits, atol=1e-5)
+
+
+def test_cache_lives_on_the_device_of_the_images(fresh_trainer, batch):
+    """`device=None` (what the trainer uses) keeps embeddings where the teacher's images are; "cpu" in host memory."""
+    trainer = fresh_trainer("mmt-ard")
+    module = trainer.teacher_modules[1]
+    forward = trainer._teacher_forward
+    for device, expected in ((None, batch["pixel_values"].device), ("cpu", torch.device("cpu"))):
+        cache = TeacherOutputCache(device=device)
+        cache.outputs("clean", module, batch["pixel_values"], list(range(8)), lambda px: forward(1, px))
+        assert {t.device for t in cache._embeds["clean"].values()} == {expected}
+    assert trainer._teacher_cache is None
+    assert fresh_trainer("mmt-ard", cache_teacher_outputs=True)._teacher_cache.device is None
