@@ -102,7 +102,7 @@ class _StepTimer:
         values = self.trainer._metrics["train"].get(f"time/{key}_s", [])  # one or more entries per step
         start = self.seen.get(key, 0)
         self.seen[key] = len(values)
-        return float(sum(values[start:]))
+        return sum(float(v) for v in values[start:])  # floats, or CUDA-event spans read here
 
     def step_end(self, now: float, cpu_now: float) -> None:
         phases = {k: self._phase(k) for k in ("teachers", "attack", "student")}

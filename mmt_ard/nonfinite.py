@@ -4,7 +4,8 @@ An adversarial-training step can blow up (a NaN pixel, an overflowing teacher in
 `NonFiniteGuard` makes such a step a no-op instead of poisoning the weights:
 
 * every micro-batch still runs its backward pass (so DDP's gradient all-reduce stays in step on every rank), but its
-  loss is checked; at the optimizer step the gradients are checked too;
+  loss is checked; at the optimizer step the gradients are checked too (all flags stay on the device and are read
+  once per optimizer step: one synchronisation, not one per micro-batch);
 * if any micro-batch of the accumulation window had a non-finite loss, or any gradient is non-finite, the optimizer's
   `step` is not called at all: parameters, AdamW moments and step counts stay exactly as they were (zeroing the
   gradients would not do: AdamW would still apply weight decay and momentum). The weighting strategy's state
@@ -34,13 +35,14 @@ class NonFiniteLossError(RuntimeError):
     """Raised when `max_bad_steps` consecutive optimizer steps had a non-finite loss or gradient."""
 
 
-def _gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+def _gradients_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """A 0-d bool tensor: are all gradients finite? (None without gradients; no device sync.)"""
     flags = [
         torch.isfinite(p.grad).all() for group in optimizer.param_groups for p in group["params"] if p.grad is not None
     ]
     if not flags:
-        return True
-    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+        return None
+    return torch.stack([f.to(flags[0].device) for f in flags]).all()
 
 
 class NonFiniteGuard:
@@ -54,7 +56,7 @@ class NonFiniteGuard:
 
     def __init__(self, trainer):
         self.trainer = trainer
-        self._window_bad = False
+        self._window_bad: torch.Tensor | None = None  # 0-d bool on the device: a non-finite loss in this window
         self._weighting_snapshot: dict | None = None
 
     # ---- per micro-batch (from `MMTARDTrainer.training_step`) ----
@@ -63,8 +65,10 @@ class NonFiniteGuard:
             self._weighting_snapshot = copy.deepcopy(self.trainer.weighting.state_dict())
 
     def after_micro_batch(self, loss: torch.Tensor) -> None:
-        if not bool(torch.isfinite(loss.detach()).all()):
-            self._window_bad = True
+        bad = ~torch.isfinite(
+            loss.detach()
+        ).all()  # a device tensor: read once per optimizer step, not per micro-batch
+        self._window_bad = bad if self._window_bad is None else (self._window_bad | bad.to(self._window_bad.device))
 
     # ---- per optimizer step ----
     def install(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -88,15 +92,20 @@ class NonFiniteGuard:
         return optimizer
 
     def _should_skip(self, optimizer) -> bool:
-        bad = self._window_bad or not _gradients_finite(optimizer)
+        """Whether this window's loss or gradients were non-finite on any rank (one device sync per step)."""
+        device = self.trainer.args.device
+        flag = torch.zeros((), device=device)
+        if self._window_bad is not None:
+            flag = flag + self._window_bad.to(device).float()
+        grads_finite = _gradients_finite(optimizer)
+        if grads_finite is not None:
+            flag = flag + (~grads_finite).to(device).float()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor(float(bad), device=self.trainer.args.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # every rank skips together
-            bad = bool(flag.item() > 0)
-        return bad
+        return bool(flag.item() > 0)
 
     def _end_window(self) -> None:
-        self._window_bad = False
+        self._window_bad = None
         self._weighting_snapshot = None
         self.trainer._metrics["train"]["nonfinite_steps"] = [float(self.trainer._nonfinite_steps)]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -35,6 +34,7 @@ from .losses import TeacherTerm, fused_distillation_loss
 from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
 from .precision import PrecastForward
+from .step_metrics import means, timed_phase
 from .teacher_cache import TeacherOutputCache, sample_ids_of
 from .teachers import Teacher, build_teacher_module, frozen_copy
 from .validation import check_batch
@@ -257,20 +257,12 @@ class MMTARDTrainer(Trainer):
         )
 
     # ---- the step ----
-    @contextlib.contextmanager
     def _timed(self, mode: str, key: str, add_to_last: bool = False):
-        """Time a phase of the step; `add_to_last` adds to the step's previous entry (one logged value per step)."""
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        yield
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        values = self._metrics[mode][f"time/{key}_s"]
-        if add_to_last and values:
-            values[-1] += time.perf_counter() - start
-        else:
-            values.append(time.perf_counter() - start)
+        """Time a phase of the step; `add_to_last` adds to the step's previous entry (one logged value per step).
+
+        On a CUDA device the phase is timed with CUDA events, read at logging time (`step_metrics`): no sync per phase.
+        """
+        return timed_phase(self._metrics[mode][f"time/{key}_s"], add_to_last, cuda=self.args.device.type == "cuda")
 
     def _check_batch(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """`pixel_values` float32 `(B, 3, H, W)` in [0, 1] and `labels` int64 `(B,)`, or a clear error (`validation`)."""
@@ -413,13 +405,10 @@ class MMTARDTrainer(Trainer):
             conf = conf.clamp_min(args.confidence_floor)
         coefs = torch.tensor([s.coef for s in self.teacher_specs], device=y.device, dtype=torch.float32)  # (K,)
         weights = self.weighting.weights(conf, coefs) if k else conf  # (K, B)
-        if mode == "train" and k and not self._warned_negative_weights and bool((weights < 0).any()):
-            self._warned_negative_weights = True
-            logger.warning(
-                "Some per-sample teacher weights are negative (a teacher's raw cosine to the true class is < 0): "
-                "on those samples the student is trained away from that teacher. Set `confidence_floor=0` or "
-                "`weighting='sigmoid'` to prevent it; `negative_weight_fraction/<teacher>` is logged."
-            )
+        # on the CPU the check is free; on a GPU it would sync every step, so `log()` warns from the logged fraction
+        if mode == "train" and k and not self._warned_negative_weights and not weights.is_cuda:
+            if bool((weights < 0).any()):
+                self._warn_negative_weights()
         return conf, weights
 
     def _fused_loss(self, model, student: dict, teacher_out: dict, weights, y, normalizer: float) -> dict:
@@ -476,25 +465,36 @@ class MMTARDTrainer(Trainer):
 
     @torch.no_grad()
     def _record(self, mode, losses, weights, student, teacher_out, y, scale_back: float) -> None:
+        """Append this step's metrics as 0-d tensors (no device sync); `log()` averages them (`step_metrics.means`)."""
         m = self._metrics[mode]
         # per-batch values, independent of the accumulation normaliser
         for key, value in losses.items():
             if key.endswith("_loss") or key == "loss":
-                m[key].append(float(value) * scale_back)
+                m[key].append(value.detach().float() * scale_back)
         for i, spec in enumerate(self.teacher_specs):
-            m[f"weight/{spec.name}"].append(float(weights[i].mean()))
-            m[f"negative_weight_fraction/{spec.name}"].append(float((weights[i] < 0).float().mean()))
-            m[f"teacher_accuracy/{spec.name}"].append(float((teacher_out[i].logits.argmax(-1) == y).float().mean()))
+            m[f"weight/{spec.name}"].append(weights[i].mean())
+            m[f"negative_weight_fraction/{spec.name}"].append((weights[i] < 0).float().mean())
+            m[f"teacher_accuracy/{spec.name}"].append((teacher_out[i].logits.argmax(-1) == y).float().mean())
         for kind, (logits, _) in student.items():
             key = "adv_accuracy" if kind == "adversarial" else "clean_accuracy"
-            m[f"student_{key}"].append(float((logits.argmax(-1) == y).float().mean()))
+            m[f"student_{key}"].append((logits.argmax(-1) == y).float().mean())
+
+    def _warn_negative_weights(self) -> None:
+        self._warned_negative_weights = True
+        logger.warning(
+            "Some per-sample teacher weights are negative (a teacher's raw cosine to the true class is < 0): "
+            "on those samples the student is trained away from that teacher. Set `confidence_floor=0` or "
+            "`weighting='sigmoid'` to prevent it; `negative_weight_fraction/<teacher>` is logged."
+        )
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        for key, values in self._metrics[mode].items():
-            if values and key not in ("loss",):
-                logs[prefix + key] = sum(values) / len(values)
+        for key, value in means(self._metrics[mode]).items():
+            if key != "loss":
+                logs[prefix + key] = value
+                if key.startswith("negative_weight_fraction/") and value > 0 and not self._warned_negative_weights:
+                    self._warn_negative_weights()
         self._metrics[mode].clear()
         super().log(logs, *args, **kwargs)
 
