@@ -395,6 +395,14 @@ def trained_open_clip_dir(tmp_path_factory):
     return write_as_open_clip(clip, processor, tmp_path_factory.mktemp("oc") / "digits-open-clip", True)
 
 
+def copy_without_tokenizer(folder: str, dst) -> str:
+    """The weights and `open_clip_config.json` of an open_clip folder, without its tokenizer files."""
+    os.makedirs(dst)
+    for name in ("open_clip_model.safetensors", "open_clip_config.json"):
+        shutil.copy(os.path.join(folder, name), os.path.join(dst, name))
+    return str(dst)
+
+
 def test_open_clip_reads_the_written_folder(open_clip, trained_open_clip_dir):
     """The test's writer produces what open_clip itself reads as the same model (so the tests below use a real
     open_clip folder), and the converter gives that model back."""
@@ -414,14 +422,15 @@ def test_open_clip_reads_the_written_folder(open_clip, trained_open_clip_dir):
 
 
 def test_teacher_from_an_open_clip_folder(
-    trained_open_clip_dir, make_config, make_trainer, teacher_specs, digits_arrays
+    trained_open_clip_dir, make_config, make_trainer, teacher_specs, digits_arrays, tmp_path
 ):
     """`Teacher("<open_clip folder>")` loads the converted model with the folder's own tokenizer and preprocessing;
     it classifies the digits as the original does, and teaches a student in the mmt-ard preset."""
     from mmt_ard.teachers import build_teacher_module
 
     teacher = Teacher(trained_open_clip_dir, role="robust")
-    module = build_teacher_module(teacher.resolved(make_config(preset="mmt-ard")), logit_scale=100.0)
+    args = make_config(preset="mmt-ard")
+    module = build_teacher_module(teacher.resolved(args), logit_scale=100.0)
     assert module.base.config._name_or_path == trained_open_clip_dir
     module.set_classes(DIGIT_NAMES, DIGIT_TEMPLATES)
     original = ZeroShotCLIP(*trained_tiny_clip()).eval()
@@ -431,6 +440,12 @@ def test_teacher_from_an_open_clip_folder(
         logits = module(x).logits
         torch.testing.assert_close(logits, original(x).logits, atol=1e-4, rtol=1e-5)
     assert (logits.argmax(-1) == y).float().mean() > 0.6
+
+    # a folder without tokenizer files, with the processor given as an object: nothing is fetched
+    bare = copy_without_tokenizer(trained_open_clip_dir, tmp_path / "bare")
+    given = trained_tiny_clip()[1]
+    module = build_teacher_module(Teacher(bare, role="robust", processor=given).resolved(args), logit_scale=100.0)
+    assert module.processor is given
 
     trainer = make_trainer("mmt-ard", teachers=[teacher, teacher_specs["clean"]])
     trainer.train()
@@ -444,10 +459,7 @@ def test_mmt_ard_eval_on_an_open_clip_folder(trained_open_clip_dir, tmp_path):
 
     data = tmp_path / "digits"
     _write_image_folder(data, 40)
-    bare = tmp_path / "no-tokenizer"
-    os.makedirs(bare)
-    for name in ("open_clip_model.safetensors", "open_clip_config.json"):
-        shutil.copy(os.path.join(trained_open_clip_dir, name), bare / name)
+    bare = copy_without_tokenizer(trained_open_clip_dir, tmp_path / "no-tokenizer")
     processor_dir = tmp_path / "processor"
     trained_tiny_clip()[1].save_pretrained(processor_dir)
     prompts = tmp_path / "prompts.json"
@@ -564,6 +576,21 @@ def test_unsupported_weights_and_files_are_named(tmp_path):
         load_clip(str(tmp_path / "pickled.pt"))
     with pytest.raises(FileNotFoundError, match="ViT-B-32@"):
         load_clip("ViT-B-32@no/such/file.pt")
+
+
+def test_missing_tokenizer_says_what_to_pass(open_clip, trained_open_clip_dir, tmp_path, monkeypatch):
+    """Without tokenizer files, `processor_name_or_path` or the Hub, the error names OpenAI's tokenizer and the flag;
+    a vocabulary that is not OpenAI's needs its tokenizer named."""
+    from mmt_ard.convert import open_clip_loader
+
+    monkeypatch.setattr(open_clip_loader, "OPENAI_TOKENIZER", str(tmp_path / "not-downloaded"))
+    cfg = tiny_cfg(open_clip, "ViT-B-32", quick_gelu=True)
+    folder = write_open_clip_folder(open_clip, cfg, tmp_path / "oc", seed=7, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(OSError, match=r"could not load its tokenizer.*OpenAI.s CLIP tokenizer.*--\*_processor"):
+        load_clip(folder)
+    bare = copy_without_tokenizer(trained_open_clip_dir, tmp_path / "bare")
+    with pytest.raises(ValueError, match=r"has \d+ tokens, not the 49408"):
+        load_clip(bare)
 
 
 def test_model_card_names_open_clip_checkpoints():

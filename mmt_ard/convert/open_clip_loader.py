@@ -337,10 +337,11 @@ def _graft_vision(arch, source, config, state_dict, weights_path, reference):
             f"`{source.spec}` is vision-only: its reference must be the Hub id or path of a full CLIP (the one it was "
             f"fine-tuned from), not a {type(reference).__name__}."
         )
-    from transformers import CLIPConfig
-
     from ..models import load_clip
 
+    # the activation is the reference's too: a vision-only file does not store it, and an architecture name would
+    # mislead (RobustVLM loads its ViT-L/14 files onto `ViT-L-14` + `pretrained='openai'`, which open_clip runs with
+    # QuickGELU whatever the name says)
     base, processor = load_clip(reference)
     vision = base.config.vision_config
     want = vision_config_dict(arch)
@@ -356,14 +357,6 @@ def _graft_vision(arch, source, config, state_dict, weights_path, reference):
             f"`{source.spec}`: its image tower does not fit the reference `{reference}` (reference, checkpoint): "
             f"{differ}. Name the CLIP this tower was fine-tuned from."
         )
-    act = "quick_gelu" if arch.quick_gelu else "gelu"
-    named_act = source.arch_name is not None or config is not None  # shapes alone do not tell the activation
-    if named_act and vision.hidden_act != act:
-        config_dict = base.config.to_dict()
-        config_dict["vision_config"]["hidden_act"] = act
-        rebuilt = _empty_clip(CLIPConfig(**{k: v for k, v in config_dict.items() if k != "transformers_version"}))
-        _load_checked(rebuilt, base.state_dict(), reference, "the reference")
-        base = rebuilt
     weights = {k: v for k, v in base.state_dict().items() if k not in dict(base.named_buffers())}
     weights.update(to_transformers(state_dict, weights_path))
     _load_checked(base, weights, weights_path, arch.source)

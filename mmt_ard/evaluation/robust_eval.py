@@ -94,8 +94,7 @@ def load_eval_model(
     if isinstance(model, str):
         # an open_clip folder is converted by `load_clip`, not resolved as a CLIPModel folder or a run's output_dir
         path = resolve_model_path(model) if os.path.isdir(model) and not is_open_clip_source(model) else model
-        proc_id = processor if isinstance(processor, str) else None
-        clip, proc = load_clip(path, proc_id, dtype=torch.float32)
+        clip, proc = load_clip(path, processor, dtype=torch.float32)  # a processor object is used as given
         if processor is not None and not isinstance(processor, str):
             proc = processor
         zs = ZeroShotCLIP(clip, proc, logit_scale=logit_scale)
