@@ -554,6 +554,21 @@ def test_unsupported_configs_are_named(changes, named):
         arch_from_model_cfg(_model_cfg(**changes))
 
 
+def test_options_that_are_off_are_accepted():
+    """open_clip tests its options for truth: empty names and `False` flags are the plain ViT."""
+    cfg = _model_cfg(
+        vision_cfg__timm_model_name="", text_cfg__hf_model_name=None, vision_cfg__final_ln_after_pool=True
+    )
+    arch = arch_from_model_cfg({**cfg, "init_logit_bias": None, "quick_gelu": True, "custom_text": True})
+    assert (arch.image_size, arch.patch_size, arch.vision_heads, arch.text_heads, arch.quick_gelu) == (
+        32,
+        8,
+        2,
+        2,
+        True,
+    )
+
+
 class PickledArgs:
     """An object pickled beside the tensors (as some training scripts save `args`): refused by weights_only=True."""
 

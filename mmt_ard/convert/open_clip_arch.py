@@ -137,6 +137,11 @@ _WHAT = {
 }
 
 
+def _is_default(value, default) -> bool:
+    # open_clip tests these options for truth (`if vision_cfg.timm_model_name:`), so "", None and False are all off
+    return value == default or (not default and not value)
+
+
 def _square(where: str, name: str, value) -> int:
     if isinstance(value, (list, tuple)):
         if len(set(value)) != 1:
@@ -162,17 +167,17 @@ def arch_from_model_cfg(model_cfg: dict, source: str = "open_clip_config.json") 
             f"{sorted(model_cfg) if isinstance(model_cfg, dict) else type(model_cfg).__name__}."
         )
     for key, default in _MODEL_REFUSED.items():
-        if model_cfg.get(key, default) != default:
+        if not _is_default(model_cfg.get(key, default), default):
             raise _unsupported(source, key, model_cfg[key], _WHAT.get(key, ""))
     vision = dict(model_cfg["vision_cfg"])
     text = dict(model_cfg.get("text_cfg") or {})
     if isinstance(vision.get("layers"), (list, tuple)):
         raise _unsupported(source, "vision_cfg.layers", vision["layers"], "a ResNet image tower")
     for key, default in _VISION_REFUSED.items():
-        if vision.get(key, default) != default:
+        if not _is_default(vision.get(key, default), default):
             raise _unsupported(source, f"vision_cfg.{key}", vision[key], _WHAT.get(key, ""))
     for key, default in _TEXT_REFUSED.items():
-        if text.get(key, default) != default:
+        if not _is_default(text.get(key, default), default):
             raise _unsupported(source, f"text_cfg.{key}", text[key], _WHAT.get(key, ""))
     for cfg, prefix in ((vision, "vision_cfg"), (text, "text_cfg")):
         if cfg.get("block_type") not in (None, "default"):
