@@ -28,7 +28,7 @@ from mmt_ard import Teacher, ZeroShotCLIP, load_clip
 from mmt_ard.convert import KNOWN_ARCHS, arch_from_model_cfg, clip_config, describe_source
 from mmt_ard.tiny import DIGIT_NAMES
 
-TOL = {"atol": 1e-5, "rtol": 1e-5}  # fp32
+TOL = {"atol": 1e-5, "rtol": 0.0}  # fp32, absolute (measured differences: up to 2e-6)
 CLASSES = ["cat", "dog", "airplane", "traffic light", "seven"]
 TEMPLATES = ["a photo of a {}.", "a blurry photo of the {}", "itap of a {}."]
 
