@@ -115,6 +115,14 @@ def _is_hub_id(text: str | None) -> bool:
     return bool(text) and text.count("/") == 1 and not os.path.isabs(text) and not text.startswith((".", "~"))
 
 
+def _model_ref(spec) -> str:
+    """`` `id` ``, or "open_clip checkpoint `hf-hub:org/name`, converted" for a checkpoint `load_clip` converts."""
+    from .convert import describe_source
+
+    described = describe_source(spec)
+    return described if described != spec else f"`{spec}`"
+
+
 def front_matter(results: dict) -> str:
     """YAML front-matter: library, tags, base model, datasets, metrics (parsed by the Hub)."""
     lines = [
@@ -128,6 +136,8 @@ def front_matter(results: dict) -> str:
         tags.append(results["preset"])
     lines += _yaml_list("tags", tags)
     base = results.get("base_model_id") or results.get("base_model")
+    if isinstance(base, str) and base.startswith("hf-hub:"):  # an open_clip repository: the Hub id follows
+        base = base[len("hf-hub:") :]
     if _is_hub_id(base):
         lines.append(f"base_model: {_yaml_scalar(base)}")
     dataset = results.get("dataset", {})
@@ -182,7 +192,12 @@ def render_model_card(results: dict) -> str:
         "images. Pixels are in [0, 1] and normalisation happens inside the model, so attack budgets `eps` are in "
         "[0, 1] pixel units. The text tower is frozen unless `train_text_tower` says otherwise."
     )
-    parts += ["", "## Models", "", f"- **Base model (student before training):** `{results.get('base_model', '-')}`"]
+    parts += [
+        "",
+        "## Models",
+        "",
+        f"- **Base model (student before training):** {_model_ref(results.get('base_model', '-'))}",
+    ]
     if lora:
         parts.append(
             f"- **LoRA:** r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, target modules "
@@ -198,7 +213,7 @@ def render_model_card(results: dict) -> str:
         ]
         for t in teachers:
             parts.append(
-                f"| {t.get('name', '-')} | {t.get('role', '-')} | `{t.get('model', '-')}` | "
+                f"| {t.get('name', '-')} | {t.get('role', '-')} | {_model_ref(t.get('model', '-'))} | "
                 f"`{t.get('processor') or t.get('model', '-')}` | {t.get('input', '-')} | {t.get('match', '-')} | "
                 f"{_value(t.get('coef'))} |"
             )

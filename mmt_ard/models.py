@@ -11,6 +11,7 @@ Every model in MMT-ARD (the student and each teacher) is seen through `ZeroShotC
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -238,25 +239,39 @@ def compute_text_head(clip: nn.Module, tokenizer, class_names: list[str], templa
     return torch.stack(heads)  # (C, D)
 
 
-def load_clip(name_or_path: str, processor_name_or_path: str | None = None, dtype: torch.dtype | None = None):
-    """Load a `CLIPModel` and its processor from a Hub id or a local directory.
+def load_clip(name_or_path: str, processor_name_or_path=None, dtype: torch.dtype | None = None):
+    """Load a `CLIPModel` and its processor: a transformers model, or an open_clip / OpenAI-CLIP checkpoint.
 
     Args:
-        name_or_path: Hub id (e.g. `openai/clip-vit-base-patch32`) or local path of the model.
+        name_or_path: Hub id (e.g. `openai/clip-vit-base-patch32`) or local path of a transformers CLIP; or an
+            open_clip checkpoint, converted without open_clip (`mmt_ard.convert.load_open_clip`): `hf-hub:org/name`,
+            a Hub repository or local folder holding `open_clip_config.json`, a weights file (`.pt`, `.bin`,
+            `.safetensors`, ...), optionally `ViT-B-32@path` to name the architecture of a file without config.
         processor_name_or_path: where the processor lives when the model repository has none
-            (e.g. `LEAF-CLIP/CLIP-ViT-L-FARE2` takes `openai/clip-vit-large-patch14`'s).
+            (e.g. `LEAF-CLIP/CLIP-ViT-L-FARE2` takes `openai/clip-vit-large-patch14`'s), or a processor object, returned
+            as given. For an open_clip checkpoint: where its tokenizer comes from (default: OpenAI's CLIP tokenizer),
+            and for a vision-only file the CLIP it was fine-tuned from, whose text tower completes it.
         dtype: optional dtype to load the weights in.
     """
     from transformers import CLIPModel, CLIPProcessor
 
+    from .convert import hub_repo_has_open_clip_config, is_open_clip_source, load_open_clip
+
+    if is_open_clip_source(name_or_path):
+        return load_open_clip(name_or_path, processor_name_or_path, dtype=dtype)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
         model = CLIPModel.from_pretrained(name_or_path, **kwargs)
     except OSError as err:
+        if not os.path.exists(name_or_path) and hub_repo_has_open_clip_config(name_or_path):
+            return load_open_clip(f"hf-hub:{name_or_path}", processor_name_or_path, dtype=dtype)
         raise OSError(
-            f"Could not load a CLIPModel from `{name_or_path}`: give a Hub id reachable from this machine or a local "
-            f"directory holding config.json and model.safetensors. ({err})"
+            f"Could not load a CLIPModel from `{name_or_path}`: give a Hub id reachable from this machine, a local "
+            "directory holding config.json and model.safetensors, or an open_clip checkpoint (`hf-hub:org/name`, a "
+            f"folder with open_clip_config.json, a weights file). ({err})"
         ) from err
+    if processor_name_or_path is not None and not isinstance(processor_name_or_path, str):
+        return model, processor_name_or_path
     try:
         processor = CLIPProcessor.from_pretrained(processor_name_or_path or name_or_path)
     except OSError as err:

@@ -20,7 +20,8 @@ class Teacher:
     """A frozen teacher of the student.
 
     Args:
-        model: a `CLIPModel`, or a Hub id / local path loaded with `CLIPModel.from_pretrained`.
+        model: a `CLIPModel`, or a Hub id / local path loaded with `load_clip` (a transformers CLIP, or an open_clip /
+            OpenAI-CLIP checkpoint such as `hf-hub:chs20/fare2-clip`, converted).
         role: `robust`, `clean` or `original`; fills the defaults below from the preset (any other name: give all).
         input: the images the teacher sees, `clean` or `adversarial`.
         match: the student output it is matched to, `clean` or `adversarial`.
@@ -29,6 +30,8 @@ class Teacher:
         kl_direction: `teacher_student` (`KL(p_T || p_S)`) or `student_teacher`.
         feature_weight: `lambda_feat` of its feature term (0: none; a learned projection is added if dims differ).
         processor: its `CLIPProcessor` (or a Hub id / path); loaded from `model` when it is a string and this is None.
+            For an open_clip checkpoint: where its tokenizer comes from, or, for a vision-only file, the CLIP it was
+            fine-tuned from (see `load_clip`).
         dtype: `fp32`, `bf16` or `fp16` (default: the config's `teacher_dtype`).
         name: used in logged metrics and loss keys (default: the role).
     """
@@ -82,7 +85,7 @@ def build_teacher_module(teacher: Teacher, logit_scale: float | None) -> ZeroSho
     """Load (if needed) and freeze a teacher: eval mode, `requires_grad=False`, its dtype."""
     model, processor = teacher.model, teacher.processor
     if isinstance(model, str):
-        loaded, loaded_processor = load_clip(model, processor if isinstance(processor, str) else None)
+        loaded, loaded_processor = load_clip(model, processor)  # a processor object is used as given
         model, processor = (
             loaded,
             processor if (processor is not None and not isinstance(processor, str)) else loaded_processor,

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..convert import is_open_clip_source
+from ..convert import parse_source as parse_open_clip_source
 from ..models import ZeroShotCLIP, load_clip
 from .attack_runner import attack_batch, attacks_for, clean_predictions
 from .checks import run_checks
@@ -90,9 +92,9 @@ def load_eval_model(
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if isinstance(model, str):
-        path = resolve_model_path(model) if os.path.isdir(model) else model
-        proc_id = processor if isinstance(processor, str) else None
-        clip, proc = load_clip(path, proc_id, dtype=torch.float32)
+        # an open_clip folder is converted by `load_clip`, not resolved as a CLIPModel folder or a run's output_dir
+        path = resolve_model_path(model) if os.path.isdir(model) and not is_open_clip_source(model) else model
+        clip, proc = load_clip(path, processor, dtype=torch.float32)  # a processor object is used as given
         if processor is not None and not isinstance(processor, str):
             proc = processor
         zs = ZeroShotCLIP(clip, proc, logit_scale=logit_scale)
@@ -216,8 +218,12 @@ def _model_identity(spec) -> str | None:
     """A string that changes when the model's weights change (None: do not cache on disk)."""
     if not isinstance(spec, str):
         return None
+    open_clip = parse_open_clip_source(spec)
+    if open_clip is not None and open_clip.kind == "file":  # a weights file (possibly `ARCH@file`)
+        stat = os.stat(open_clip.location)
+        return f"{spec}|{os.path.abspath(open_clip.location)}|{stat.st_size}:{stat.st_mtime_ns}"
     if os.path.isdir(spec):
-        path = resolve_model_path(spec)
+        path = spec if open_clip is not None else resolve_model_path(spec)
         stats = [
             os.stat(f)
             for f in sorted(glob.glob(os.path.join(path, "*.safetensors")) + glob.glob(os.path.join(path, "*.bin")))
