@@ -21,6 +21,7 @@ those are not errors.
 >>> collate = ImageClassificationCollator(224, class_names=source.class_names)
 >>> batch = collate([ds[0], ds[1]])  # {"pixel_values": (2, 3, 224, 224) in [0,1], "labels": (2,), "sample_id": (2,)}
 """
+
 from __future__ import annotations
 
 import io
@@ -225,7 +226,7 @@ def read_sidecar(files: Sequence[str]) -> dict:
             with open(sidecar, encoding="utf-8") as f:
                 data = json.load(f)
             if not isinstance(data, dict):
-                raise ValueError(f"Sidecar {sidecar!r} holds a {type(data).__name__}: expected {{\"classes\": [...]}}.")
+                raise ValueError(f'Sidecar {sidecar!r} holds a {type(data).__name__}: expected {{"classes": [...]}}.')
             return data
     return {}
 
