@@ -196,6 +196,70 @@ class TestArguments:
             parse_eps("two")
 
 
+class TestPieces:
+    """The application's small library functions, without a run."""
+
+    def test_flags_and_config_path(self):
+        from mmt_ard.cli.config_file import flags_given, split_config_path
+
+        assert flags_given(["--max_steps", "3", "--no_eval_before_training", "--bf16=true", "-x"]) == {
+            "max_steps",
+            "no_eval_before_training",
+            "eval_before_training",
+            "bf16",
+        }
+        assert split_config_path(["run.yaml", "--quick"]) == ("run.yaml", ["--quick"])
+        assert split_config_path(["--quick", "--config=run.json"]) == ("run.json", ["--quick"])
+        assert split_config_path(["--quick"]) == (None, ["--quick"])
+
+    def test_skipped_samples_of_every_process_merge_once(self, tmp_path):
+        from mmt_ard.cli.train_inputs import skip_log_path
+        from mmt_ard.cli.train_report import collect_skipped_samples
+
+        assert collect_skipped_samples(str(tmp_path)) is None  # nothing skipped: no file
+        for rank, names in ((0, ["a.png", "b.png"]), (1, ["b.png", "c.png"])):
+            with open(tmp_path / f"skipped_samples.rank{rank}.jsonl", "w") as f:
+                for name in names:
+                    f.write(json.dumps({"sample": name, "sample_id": None, "reason": "OSError: truncated"}) + "\n")
+        summary = collect_skipped_samples(str(tmp_path))
+        assert summary["count"] == 3 and [s["sample"] for s in summary["samples"]] == ["a.png", "b.png", "c.png"]
+        assert json.loads((tmp_path / "skipped_samples.json").read_text()) == summary
+        assert not list(tmp_path.glob("*.jsonl"))
+        # a new run starts its log afresh; a resumed one keeps it
+        stale = tmp_path / "skipped_samples.rank0.jsonl"
+        stale.write_text("{}\n")
+        config = MMTARDConfig(output_dir=str(tmp_path), bad_samples="skip", report_to="none", use_cpu=True)
+        assert skip_log_path(config) == str(stale) and not stale.exists()
+        stale.write_text("{}\n")
+        config.resume_from_checkpoint = str(tmp_path / "checkpoint-2")
+        assert skip_log_path(config) == str(stale) and stale.exists()
+        config.bad_samples = "raise"
+        assert skip_log_path(config) is None
+
+    def test_push_failure_names_the_fix(self, tmp_path, monkeypatch):
+        import huggingface_hub
+
+        from mmt_ard.cli.publish import HubPushError, push_to_hub
+
+        def refuse(self, *args, **kwargs):
+            raise PermissionError("no token")
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", refuse)
+        with pytest.raises(HubPushError, match="hf upload someone/model") as err:
+            push_to_hub(str(tmp_path), "someone/model")
+        assert "PermissionError: no token" in str(err.value)
+
+    def test_weights_checksum_tells_replicas_apart(self):
+        from mmt_ard.cli.train_report import weights_checksum
+
+        a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        b.load_state_dict(a.state_dict())
+        assert weights_checksum(a) == weights_checksum(b)
+        with torch.no_grad():
+            b.bias[0] += 1e-6
+        assert weights_checksum(a) != weights_checksum(b)
+
+
 class TestEndToEnd:
     def test_local_models_parquet_data(self, assets, tmp_path):
         out = tmp_path / "run"
