@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from _eval_tiny import digits_test, saved_tiny_clip_dir
 
-from mmt_ard.evaluation import robust_eval
 from mmt_ard.cli.evaluate import main, parse_eps
+from mmt_ard.evaluation import robust_eval
 from mmt_ard.evaluation.robust_eval import resolve_model_path
 from mmt_ard.tiny import DIGIT_NAMES
 
@@ -150,7 +150,9 @@ def test_parquet_with_json_sidecar_and_a_custom_prompt(tmp_path, capsys):
     with open(os.path.join(out, "results.json")) as f:
         (result,) = json.load(f)["results"]
     assert (result["dataset"], result["num_samples"], result["num_classes"]) == ("cifar10", 30, 10)
-    assert result["data_meta"]["classnames_source"] == "sidecar" and result["data_meta"]["templates_source"] == "single"
+    assert (
+        result["data_meta"]["classnames_source"] == "sidecar" and result["data_meta"]["templates_source"] == "single"
+    )
     assert result["clean_accuracy"] > 0.6  # the sidecar's digit names with the trained prompt: not CIFAR's names
 
 

@@ -153,9 +153,7 @@ class TestArguments:
         sa, config, _ = run_mmt_ard.parse_args(["--config", str(cfg), "--attack_steps", "4"])
         assert config.attack_steps == 4 and sa.quick
         # no --student: the embedded default's recipe fills what neither the file nor a flag set
-        assert (
-            config.attack_eps == pytest.approx(8 / 255) and config.max_steps == QUICK_DEFAULTS["max_steps"]
-        )
+        assert config.attack_eps == pytest.approx(8 / 255) and config.max_steps == QUICK_DEFAULTS["max_steps"]
         assert config.output_dir == DEFAULT_OUTPUT_DIR
 
     def test_real_model_runs_keep_the_preset_defaults(self):
@@ -218,9 +216,8 @@ class TestPieces:
 
         assert collect_skipped_samples(str(tmp_path)) is None  # nothing skipped: no file
         for rank, names in ((0, ["a.png", "b.png"]), (1, ["b.png", "c.png"])):
-            with open(tmp_path / f"skipped_samples.rank{rank}.jsonl", "w") as f:
-                for name in names:
-                    f.write(json.dumps({"sample": name, "sample_id": None, "reason": "OSError: truncated"}) + "\n")
+            records = [{"sample": name, "sample_id": None, "reason": "OSError: truncated"} for name in names]
+            (tmp_path / f"skipped_samples.rank{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         summary = collect_skipped_samples(str(tmp_path))
         assert summary["count"] == 3 and [s["sample"] for s in summary["samples"]] == ["a.png", "b.png", "c.png"]
         assert json.loads((tmp_path / "skipped_samples.json").read_text()) == summary
@@ -498,7 +495,6 @@ class TestEmbedded:
         assert [r["robust_accuracy"] for r in second["robustness"]["rows"]] == [
             r["robust_accuracy"] for r in first["robustness"]["rows"]
         ]
-
 
     def test_save_steps_alone_writes_checkpoints(self, tmp_path):
         args = ["--quick", "--save_steps", "2", "--output_dir", str(tmp_path / "run"), "--disable_tqdm", "true"]

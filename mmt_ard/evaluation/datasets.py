@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data import decode_image, find_columns, open_image_source, short_name
+from ..data import class_names_with_source, decode_image, find_columns, open_image_source, short_name
 from ..known_datasets import DEFAULT_TEMPLATES, HUB_IDS, TEMPLATES, known_dataset, normalize_template
 
 __all__ = ["EvalData", "load_eval_data", "load_user_meta", "short_name", "source_id", "subset_indices"]
@@ -182,11 +182,10 @@ def load_eval_data(
     if hasattr(spec, "column_names") and hasattr(spec, "select"):  # a datasets.Dataset
         display = name or getattr(getattr(spec, "info", None), "dataset_name", None) or "dataset"
         image_col, label_col = find_columns(spec)
-        feature = spec.features.get(label_col) if getattr(spec, "features", None) else None
-        names = _meta(user_meta, display, "classnames") or list(getattr(feature, "names", None) or [])
-        rows, n_total, indices = _select_rows(spec, image_col, label_col, num_samples, seed)
-        selection = (rows, indices, n_total, image_size)
-        return _finish(display, selection, names, None, "in-memory Dataset", templates, single_template, user_meta, {})
+        names, _ = class_names_with_source(spec, label_col, _meta(user_meta, display, "classnames"))
+        selection = _select_rows(spec, image_col, label_col, num_samples, seed)
+        args = (display, selection, image_size, names, None, "in-memory Dataset")
+        return _finish(*args, templates, single_template, user_meta, {})
 
     if not isinstance(spec, str):
         raise TypeError(f"Dataset spec of type {type(spec).__name__}: pass a path, a Hub id, a name or an EvalData.")
@@ -207,11 +206,12 @@ def load_eval_data(
     names, origin = source.class_names, source.class_names_source
     if origin == "folder names":
         names = [c.replace("_", " ") for c in names]
-    rows, n_total, indices = _select_rows(source.dataset, source.image_column, source.label_column, num_samples, seed)
+    selection = _select_rows(source.dataset, source.image_column, source.label_column, num_samples, seed)
     info = {"format": source.format, "classnames_source": "user json" if origin == "class_names" else origin}
     return _finish(
         display,
-        (rows, indices, n_total, image_size),
+        selection,
+        image_size,
         names,
         source.known,
         source.location,
@@ -246,19 +246,20 @@ def _templates_for(display, key, mode, single, user_meta, extra: list[str] | Non
     return list(DEFAULT_TEMPLATES), "default"
 
 
-def _select_rows(ds, image_col: str, label_col: str, num_samples, seed) -> tuple[dict, int, list[int]]:
-    """The seeded subset of a `datasets.Dataset`: `({"image": [...], "label": [...]}, N, indices)`."""
+def _select_rows(ds, image_col: str, label_col: str, num_samples, seed) -> tuple[dict, list[int], int]:
+    """The seeded subset of a `datasets.Dataset`: `({"image": [...], "label": [...]}, indices, N)`."""
     n_total = len(ds)
     indices = subset_indices(n_total, num_samples, seed)
     sub = ds.select(indices)
     if hasattr(sub, "with_format"):
         sub = sub.with_format(None)
-    return {"image": sub[image_col], "label": sub[label_col]}, n_total, indices
+    return {"image": sub[image_col], "label": sub[label_col]}, indices, n_total
 
 
 def _finish(
     display,
     selection,
+    image_size,
     class_names,
     key,
     source,
@@ -268,7 +269,7 @@ def _finish(
     extra_meta,
     dataset_templates=None,
 ) -> EvalData:
-    rows, indices, n_total, image_size = selection
+    rows, indices, n_total = selection
     if not class_names:
         raise ValueError(
             f"Dataset {display!r} ({source}) has no class names (its label column is not a ClassLabel and no sidecar "
