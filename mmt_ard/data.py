@@ -73,7 +73,10 @@ def _pick_split(available: dict, split: str, where: str, any_split: bool) -> tup
         return split, available[split]
     if any_split and len(available) == 1:
         return next(iter(available.items()))
-    raise ValueError(f"Split {split!r} is not in {where!r}: it has {sorted(available)}. Pick one of them.")
+    raise ValueError(
+        f"Split {split!r} is not in {where!r}: it has {sorted(available)}. Pick one of them (`--train_split` / "
+        "`--eval_split` in training, `--split` in mmt-ard-eval)."
+    )
 
 
 def _data_files_by_split(root: str) -> dict[str, list[str]]:
