@@ -1,7 +1,7 @@
 """The paper's recipe at its real shapes on one GPU: images/s, model FLOPs utilisation, phases, memory, hours.
 
 For each preset (`mmt-ard`, `single-teacher`, `tecoa`) and batch size (256, 512) it trains random-init CLIPs of the
-paper's shapes (ViT-B/32 student, ViT-L/14 teachers; `_common.SIZES["vit-b32"]`) through `MMTARDTrainer` exactly as a
+paper's shapes (ViT-B/32 student, ViT-L/14 teachers; `harness.SIZES["vit-b32"]`) through `MMTARDTrainer` exactly as a
 user builds it, with the library's default settings (`precision="auto"`: bf16 on a bf16-capable GPU), PGD-10 at 2/255
 with sign momentum. Each (preset, batch) runs in its own subprocess (`throughput.py`'s worker), so peak memory is its
 own. Per run it reports:
@@ -30,7 +30,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import SIZES, machine_info
+from harness import SIZES, machine_info
 from throughput import PHASES, _run_one
 
 PRESETS = ("mmt-ard", "single-teacher", "tecoa")

@@ -37,7 +37,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (
+from harness import (
     TensorImageDataset,
     balanced_split,
     build_clip,

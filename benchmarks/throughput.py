@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import SIZES, TensorImageDataset, build_clip, count_params, machine_info, maxrss_mib, sync
+from harness import SIZES, TensorImageDataset, build_clip, count_params, machine_info, maxrss_mib, sync
 
 CONTENDERS = ["bare", "mmt-ard", "single-teacher", "tecoa", "fare", "pmg-aft"]
 EXTRA_CONTENDERS = ["mtard", "mmt-ard-sigmoid"]  # selectable with --contenders

@@ -1,14 +1,15 @@
 """The embedded default: tiny CLIP teachers and student on scikit-learn's digits, trained offline in minutes.
 
-`examples/run_mmt_ard.py` with no model arguments runs this recipe (method.md section 8), every phase through
-`MMTARDTrainer`:
+`mmt-ard-train` (or `examples/run_mmt_ard.py`) with no model arguments runs this recipe (method.md section 8), every
+phase through `MMTARDTrainer`:
 
 1. clean teacher: a `teacher_width`-wide tiny CLIP trained with zero-shot CE on clean images (`tecoa` preset with
    `attack_steps=0`);
 2. robust teacher: a copy of the clean teacher fine-tuned with zero-shot CE on PGD examples (`tecoa` preset), the
    way real robust teachers are made (a robust teacher trained adversarially from scratch stays weak here);
 3. student: a narrower tiny CLIP trained clean (`tecoa`, `attack_steps=0`): the "pre-trained" model to robustify;
-4. (in the script) MMT-ARD distillation of the student from both teachers (`mmt-ard` preset).
+4. (in `mmt_ard.cli.train`) MMT-ARD distillation of the student from both teachers (`mmt-ard` preset, with the
+   settings of `DISTILLATION_DEFAULTS`; `--quick` shortens every phase: `QUICK_*`).
 
 Phases 1-3 are cached under `cache_dir/<fingerprint of the recipe>/` and reused by later runs. Images are the 1797
 bundled 8x8 digits upsampled to `image_size` (1438 train / 359 test, a fixed seeded split).
@@ -35,6 +36,29 @@ logger = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "mmt_ard", "embedded")
 RECIPE_VERSION = 2  # bump when the training code of the phases changes what a recipe produces
 PHASES = ("clean_teacher", "robust_teacher", "student")
+
+# The distillation phase (method.md section 8), as defaults of the command: a config file or a flag wins.
+DISTILLATION_DEFAULTS = {
+    "preset": "mmt-ard",
+    "max_steps": 200,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 128,
+    "learning_rate": 5e-4,
+    "warmup_steps": 0.05,
+    "attack_eps": 8 / 255,
+    "attack_steps": 5,
+    "attack_step_size": 2 / 255,
+    "eval_attack_eps": 8 / 255,
+    "eval_attack_steps": 10,
+    "eval_attack_step_size": 2 / 255,
+    "logging_steps": 25,
+    "save_strategy": "no",
+    "report_to": "none",
+}
+# `--quick`: the same pipeline with a handful of steps (smoke tests, CI); distinct cache entries
+QUICK_DEFAULTS = {"max_steps": 4, "eval_attack_steps": 3, "logging_steps": 2}
+QUICK_RECIPE = {"clean_steps": 4, "robust_steps": 3, "student_steps": 4}
+QUICK_MAX_EVAL_SAMPLES = 64
 
 
 @dataclass

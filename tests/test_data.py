@@ -14,12 +14,17 @@ from PIL import Image
 from mmt_ard.data import (
     BadSampleError,
     ImageClassificationCollator,
+    decode_image,
+    find_columns,
     load_image,
     load_image_dataset,
+    open_image_source,
     prepare_dataset,
     read_class_names_file,
+    read_skip_logs,
     resolve_class_names,
 )
+from mmt_ard.known_datasets import CLASS_NAMES, known_dataset
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -146,6 +151,79 @@ class TestClassNames:
             resolve_class_names(ds, "label", class_names=["p", "q", "r"])
 
 
+class TestOneLoader:
+    """`open_image_source`: what training and evaluation both read (columns, class names, known datasets)."""
+
+    def test_sidecar_names_a_parquet_file_without_classlabel(self, tmp_path):
+        path = write_parquet(tmp_path / "cifar10.parquet", good_rows())
+        (tmp_path / "cifar10.json").write_text(json.dumps({"name": "CIFAR-10", "classes": CLASSES}))
+        source = open_image_source(path, "test")
+        assert (source.class_names, source.class_names_source) == (CLASSES, "sidecar")
+        assert (source.name, source.known, source.format) == ("cifar10", "cifar10", "parquet")
+        assert (source.image_column, source.label_column) == ("image", "label") and len(source.dataset) == 6
+        # explicit names win over the sidecar; a names file too
+        assert open_image_source(path, class_names=["a", "b", "c"]).class_names_source == "class_names"
+
+    def test_known_name_supplies_class_names_when_the_data_have_none(self, tmp_path):
+        path = write_parquet(tmp_path / "cifar10_test.parquet", good_rows())  # the shared/data naming, no sidecar
+        source = open_image_source(path)
+        assert source.known == "cifar10" and source.class_names_source == "built-in"
+        assert source.class_names == list(CLASS_NAMES["cifar10"])
+        plain = open_image_source(write_parquet(tmp_path / "mine.parquet", good_rows()))
+        assert plain.known is None and plain.class_names is None
+        with pytest.raises(ValueError, match="JSON sidecar"):
+            resolve_class_names(plain.dataset, "label")
+
+    def test_known_dataset_matching(self):
+        assert known_dataset("cifar10") == "cifar10" and known_dataset("CIFAR-100") == "cifar100"
+        assert known_dataset("cifar10_test") == "cifar10" and known_dataset("imagenet-r") == "imagenet-r"
+        assert known_dataset("clip-benchmark/wds_vtab-pets") == "pets"
+        assert known_dataset("digits") is None and known_dataset("") is None and known_dataset("cifar") is None
+
+    def test_folder_of_parquet_files_with_sidecars_and_splits(self, tmp_path):
+        folder = tmp_path / "data"
+        folder.mkdir()
+        write_parquet(folder / "train-00000-of-00001.parquet", good_rows(6))
+        write_parquet(folder / "test-00000-of-00001.parquet", good_rows(3))
+        (folder / "test-00000-of-00001.json").write_text(json.dumps({"classes": CLASSES}))
+        test = open_image_source(str(folder), "test")
+        assert len(test.dataset) == 3 and test.class_names == CLASSES  # the JSON file is not read as data
+        assert len(load_image_dataset(str(folder), "train")) == 6
+        with pytest.raises(ValueError, match="Split 'validation' is not in"):
+            load_image_dataset(str(folder), "validation", any_split=True)  # two splits: no guessing
+
+    def test_single_split_folder_serves_any_split_when_asked(self, tmp_path):
+        for name in ("ant", "bee"):
+            (tmp_path / "imgs" / name).mkdir(parents=True)
+            rgb_image().save(tmp_path / "imgs" / name / "0.png")
+        with pytest.raises(ValueError, match="Split 'test' is not in"):
+            load_image_dataset(str(tmp_path / "imgs"), "test")  # training: a missing split is an error
+        source = open_image_source(str(tmp_path / "imgs"), "test", any_split=True)
+        assert source.format == "imagefolder" and source.class_names == ["ant", "bee"]
+        assert source.class_names_source == "folder names"
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(ValueError, match="no parquet file"):
+            load_image_dataset(str(tmp_path / "empty"), "train")
+
+    def test_find_columns(self):
+        import datasets
+
+        ds = datasets.Dataset.from_dict({"img": [b"x"], "fine_label": [0], "other": [1]})
+        assert find_columns(ds) == ("img", "fine_label")
+        with pytest.raises(ValueError, match="--image_column"):
+            find_columns(ds, image_column="image")
+        with pytest.raises(ValueError, match="need an image column"):
+            find_columns(datasets.Dataset.from_dict({"x": [1]}))
+
+    def test_decode_keeps_encoded_images_in_uint8(self):
+        image = rgb_image((16, 16))
+        pixels = decode_image(png_bytes(image), 16)
+        assert pixels.dtype == torch.uint8 and torch.equal(pixels, torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        assert torch.equal(load_image(png_bytes(image), 16), pixels.float() / 255)
+        floats = torch.rand(3, 16, 16)
+        assert torch.equal(decode_image(floats, 16), floats)
+
+
 class TestPrepare:
     def test_subset_is_seeded_and_keeps_source_ids(self, parquet_file):
         ds = load_image_dataset(parquet_file, "train")
@@ -265,6 +343,28 @@ class TestCollator:
         assert batch["sample_id"].tolist() == [0]
         assert collate.num_skipped == 6 and len(collate.skipped) == 6
         assert "corrupt.png" in caplog.text and "6 skipped so far" in caplog.text
+
+    def test_skip_counts_each_sample_once_and_logs_it_to_a_file(self, tmp_path):
+        rows = [dict(r, sample_id=i) for i, r in enumerate(self._bad_rows())]
+        log = tmp_path / "skips.jsonl"
+        collate = ImageClassificationCollator(8, CLASSES, bad_samples="skip", skip_log=str(log))
+        for _ in range(3):  # three epochs over the same samples
+            collate(rows)
+        assert collate.num_skipped == 6
+        # a copy in a DataLoader worker (or another rank) appends to its own log; the merge counts each sample once
+        worker = ImageClassificationCollator(8, CLASSES, bad_samples="skip", skip_log=str(tmp_path / "w.jsonl"))
+        worker(rows[:3])
+        merged = read_skip_logs([str(log), str(tmp_path / "w.jsonl")])
+        assert len(log.read_text().splitlines()) == 6 and len(merged) == 6
+        assert any("corrupt.png" in name for name in merged) and all(merged.values())
+        assert "sample_id=3" in " ".join(merged)
+
+    def test_skips_without_any_identity_are_counted_per_read(self):
+        collate = ImageClassificationCollator(8, CLASSES, bad_samples="skip")
+        good = {"image": png_bytes(rgb_image()), "label": 0}
+        for _ in range(2):
+            collate([good, {"image": b"junk", "label": 0}])
+        assert collate.num_skipped == 2  # nothing tells the two reads apart: both count
 
     def test_all_bad_batch_raises_even_when_skipping(self):
         collate = ImageClassificationCollator(8, CLASSES, bad_samples="skip")

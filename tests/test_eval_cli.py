@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from _eval_tiny import digits_test, saved_tiny_clip_dir
 
+from mmt_ard.cli.evaluate import main, parse_eps
 from mmt_ard.evaluation import robust_eval
-from mmt_ard.evaluation.cli import main, parse_eps
 from mmt_ard.evaluation.robust_eval import resolve_model_path
 from mmt_ard.tiny import DIGIT_NAMES
 
@@ -61,7 +61,7 @@ ROBUSTVLM_SMALL = ["--protocol", "robustvlm", "--n-iter", "10", "--num-samples",
 
 def test_help_of_the_console_script():
     script = os.path.join(os.path.dirname(sys.executable), "mmt-ard-eval")
-    cmd = [script, "--help"] if os.path.isfile(script) else [sys.executable, "-m", "mmt_ard.evaluation.cli", "--help"]
+    cmd = [script, "--help"] if os.path.isfile(script) else [sys.executable, "-m", "mmt_ard.cli.evaluate", "--help"]
     out = subprocess.run(
         cmd, capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
@@ -118,6 +118,60 @@ def test_end_to_end_robustvlm_on_local_data(tmp_path, local_data, capsys):
     with open(os.path.join(out, "robustness.png"), "rb") as f:
         png = f.read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def _write_png_parquet(path, n: int) -> str:
+    """The first `n` held-out digits as raw PNG bytes + int64 labels (no ClassLabel): the format of shared/data."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    x, y = digits_test(n)
+    pngs = []
+    for img in x:
+        buf = io.BytesIO()
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    pq.write_table(pa.table({"image": pa.array(pngs, pa.binary()), "label": pa.array(y.tolist(), pa.int64())}), path)
+    return str(path)
+
+
+def test_parquet_with_json_sidecar_and_a_custom_prompt(tmp_path, capsys):
+    """`--datasets path/to/cifar10.parquet` reads its class names from `cifar10.json`; `--templates` takes a prompt."""
+    data = _write_png_parquet(tmp_path / "cifar10.parquet", 40)
+    (tmp_path / "cifar10.json").write_text(json.dumps({"name": "digits", "classes": list(DIGIT_NAMES)}))
+    out = str(tmp_path / "eval")
+    args = ["--models", saved_tiny_clip_dir(), "--datasets", data, "--templates", "a photo of the digit {}"]
+    args += ["--eps", "2/255", "--attacks", "pgd", "--pgd-steps", "3", "--num-samples", "30", "--no-checks"]
+    assert main([*args, "--output-dir", out, "--no-progress"]) == 0
+    assert "prompt 'a photo of the digit {}'" in capsys.readouterr().out
+    with open(os.path.join(out, "results.json")) as f:
+        (result,) = json.load(f)["results"]
+    assert (result["dataset"], result["num_samples"], result["num_classes"]) == ("cifar10", 30, 10)
+    assert (
+        result["data_meta"]["classnames_source"] == "sidecar" and result["data_meta"]["templates_source"] == "single"
+    )
+    assert result["clean_accuracy"] > 0.6  # the sidecar's digit names with the trained prompt: not CIFAR's names
+
+
+def test_known_name_without_class_names_uses_the_built_in_ones(tmp_path):
+    """No sidecar, no ClassLabel: a file named like a known set takes its built-in names and prompt ensemble."""
+    from mmt_ard.evaluation import load_eval_data
+    from mmt_ard.known_datasets import CLASS_NAMES, TEMPLATES
+
+    data = load_eval_data(_write_png_parquet(tmp_path / "cifar10_test.parquet", 12), image_size=16, num_samples=6)
+    assert data.name == "cifar10_test" and data.class_names == list(CLASS_NAMES["cifar10"])
+    assert data.meta["classnames_source"] == "built-in" and data.templates == list(TEMPLATES["cifar10"])
+    with pytest.raises(ValueError, match="sidecar"):
+        load_eval_data(_write_png_parquet(tmp_path / "mine.parquet", 4), image_size=16, num_samples=4)
+
+
+def test_templates_flag_rejects_a_prompt_without_a_slot(capsys):
+    with pytest.raises(SystemExit):
+        main(["--models", "m", "--templates", "a photo"])
+    assert "'{}' for the class name" in capsys.readouterr().err
 
 
 def test_resume_skips_finished_datasets(tmp_path, local_data, monkeypatch, capsys):

@@ -149,8 +149,8 @@ class TestData:
         # in-memory data keep their own templates
         mem = load_eval_data(EvalData("cifar10", x, y, list(DIGIT_NAMES), ["{}"]), image_size=16, num_samples=5)
         assert len(mem) == 5 and mem.templates == ["{}"]
-        from mmt_ard.evaluation.templates import CLASS_NAMES
-        from mmt_ard.evaluation.templates import TEMPLATES as BUILTIN
+        from mmt_ard.known_datasets import CLASS_NAMES
+        from mmt_ard.known_datasets import TEMPLATES as BUILTIN
 
         assert len(BUILTIN["imagenet"]) == 80 and len(CLASS_NAMES["cifar100"]) == 100
 

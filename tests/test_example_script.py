@@ -1,10 +1,12 @@
-"""examples/run_mmt_ard.py end to end on tiny local models and parquet data, offline, mostly in-process via `main()`."""
+"""The training application (`mmt_ard.cli.train`) end to end on tiny local models and parquet data, offline: mostly
+in-process through `examples/run_mmt_ard.py`'s imports, and as the script and the `mmt-ard-train` command."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import fields
@@ -15,7 +17,9 @@ import torch
 from PIL import Image
 
 from mmt_ard import MMTARDConfig
+from mmt_ard.cli.train_args import DEFAULT_OUTPUT_DIR, parse_eps
 from mmt_ard.data import BadSampleError
+from mmt_ard.embedded import QUICK_DEFAULTS, QUICK_MAX_EVAL_SAMPLES
 from mmt_ard.tiny import build_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +70,11 @@ def assets(tmp_path_factory):
         processor.save_pretrained(root / name)
         paths[name] = str(root / name)
     return paths
+
+
+def run(argv: list[str]) -> dict:
+    """What `python examples/run_mmt_ard.py ARGV` does, in-process: parse, then `main`."""
+    return run_mmt_ard.main(*run_mmt_ard.parse_args(argv))
 
 
 def base_args(assets, out, *extra) -> list[str]:
@@ -144,10 +153,8 @@ class TestArguments:
         sa, config, _ = run_mmt_ard.parse_args(["--config", str(cfg), "--attack_steps", "4"])
         assert config.attack_steps == 4 and sa.quick
         # no --student: the embedded default's recipe fills what neither the file nor a flag set
-        assert (
-            config.attack_eps == pytest.approx(8 / 255) and config.max_steps == run_mmt_ard.QUICK_DEFAULTS["max_steps"]
-        )
-        assert config.output_dir == run_mmt_ard.DEFAULT_OUTPUT_DIR
+        assert config.attack_eps == pytest.approx(8 / 255) and config.max_steps == QUICK_DEFAULTS["max_steps"]
+        assert config.output_dir == DEFAULT_OUTPUT_DIR
 
     def test_real_model_runs_keep_the_preset_defaults(self):
         _, config, _ = run_mmt_ard.parse_args(["--student", "x/y"])
@@ -165,19 +172,95 @@ class TestArguments:
         with pytest.raises(ValueError, match="Two config files"):
             run_mmt_ard.parse_args([str(bad), "--config", str(lst)])
 
+    def test_save_steps_alone_turns_step_checkpoints_on(self, tmp_path):
+        """The embedded default's `save_strategy="no"` is a default: an explicit `save_steps` / `save_total_limit`
+        without a strategy asks for step checkpoints, as in a plain `TrainingArguments`; an explicit strategy wins."""
+        assert run_mmt_ard.parse_args([])[1].save_strategy == "no"
+        _, config, _ = run_mmt_ard.parse_args(["--save_steps", "10"])
+        assert config.save_strategy == "steps" and config.save_steps == 10
+        assert run_mmt_ard.parse_args(["--save_total_limit", "2"])[1].save_strategy == "steps"
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text("save_steps: 5\n")
+        assert run_mmt_ard.parse_args([str(cfg)])[1].save_strategy == "steps"
+        assert run_mmt_ard.parse_args(["--save_steps", "10", "--save_strategy", "no"])[1].save_strategy == "no"
+        assert run_mmt_ard.parse_args(["--save_steps", "10", "--save_strategy", "epoch"])[1].save_strategy == "epoch"
+
     def test_eps_parsing(self):
-        assert run_mmt_ard.parse_eps("2/255") == pytest.approx(2 / 255)
-        assert run_mmt_ard.parse_eps("0.01") == pytest.approx(0.01)
+        assert parse_eps("2/255") == pytest.approx(2 / 255)
+        assert parse_eps("0.01") == pytest.approx(0.01)
         with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
-            run_mmt_ard.parse_eps("300/255")
+            parse_eps("300/255")
         with pytest.raises(ValueError, match="not a number"):
-            run_mmt_ard.parse_eps("two")
+            parse_eps("two")
+
+
+class TestPieces:
+    """The application's small library functions, without a run."""
+
+    def test_flags_and_config_path(self):
+        from mmt_ard.cli.config_file import flags_given, split_config_path
+
+        assert flags_given(["--max_steps", "3", "--no_eval_before_training", "--bf16=true", "-x"]) == {
+            "max_steps",
+            "no_eval_before_training",
+            "eval_before_training",
+            "bf16",
+        }
+        assert split_config_path(["run.yaml", "--quick"]) == ("run.yaml", ["--quick"])
+        assert split_config_path(["--quick", "--config=run.json"]) == ("run.json", ["--quick"])
+        assert split_config_path(["--quick"]) == (None, ["--quick"])
+
+    def test_skipped_samples_of_every_process_merge_once(self, tmp_path):
+        from mmt_ard.cli.train_inputs import skip_log_path
+        from mmt_ard.cli.train_report import collect_skipped_samples
+
+        assert collect_skipped_samples(str(tmp_path)) is None  # nothing skipped: no file
+        for rank, names in ((0, ["a.png", "b.png"]), (1, ["b.png", "c.png"])):
+            records = [{"sample": name, "sample_id": None, "reason": "OSError: truncated"} for name in names]
+            (tmp_path / f"skipped_samples.rank{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        summary = collect_skipped_samples(str(tmp_path))
+        assert summary["count"] == 3 and [s["sample"] for s in summary["samples"]] == ["a.png", "b.png", "c.png"]
+        assert json.loads((tmp_path / "skipped_samples.json").read_text()) == summary
+        assert not list(tmp_path.glob("*.jsonl"))
+        # a new run starts its log afresh; a resumed one keeps it
+        stale = tmp_path / "skipped_samples.rank0.jsonl"
+        stale.write_text("{}\n")
+        config = MMTARDConfig(output_dir=str(tmp_path), bad_samples="skip", report_to="none", use_cpu=True)
+        assert skip_log_path(config) == str(stale) and not stale.exists()
+        stale.write_text("{}\n")
+        config.resume_from_checkpoint = str(tmp_path / "checkpoint-2")
+        assert skip_log_path(config) == str(stale) and stale.exists()
+        config.bad_samples = "raise"
+        assert skip_log_path(config) is None
+
+    def test_push_failure_names_the_fix(self, tmp_path, monkeypatch):
+        import huggingface_hub
+
+        from mmt_ard.cli.publish import HubPushError, push_to_hub
+
+        def refuse(self, *args, **kwargs):
+            raise PermissionError("no token")
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", refuse)
+        with pytest.raises(HubPushError, match="hf upload someone/model") as err:
+            push_to_hub(str(tmp_path), "someone/model")
+        assert "PermissionError: no token" in str(err.value)
+
+    def test_weights_checksum_tells_replicas_apart(self):
+        from mmt_ard.cli.train_report import weights_checksum
+
+        a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        b.load_state_dict(a.state_dict())
+        assert weights_checksum(a) == weights_checksum(b)
+        with torch.no_grad():
+            b.bias[0] += 1e-6
+        assert weights_checksum(a) != weights_checksum(b)
 
 
 class TestEndToEnd:
     def test_local_models_parquet_data(self, assets, tmp_path):
         out = tmp_path / "run"
-        results = run_mmt_ard.main(
+        results = run(
             base_args(assets, out, "--eval_eps", "2/255", "4/255", "--eval_teachers", "--max_eval_samples", "12")
         )
         for name in ("model.safetensors", "config.json", "processor_config.json", "README.md", "results.json"):
@@ -222,7 +305,7 @@ class TestEndToEnd:
             "1e-2",
         )
         adapter_dir = tmp_path / "adapter"
-        results = run_mmt_ard.main(base_args(assets, adapter_dir, *common))
+        results = run(base_args(assets, adapter_dir, *common))
         assert (adapter_dir / "adapter_model.safetensors").is_file() and not (
             adapter_dir / "model.safetensors"
         ).exists()
@@ -230,7 +313,7 @@ class TestEndToEnd:
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
         assert "vision_model" in str(config["target_modules"])  # the text tower gets no adapters
         merged_dir = tmp_path / "merged"
-        run_mmt_ard.main(base_args(assets, merged_dir, *common, "--save_merged"))
+        run(base_args(assets, merged_dir, *common, "--save_merged"))
         assert (merged_dir / "model.safetensors").is_file() and (
             merged_dir / "lora_adapter" / "adapter_model.safetensors"
         ).is_file()
@@ -255,7 +338,7 @@ class TestEndToEnd:
             "someone/robust-tiny",
         )
         with pytest.raises(run_mmt_ard.HubPushError, match="Nothing is lost") as err:
-            run_mmt_ard.main(args)
+            run(args)
         assert "someone/robust-tiny" in str(err.value) and str(out) in str(err.value)
         for name in ("model.safetensors", "processor_config.json", "README.md", "results.json"):
             assert (out / name).is_file(), name
@@ -291,7 +374,7 @@ class TestEndToEnd:
 
         # datasets sleeps 5 s whenever a shuffled parquet stream is closed (an Arrow thread-shutdown workaround)
         monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
-        results = run_mmt_ard.main(
+        results = run(
             base_args(
                 assets,
                 tmp_path / "stream",
@@ -312,12 +395,17 @@ class TestEndToEnd:
     def test_bad_samples_policy(self, assets, tmp_path):
         args = ["--train_files", assets["bad"], "--eval_split", "none", "--max_steps", "2"]
         with pytest.raises(BadSampleError, match="sample_id=8"):
-            run_mmt_ard.main(base_args(assets, tmp_path / "raise", *args, "--per_device_train_batch_size", "9"))
-        results = run_mmt_ard.main(
+            run(base_args(assets, tmp_path / "raise", *args, "--per_device_train_batch_size", "9"))
+        results = run(
             base_args(assets, tmp_path / "skip", *args, "--per_device_train_batch_size", "9", "--bad_samples", "skip")
         )
-        assert results["dataset"]["skipped"] >= 1
-        assert "Bad samples skipped:** " in (tmp_path / "skip" / "README.md").read_text()
+        # row 8 is read three times (the teacher-confidence report and two steps of 9) and counted once
+        assert results["dataset"]["skipped"] == 1
+        assert "Bad samples skipped:** 1" in (tmp_path / "skip" / "README.md").read_text()
+        skipped = json.loads((tmp_path / "skip" / "skipped_samples.json").read_text())
+        assert skipped["count"] == 1 and skipped["samples"][0]["sample"] == "sample_id=8"
+        assert "UnidentifiedImageError" in skipped["samples"][0]["reason"]
+        assert not list((tmp_path / "skip").glob("skipped_samples.rank*.jsonl"))  # the per-process logs are merged
 
     def test_imagefolder_with_corrupt_grayscale_and_rgba_images(self, assets, tmp_path):
         """A folder of mixed modes trains (grayscale/RGBA/palette converted); a corrupt file is named or skipped."""
@@ -341,15 +429,17 @@ class TestEndToEnd:
             return argv[:i] + argv[i + 2 :]  # the folder, not the parquet files, is the training data
 
         with pytest.raises(BadSampleError, match="broken.png"):
-            run_mmt_ard.main(folder_args(tmp_path / "raise"))
-        results = run_mmt_ard.main(folder_args(tmp_path / "skip", "--bad_samples", "skip"))
+            run(folder_args(tmp_path / "raise"))
+        results = run(folder_args(tmp_path / "skip", "--bad_samples", "skip"))
         assert results["dataset"]["num_train"] == 19  # 18 images in three modes + the broken file
-        assert results["dataset"]["skipped"] >= 1 and results["training"]["steps"] == 2  # counted per occurrence
+        assert results["dataset"]["skipped"] == 1 and results["training"]["steps"] == 2  # once, though read 3 times
+        (entry,) = json.loads((tmp_path / "skip" / "skipped_samples.json").read_text())["samples"]
+        assert "broken.png" in entry["sample"]
         assert (tmp_path / "skip" / "model.safetensors").is_file()
 
     def test_user_errors(self, assets, tmp_path):
         with pytest.raises(ValueError, match="needs `--clean_teacher`"):
-            run_mmt_ard.main(
+            run(
                 [
                     "--student",
                     assets["student"],
@@ -362,9 +452,9 @@ class TestEndToEnd:
                 ]
             )
         with pytest.raises(ValueError, match="--max_steps"):
-            run_mmt_ard.main(base_args(assets, tmp_path, "--streaming", "--max_steps", "-1"))
+            run(base_args(assets, tmp_path, "--streaming", "--max_steps", "-1"))
         with pytest.raises(ValueError, match="No training data"):
-            run_mmt_ard.main(["--student", assets["student"], "--preset", "tecoa", "--output_dir", str(tmp_path)])
+            run(["--student", assets["student"], "--preset", "tecoa", "--output_dir", str(tmp_path)])
 
 
 class TestEmbedded:
@@ -379,14 +469,14 @@ class TestEmbedded:
             "--disable_tqdm",
             "true",
         ]
-        first = run_mmt_ard.main(args)
+        first = run(args)
         assert [r["model"] for r in first["robustness"]["rows"]] == [
             "robust teacher",
             "clean teacher",
             "student (before)",
             "student (after)",
         ]
-        assert all(r["num_clean"] == run_mmt_ard.QUICK_MAX_EVAL_SAMPLES for r in first["robustness"]["rows"])
+        assert all(r["num_clean"] == QUICK_MAX_EVAL_SAMPLES for r in first["robustness"]["rows"])
         assert not any("reused" in v for v in first["training"]["phases"].values())
         assert (tmp_path / "emb" / "model.safetensors").is_file()
         card = (tmp_path / "emb" / "README.md").read_text()
@@ -399,12 +489,43 @@ class TestEmbedded:
             "robust_teacher",
             "student",
         ]
-        second = run_mmt_ard.main(args[:2] + [str(tmp_path / "emb2")] + args[3:])
+        second = run(args[:2] + [str(tmp_path / "emb2")] + args[3:])
         assert all("reused from the cache" in v for v in second["training"]["phases"].values())
         # same cached models, same seeds: the same table
         assert [r["robust_accuracy"] for r in second["robustness"]["rows"]] == [
             r["robust_accuracy"] for r in first["robustness"]["rows"]
         ]
+
+    def test_save_steps_alone_writes_checkpoints(self, tmp_path):
+        args = ["--quick", "--save_steps", "2", "--output_dir", str(tmp_path / "run"), "--disable_tqdm", "true"]
+        run(args + ["--embedded_cache_dir", str(tmp_path / "cache")])
+        assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    def test_console_command_prints_the_same_table_as_the_example(self, tmp_path, capsys):
+        """`mmt-ard-train --quick` (setup.cfg's console script) runs the same application as
+        `examples/run_mmt_ard.py --quick`: the same embedded default gives the same table."""
+        command = shutil.which("mmt-ard-train", path=os.path.dirname(sys.executable))
+        assert command, "no `mmt-ard-train` next to this Python: install the package with `pip install -e .`"
+
+        def table(printed: str) -> list[str]:
+            return [line for line in printed.splitlines() if line.startswith(("|", "student at eps"))]
+
+        common = ["--quick", "--disable_tqdm", "true", "--embedded_cache_dir", str(tmp_path / "cache")]
+        run([*common, "--output_dir", str(tmp_path / "example")])
+        expected = table(capsys.readouterr().out)
+        assert len(expected) == 2 + 4 + 1  # header, rule, four models, the student's before -> after
+        proc = subprocess.run(
+            [command, *common, "--output_dir", str(tmp_path / "command")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(tmp_path),  # not the repository: the installed command needs nothing from it
+            check=False,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert table(proc.stdout) == expected
+        assert (tmp_path / "command" / "model.safetensors").is_file()
 
 
 class TestDocs:
@@ -424,7 +545,7 @@ class TestDocs:
         with open(os.path.join(REPO, "docs", "quickstart.md"), encoding="utf-8") as f:
             text = f.read()
         flags = {m for m in __import__("re").findall(r"--([a-z0-9_]+)", text)}
-        parser = run_mmt_ard.build_parser()
+        parser = run_mmt_ard.make_parser()
         known = {a.dest for a in parser._actions} | {
             "config_file",
             "num_processes",

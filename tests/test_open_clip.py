@@ -455,7 +455,7 @@ def test_teacher_from_an_open_clip_folder(
 
 def test_mmt_ard_eval_on_an_open_clip_folder(trained_open_clip_dir, tmp_path):
     """`mmt-ard-eval --models <open_clip folder> --processor <folder>` evaluates the converted model."""
-    from mmt_ard.evaluation.cli import main
+    from mmt_ard.cli.evaluate import main
 
     data = tmp_path / "digits"
     _write_image_folder(data, 40)

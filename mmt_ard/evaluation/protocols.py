@@ -19,6 +19,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from ..known_datasets import normalize_template
+
 ATTACKS = ("pgd", "apgd-ce", "apgd-t", "apgd-dlr")
 NORMS = ("linf", "l2")
 TEMPLATE_MODES = ("ensemble", "single")
@@ -86,7 +88,8 @@ class Protocol:
         num_samples: samples per dataset (a seeded random subset); `None` uses the whole split.
         dataset_num_samples: per-dataset overrides of `num_samples`, e.g. `{"imagenet": 5000}`.
         datasets: default datasets when none are given.
-        templates: `ensemble` (per-dataset prompt ensemble) or `single` (`single_template` only).
+        templates: `ensemble` (per-dataset prompt ensemble) or `single` (`single_template` only); a custom prompt
+            with `{}` (or `{c}`) for the class name stands for `single` with that prompt.
         single_template: the template of `templates="single"`.
         logit_scale: fixed zero-shot logit scale (100 as CLIP); `None` uses each model's own `logit_scale.exp()`.
         seed: seed of the subset and of the attacks' random starts.
@@ -145,6 +148,8 @@ class Protocol:
             self.datasets = (self.datasets,)
         self.datasets = tuple(self.datasets)
         self.modified = tuple(self.modified)
+        if self.templates not in TEMPLATE_MODES and ("{}" in self.templates or "{c}" in self.templates):
+            self.templates, self.single_template = "single", normalize_template(self.templates)  # a custom prompt
         self.validate()
 
     def validate(self) -> None:
@@ -171,7 +176,10 @@ class Protocol:
         if self.num_samples is not None and self.num_samples < 1:
             raise ValueError(f"`num_samples`={self.num_samples} must be >= 1 (or None for the whole split).")
         if self.templates not in TEMPLATE_MODES:
-            raise ValueError(f"`templates`={self.templates!r}: use one of {list(TEMPLATE_MODES)}.")
+            raise ValueError(
+                f"`templates`={self.templates!r}: use one of {list(TEMPLATE_MODES)} or a prompt with '{{}}' for the "
+                "class name."
+            )
         if "{}" not in self.single_template:
             raise ValueError(f"`single_template`={self.single_template!r} needs one '{{}}' for the class name.")
         if self.logit_scale is not None and self.logit_scale <= 0:

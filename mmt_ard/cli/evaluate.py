@@ -1,4 +1,5 @@
-"""`mmt-ard-eval`: robust zero-shot accuracy of CLIP models on image-classification sets.
+"""`mmt-ard-eval`: robust zero-shot accuracy of CLIP models on image-classification sets (the command; the library
+is `mmt_ard.evaluation`).
 
 Example (the MMT-ARD / FARE protocol on two local sets, resumable):
 
@@ -15,7 +16,7 @@ import argparse
 import sys
 from fractions import Fraction
 
-from .protocols import ATTACKS, NORMS, PROTOCOLS, TEMPLATE_MODES
+from ..evaluation.protocols import ATTACKS, NORMS, PROTOCOLS, TEMPLATE_MODES
 
 
 def parse_eps(text: str) -> list[float]:
@@ -29,6 +30,16 @@ def parse_eps(text: str) -> list[float]:
         except (ValueError, ZeroDivisionError) as err:
             raise argparse.ArgumentTypeError(f"--eps {part!r}: write budgets as 2/255 or 0.00784.") from err
     return values
+
+
+def parse_templates(text: str) -> str:
+    """`ensemble`, `single`, or a custom prompt with one `{}` (or `{c}`) for the class name."""
+    if text in TEMPLATE_MODES or "{}" in text or "{c}" in text:
+        return text
+    raise argparse.ArgumentTypeError(
+        f"--templates {text!r}: use one of {list(TEMPLATE_MODES)} or a prompt with '{{}}' for the class name, e.g. "
+        "--templates 'a photo of a {}'."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=False,
         default=None,
-        help="Hub ids, local CLIPModel folders, or training run output_dirs.",
+        help="Hub ids, local CLIPModel folders, training run output_dirs, or open_clip / OpenAI-CLIP checkpoints "
+        "(hf-hub:org/name, a folder with open_clip_config.json, a weights file, ARCH@file; docs/open_clip.md).",
     )
     parser.add_argument(
         "--datasets",
@@ -65,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-target-classes", type=int, default=None, help="APGD-T target classes.")
     parser.add_argument("--pgd-steps", type=int, default=None, help="PGD iterations.")
     parser.add_argument("--pgd-step-size", default=None, help="PGD step (default eps/4), e.g. 1/255.")
-    parser.add_argument("--templates", choices=TEMPLATE_MODES, default=None, help="Prompt ensemble or one prompt.")
+    parser.add_argument(
+        "--templates",
+        type=parse_templates,
+        default=None,
+        help="ensemble (each dataset's prompt ensemble), single (the protocol's one prompt), or a custom prompt "
+        "with {} for the class name, e.g. 'a photo of a {}'.",
+    )
     parser.add_argument("--logit-scale", type=float, default=None, help="Fixed logit scale (protocol: 100).")
     parser.add_argument("--model-logit-scale", action="store_true", help="Use each model's own logit scale.")
     parser.add_argument("--split", default=None, help="Dataset split.")
@@ -96,10 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {proto.description}; datasets: {', '.join(proto.datasets)}")
         return 0
     if not args.models:
-        parser.error("--models is required (Hub ids, local CLIPModel folders, or training run output_dirs).")
+        parser.error(
+            "--models is required (Hub ids, local CLIPModel folders, training run output_dirs, or open_clip checkpoints)."
+        )
 
-    from .protocols import get_protocol
-    from .robust_eval import evaluate_robustness
+    from ..evaluation.protocols import get_protocol
+    from ..evaluation.robust_eval import evaluate_robustness
 
     try:
         eps = [e for text in args.eps for e in parse_eps(text)] if args.eps else None

@@ -1,4 +1,8 @@
-"""Class names and prompt templates of the usual zero-shot sets (data, not code).
+"""Known datasets: class names, prompt templates and Hub copies of the usual zero-shot sets (data, not code).
+
+The data layer (`mmt_ard.data.open_image_source`) looks a dataset up here by name (`known_dataset`): a file
+`cifar10.parquet`, `cifar10_test.parquet`, a sidecar naming "CIFAR-10", or the short name `cifar10` all find the
+`cifar10` entry, which supplies class names when the data carry none, and the prompt ensemble of the evaluation.
 
 The templates are OpenAI CLIP's zero-shot prompts (Radford et al., 2021, "Prompt engineering and ensembling"), in the
 per-dataset form the CLIP benchmark uses; `{}` marks the class name. The built-in class names cover the sets whose
@@ -8,6 +12,8 @@ JSON file.
 """
 
 from __future__ import annotations
+
+import re
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -342,3 +348,32 @@ HUB_IDS: dict[str, str] = {
 def normalize_template(template: str) -> str:
     """Accept the clip-benchmark `{c}` placeholder as well as `{}`."""
     return template.replace("{c}", "{}")
+
+
+# split words that local copies append to a dataset's name (`cifar10_test.parquet`, `imagenette-val`)
+_SPLIT_SUFFIX = re.compile(r"[-_. ](train|test|testing|val|valid|validation|eval)$", re.IGNORECASE)
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def known_dataset(name: str | None) -> str | None:
+    """The key of the built-in tables a dataset name refers to, or None.
+
+    Matches the key itself (`cifar10`), its clip-benchmark Hub id (`clip-benchmark/wds_vtab-pets` -> `pets`), the key
+    with a split word appended (`cifar10_test`), and spellings that differ in case and punctuation (`CIFAR-10`).
+    """
+    if not name:
+        return None
+    keys = set(TEMPLATES) | set(HUB_IDS) | set(CLASS_NAMES)
+    if name in keys:
+        return name
+    for key, hub_id in HUB_IDS.items():
+        if name == hub_id:
+            return key
+    squashed = {_squash(k): k for k in keys}
+    for candidate in (name, _SPLIT_SUFFIX.sub("", name)):
+        if _squash(candidate) in squashed:
+            return squashed[_squash(candidate)]
+    return None

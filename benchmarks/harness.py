@@ -1,13 +1,14 @@
-"""Helpers shared by the benchmarks: model sizes, seeded CLIP construction, image data, small utilities.
+"""The benchmark harness: what the scripts in benchmarks/ share (model sizes, seeded CLIP construction, image data,
+machine facts).
 
 Nothing here touches the network: models are built at random init from configs (`transformers.CLIPConfig`) with the
-word-level tokenizer of `mmt_ard.tiny`, and images come from a local Parquet file (or, with the network, a Hub id).
+word-level tokenizer of `mmt_ard.tiny`, and images are read by the library's data layer (`mmt_ard.data`) from a local
+Parquet file with its JSON sidecar of class names (or, with the network, a Hub id).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import platform
 import resource
@@ -129,8 +130,9 @@ def count_params(model: torch.nn.Module, vision_only: bool = True) -> int:
 def load_image_table(source: str, image_size: int | None = None):
     """Images `(N, 3, S, S)` float32 in [0,1], labels `(N,)` int64 and class names from a Parquet path or a Hub id.
 
-    A Parquet file needs columns `image` (encoded bytes) and `label`; class names come from the `.json` sidecar
-    (`classes`). A Hub id is read with `datasets` (its first split; columns `image`/`img` and `label`/`labels`).
+    Read by `mmt_ard.data.open_image_source`: a Parquet file needs an image column (encoded bytes) and a label
+    column; class names come from its `.json` sidecar (`classes`), a `ClassLabel`, or a known dataset's names. A Hub
+    id is read in its `test` split. Images are resized to `S x S` (bilinear, no crop), as the recorded results were.
     """
     from PIL import Image
 
@@ -139,29 +141,13 @@ def load_image_table(source: str, image_size: int | None = None):
 
         x_tr, y_tr, _x_te, _y_te = load_digits_arrays(image_size or 32, seed=0, test_fraction=0.0)
         return x_tr.contiguous(), y_tr, list(DIGIT_NAMES)
-    if os.path.exists(source):
-        import pyarrow.parquet as pq
+    from mmt_ard.data import open_image_source
 
-        table = pq.read_table(source, columns=["image", "label"])
-        blobs = table.column("image").to_pylist()
-        labels = table.column("label").to_pylist()
-        sidecar = os.path.splitext(source)[0] + ".json"
-        classes = None
-        if os.path.exists(sidecar):
-            with open(sidecar) as f:
-                classes = json.load(f).get("classes")
-        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs]
-    else:
-        import datasets
-
-        ds = datasets.load_dataset(
-            source, split="test" if "test" in datasets.get_dataset_split_names(source) else None
-        )
-        image_col = "image" if "image" in ds.column_names else "img"
-        label_col = "label" if "label" in ds.column_names else "labels"
-        classes = getattr(ds.features[label_col], "names", None)
-        images = [im.convert("RGB") for im in ds[image_col]]
-        labels = list(ds[label_col])
+    table = open_image_source(source, "test", any_split=True)
+    ds = table.dataset.with_format(None)
+    images = [_pil(value).convert("RGB") for value in ds[table.image_column]]
+    labels = list(ds[table.label_column])
+    classes = table.class_names
     if image_size is not None:
         images = [
             im if im.size == (image_size, image_size) else im.resize((image_size, image_size), Image.BILINEAR)
@@ -173,6 +159,17 @@ def load_image_table(source: str, image_size: int | None = None):
     if classes is None:
         classes = [f"class {i}" for i in range(int(y.max()) + 1)]
     return x, y, [str(c) for c in classes]
+
+
+def _pil(value):
+    """A PIL image from encoded bytes, an `{"bytes", "path"}` dict or a PIL image."""
+    from PIL import Image
+
+    if isinstance(value, dict):
+        value = value["bytes"] if value.get("bytes") is not None else value["path"]
+    if isinstance(value, (bytes, bytearray)):
+        return Image.open(io.BytesIO(value))
+    return value if isinstance(value, Image.Image) else Image.open(value)
 
 
 def balanced_split(labels: torch.Tensor, n_train_per_class: int, n_test_per_class: int, seed: int):

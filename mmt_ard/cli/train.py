@@ -1,0 +1,137 @@
+"""`mmt-ard-train`: make a CLIP image encoder adversarially robust with MMT-ARD, evaluate it, save it, push it.
+
+    mmt-ard-train --output_dir runs/digits                       # the embedded default, offline (see embedded.py)
+    mmt-ard-train run.yaml --max_steps 100                       # a YAML/JSON config; flags override it
+    accelerate launch -m mmt_ard.cli.train --student openai/clip-vit-base-patch32 ...   # several processes
+
+`examples/run_mmt_ard.py` runs the same `main`. `mmt-ard-train --help` lists every option (`ScriptArguments` and
+`MMTARDConfig`); docs/quickstart.md and docs/configuration.md describe them. From Python:
+
+>>> script_args, config, explicit = parse_args(["--student", "openai/clip-vit-base-patch32", ...])
+>>> results = main(script_args, config, explicit)   # also written to output_dir/results.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+
+from ..config import MMTARDConfig
+from ..model_card import save_model_card
+from ..trainer import MMTARDTrainer
+from .publish import HubPushError, push_to_hub, save_student
+from .train_args import ScriptArguments, make_parser, parse_args, parse_eps
+from .train_inputs import load_run_inputs
+from .train_report import (
+    collect_results,
+    collect_skipped_samples,
+    pgd_rows,
+    print_summary,
+    rows_before_training,
+    teacher_confidence_report,
+    weights_checksum,
+    write_checksum,
+)
+
+__all__ = ["HubPushError", "ScriptArguments", "cli", "main", "make_parser", "parse_args"]
+
+logger = logging.getLogger("mmt_ard.train")
+
+
+def main(script_args: ScriptArguments, config: MMTARDConfig, explicit: set[str] = frozenset()) -> dict:
+    """Load the models and data, evaluate them, train, evaluate, save, push; returns the results dictionary (also
+    written to `output_dir/results.json`, and rendered as the model card `output_dir/README.md`)."""
+    start = time.perf_counter()
+    sa = script_args
+    _setup(sa, config)
+    push, config.push_to_hub = config.push_to_hub, False  # the Trainer would create the repo at init: push at the end
+    hub_model_id = config.hub_model_id or os.path.basename(os.path.normpath(config.output_dir))
+
+    # models and data: the embedded default (no --student) or the ones the arguments name
+    inputs = load_run_inputs(sa, config)
+    eps_list = [parse_eps(e) for e in sa.eval_eps] if sa.eval_eps else [config.eval_attack_eps]
+    rows = rows_before_training(inputs, sa, config, eps_list)
+
+    # training
+    trainer = MMTARDTrainer(
+        model=inputs.student,
+        args=config,
+        teachers=inputs.teachers,
+        class_names=inputs.class_names,
+        processing_class=inputs.processor,
+        train_dataset=inputs.train_dataset,
+        eval_dataset=inputs.eval_dataset,
+        data_collator=inputs.collator,
+    )
+    confidences = teacher_confidence_report(trainer, inputs.train_dataset, inputs.collator) if inputs.teachers else {}
+    student_module = trainer.accelerator.unwrap_model(trainer.model).student
+    initial_checksum = weights_checksum(student_module)
+    train_result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    if inputs.eval_dataset is not None:
+        rows += pgd_rows(trainer, inputs.eval_dataset, eps_list, "student (after)")
+
+    # saving: the student, its checksums, the skipped samples, results.json and the model card
+    output_dir = config.output_dir
+    saved_as = save_student(trainer, output_dir, lora=sa.lora_r > 0, merged=sa.save_merged)
+    if sa.dump_checksums:
+        write_checksum(output_dir, config, initial_checksum, weights_checksum(student_module))
+    trainer.accelerator.wait_for_everyone()  # every process has read its last sample
+    skipped = collect_skipped_samples(output_dir) if trainer.is_world_process_zero() else None
+    num_skipped = skipped["count"] if skipped else inputs.collator.num_skipped
+    pushed_as = hub_model_id if push else None
+    metrics = train_result.metrics
+    results = collect_results(
+        sa, config, inputs, trainer, metrics, rows, confidences, saved_as, num_skipped, pushed_as
+    )
+    results["training"]["total_wall_clock_s"] = round(time.perf_counter() - start, 1)
+    results["explicit_arguments"] = sorted(explicit)
+    if trainer.is_world_process_zero():
+        save_model_card(results, output_dir)
+        with open(os.path.join(output_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        print_summary(results, output_dir)
+
+    # pushing, once everything is saved
+    if push and trainer.is_world_process_zero():
+        url = push_to_hub(output_dir, hub_model_id, token=config.hub_token, private=config.hub_private_repo)
+        logger.info("Pushed to %s", url)
+        results["pushed_to"] = url
+    return results
+
+
+def _setup(sa: ScriptArguments, config: MMTARDConfig) -> None:
+    """Logging, torch threads (1 for the embedded default's tiny matrices) and the seed."""
+    from transformers import set_seed
+
+    _configure_logging()
+    logger.setLevel(config.get_process_log_level())
+    threads = sa.num_threads or (1 if sa.student is None else None)
+    if threads:
+        torch.set_num_threads(threads)
+    set_seed(config.seed)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The console command: parse, run `main`; exit status 1 when the Hub push fails (everything is saved)."""
+    _configure_logging()  # before parsing: what the parser decides (e.g. step checkpoints turned on) is logged
+    try:
+        main(*parse_args(argv))
+    except HubPushError as err:
+        logger.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # `accelerate launch -m mmt_ard.cli.train ...`
+    sys.exit(cli())
