@@ -174,6 +174,22 @@ def load_full_state_into_sharded(model: nn.Module, state: dict[str, torch.Tensor
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
+def unsharded_copy(clip: nn.Module, sharded_owner: nn.Module, prefix: str) -> nn.Module:
+    """A whole, ordinary copy of a model that FSDP sharded in place, on every process (a collective call).
+
+    Args:
+        clip: the sharded `PreTrainedModel` (its config builds the copy).
+        sharded_owner: the FSDP root module that holds `clip` (e.g. the Trainer's `StudentBundle`).
+        prefix: `clip`'s name in `sharded_owner`'s state dict, with the trailing dot (`"student.clip."`).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(sharded_owner, options=StateDictOptions(full_state_dict=True))
+    copy = type(clip)(clip.config)
+    copy.load_state_dict({k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}, strict=False)
+    return copy.to(next(iter(full.values())).device)
+
+
 def distributed_setup(accelerator) -> str:
     """The setup that really runs, in words: `"FSDP2, 2 processes"`, `"DDP, 2 processes"` or `"single process"`."""
     from accelerate.utils import DistributedType

@@ -70,7 +70,7 @@ def build_trainer(output_dir: str, num_processes: int = 1, lora: bool = False, *
         "save_strategy": "steps",
         "save_steps": 2,
         "logging_steps": 1,
-        "use_cpu": True,
+        "use_cpu": not torch.cuda.is_available(),
         "report_to": "none",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
@@ -119,6 +119,7 @@ def run_case(out: str, num_processes: int, case: str = "full") -> MMTARDTrainer:
     trainer.save_model(os.path.join(out, case, "final"))
     report = {
         "setup": trainer.distributed_setup(),
+        "unsharded_copy_diff": unsharded_copy_diff(trainer, os.path.join(out, case, "final")),
         "eval_before": before,
         "log_history": trainer.state.log_history,
         "sharding": gather_reports(trainer),
@@ -127,6 +128,24 @@ def run_case(out: str, num_processes: int, case: str = "full") -> MMTARDTrainer:
         with open(os.path.join(out, case, "report.json"), "w") as f:
             json.dump(report, f, indent=1)
     return trainer
+
+
+def unsharded_copy_diff(trainer: MMTARDTrainer, final_dir: str) -> float | None:
+    """Max |w - w_saved| of `distributed.unsharded_copy` of the trained student, on every process (plain students)."""
+    import safetensors.torch
+
+    from mmt_ard.distributed import is_sharded, unsharded_copy
+
+    clip = trainer.model.student.clip
+    if not is_sharded(trainer.model) or hasattr(clip, "peft_config"):
+        return None
+    from torch.distributed.tensor import DTensor
+
+    copy = unsharded_copy(clip, trainer.model, prefix="student.clip.")  # collective: every process
+    assert not any(isinstance(p, DTensor) for p in copy.parameters())
+    trainer.accelerator.wait_for_everyone()  # rank 0 has written final_dir
+    saved = safetensors.torch.load_file(os.path.join(final_dir, "model.safetensors"))
+    return max(float((copy.state_dict()[k] - v).abs().max()) for k, v in saved.items())
 
 
 def gather_reports(trainer: MMTARDTrainer) -> list[dict]:

@@ -9,15 +9,12 @@ The same runs in this process with one process and the same global batch are the
 import json
 import os
 import subprocess
-import sys
 
+import fsdp_helper
 import pytest
 import safetensors.torch
 import torch
 from _launch import REPO, two_process_command
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fsdp_helper  # noqa: E402
 
 FSDP_YAML = os.path.join(REPO, "examples", "accelerate_configs", "fsdp.yaml")
 TOL = 1e-5
@@ -118,6 +115,8 @@ def test_fsdp_final_save_is_a_plain_clip_model(runs):
             assert torch.equal(tensor, saved[name]), name
     state = json.loads((final / "mmt_ard_state.json").read_text())
     assert state["distributed_setup"] == "FSDP2, 2 processes"
+    # the whole trained model in memory on every process (what `embedded.train_zero_shot` hands back under FSDP)
+    assert _report(fsdp_dir)["unsharded_copy_diff"] == 0.0
 
 
 @pytest.mark.slow
