@@ -570,8 +570,10 @@ class MMTARDTrainer(Trainer):
             # in DDP (or shard it): the ranks' weights would silently drift apart. Let `train()` prepare it.
             self.model._is_accelerate_prepared = False
         if self.is_fsdp_enabled and not sharded:
-            # CLIP's 0-d `logit_scale` (frozen) stays whole on every rank: `fully_shard` refuses scalars
+            # CLIP's 0-d `logit_scale` (frozen) stays whole on every rank: `fully_shard` refuses scalars, and does
+            # not move what it ignores to the device, so the student goes there first
             ignore_scalar_parameters(self.accelerator.state.fsdp_plugin, self.model)
+            self.model.to(self.args.device)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def evaluation_loop(self, *args, **kwargs):
