@@ -227,10 +227,18 @@ class GlobalBatchWeighting:
         return getattr(self.inner, name)
 
     def _gather(self, confidences: torch.Tensor) -> tuple[torch.Tensor, slice]:
-        """`(K, B)` on this rank -> `(K, B * world)` in rank order, and this rank's columns in it."""
-        b = confidences.shape[1]
-        gathered = self.accelerator.gather(confidences.detach().t().contiguous()).t()  # (K, B * world)
-        start = self.accelerator.process_index * b
+        """`(K, B_r)` on rank r -> `(K, sum_r B_r)` in rank order, and this rank's columns in it.
+
+        Batches may differ in size across ranks (e.g. `bad_samples='skip'` dropped rows): they are padded to the
+        largest for the collective and cut back after it.
+        """
+        k, b = confidences.shape
+        sizes = self.accelerator.gather(torch.tensor([b], device=confidences.device)).tolist()  # (world,)
+        padded = confidences.detach().new_zeros(max(sizes), k)
+        padded[:b] = confidences.detach().t()
+        rows = self.accelerator.gather(padded).view(len(sizes), max(sizes), k)  # (world, B_max, K)
+        gathered = torch.cat([rows[r, :n] for r, n in enumerate(sizes)]).t()  # (K, sum B_r)
+        start = sum(sizes[: self.accelerator.process_index])
         return gathered, slice(start, start + b)
 
     def weights(self, confidences: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:

@@ -64,28 +64,34 @@ class _TwoRankAccelerator:
         self.process_index = process_index
         self.other_conf, self.other_losses = other_conf, other_losses
 
-    def gather(self, t):  # (B, K) rows of this rank -> (2B, K)
-        parts = [t, self.other_conf.t()] if self.process_index == 0 else [self.other_conf.t(), t]
-        return torch.cat(parts)
+    def gather(self, t):
+        if t.dim() == 1:  # this rank's batch size
+            other = torch.tensor([self.other_conf.shape[1]])
+        else:  # (B_max, K) rows, padded
+            other = t.new_zeros(t.shape)
+            other[: self.other_conf.shape[1]] = self.other_conf.t()
+        return torch.cat([t, other] if self.process_index == 0 else [other, t])
 
     def reduce(self, t, reduction="sum"):
         return t + self.other_losses
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "mtard"])
-def test_global_batch_weighting_equals_one_process_on_the_global_batch(name):
+@pytest.mark.parametrize("split", [4, 3])  # equal halves, and 3 + 5 (a rank that dropped bad samples)
+def test_global_batch_weighting_equals_one_process_on_the_global_batch(name, split):
     g = torch.Generator().manual_seed(0)
     coefs = torch.tensor([50.0, 5.0])
     steps = [(torch.rand(2, 8, generator=g), torch.rand(2, generator=g) + 0.5) for _ in range(4)]  # (K, 2B), (K,)
     single = make_weighting(name)
     ranks = [make_weighting(name), make_weighting(name)]
     for conf, losses in steps:
-        halves, loss_halves = (conf[:, :4], conf[:, 4:]), (losses * 0.25, losses * 0.75)  # each rank's share
+        halves, loss_halves = (conf[:, :split], conf[:, split:]), (losses * 0.25, losses * 0.75)  # each rank's share
         expected = single.weights(conf, coefs)
+        columns = (slice(0, split), slice(split, 8))
         for r in (0, 1):
             acc = _TwoRankAccelerator(r, halves[1 - r], loss_halves[1 - r])
             wrapped = GlobalBatchWeighting(ranks[r], acc)
-            torch.testing.assert_close(wrapped.weights(halves[r], coefs), expected[:, 4 * r : 4 * r + 4])
+            torch.testing.assert_close(wrapped.weights(halves[r], coefs), expected[:, columns[r]])
         single.update(conf, losses)
         for r in (0, 1):
             GlobalBatchWeighting(ranks[r], _TwoRankAccelerator(r, halves[1 - r], loss_halves[1 - r])).update(
