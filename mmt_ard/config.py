@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
+from transformers.utils import logging
 
+from .distributed import cpu_multi_process_launch
 from .precision import PRECISIONS, cuda_bf16_available, resolve_precision
 from .presets import ATTACK_LOSSES, PRESETS, get_preset
 from .validation import check_field, check_prompt_templates
 from .weighting import WEIGHTINGS
+
+logger = logging.get_logger(__name__)
 
 TEACHER_DTYPES = ("fp32", "bf16", "fp16")
 BAD_SAMPLE_POLICIES = ("raise", "skip")
@@ -190,6 +194,10 @@ class MMTARDConfig(TrainingArguments):
         self.preset_required_roles = tuple(preset["required_roles"])
         self.preset_make_original = bool(preset.get("make_original", False))
         self.preset_max_teachers = preset.get("max_teachers")
+        if not self.use_cpu and cpu_multi_process_launch():
+            # without it Accelerate sets up no process group and each process trains alone (see `distributed`)
+            logger.info("Several processes launched and no GPU: `use_cpu=True`, they train together on CPU (gloo).")
+            self.use_cpu = True
         super().__post_init__()
         self._validate()
 

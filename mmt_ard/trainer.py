@@ -18,6 +18,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import safetensors.torch
@@ -25,11 +26,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
+from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
 from .attacks import ce_inner_loss, embedding_l2_inner_loss, kl_inner_loss, pgd
 from .checkpointing import last_good_checkpoint, remove_stale_staging, save_checkpoint_atomically
 from .config import MMTARDConfig
+from .distributed import (
+    GlobalBatchWeighting,
+    check_one_process_group,
+    distributed_setup,
+    enable_fsdp_on_cpu,
+    fsdp_requested,
+    ignore_scalar_parameters,
+    is_sharded,
+    load_full_state_into_sharded,
+    needs_global_batch,
+)
 from .losses import TeacherTerm, fused_distillation_loss
 from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
@@ -65,6 +78,13 @@ def _params_frozen(module: nn.Module):
             p.requires_grad_(True)
 
 
+@dataclass
+class StudentOutput(ZeroShotOutput):
+    """`ZeroShotOutput` of the student plus `projected`: teacher name -> `(B, D_k)` embeddings through `P_k`."""
+
+    projected: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class StudentBundle(nn.Module):
     """What the Trainer optimises: the student plus the learned feature projections.
 
@@ -79,8 +99,15 @@ class StudentBundle(nn.Module):
         self.student = student
         self.projections = nn.ModuleDict()
 
-    def forward(self, pixel_values: torch.Tensor, **unused):
-        return self.student(pixel_values)
+    def forward(self, pixel_values: torch.Tensor, **unused) -> StudentOutput:
+        """The student's zero-shot output, plus its embeddings through every projection head `P_k`.
+
+        The heads run inside `forward` so that DDP and FSDP see them as part of the model: used outside it, DDP
+        marks their gradients ready twice and FSDP hands them out as shards.
+        """
+        out = self.student(pixel_values)
+        projected = {name: head(out.image_embeds) for name, head in self.projections.items()}  # name -> (B, D_k)
+        return StudentOutput(logits=out.logits, image_embeds=out.image_embeds, projected=projected)
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False):
         """Checkpoint the student's encoder layers (`activation_checkpointing=True` / `gradient_checkpointing=True`).
@@ -182,6 +209,29 @@ class MMTARDTrainer(Trainer):
         super().__init__(model=bundle, args=args, processing_class=processing_class, **kwargs)
         for module in self.teacher_modules:
             module.to(self.accelerator.device)  # placed by Accelerate, never wrapped, never in the optimizer
+        if self.accelerator.num_processes > 1 and needs_global_batch(self.weighting):
+            self.weighting = GlobalBatchWeighting(self.weighting, self.accelerator)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """`Trainer`'s, then: FSDP kept on CPU process groups, and no training as N separate single-process runs."""
+        super().create_accelerator_and_postprocess()
+        check_one_process_group(self.accelerator)
+        if enable_fsdp_on_cpu(self.accelerator, self.args):
+            self.is_fsdp_enabled = True
+        if fsdp_requested(self.args) and not self.is_fsdp_enabled:
+            logger.warning(
+                f"FSDP was requested but Accelerate set up {self.distributed_setup()!r}: the student is not sharded "
+                "(on CPU, FSDP needs several processes: `accelerate launch --num_processes 2` or more)."
+            )
+        if self.is_fsdp_enabled and self.args.train_text_tower:
+            raise ValueError(
+                "`train_text_tower`=True is not supported under FSDP: the text head is rebuilt outside the sharded "
+                "model's forward. Train the text tower with DDP or one process, or keep it frozen."
+            )
+
+    def distributed_setup(self) -> str:
+        """The distributed setup that really runs, e.g. `"FSDP2, 2 processes"`, `"DDP, 2 processes"`, `"single process"`."""
+        return distributed_setup(self.accelerator)
 
     # ---- construction helpers ----
     @staticmethod
@@ -328,10 +378,10 @@ class MMTARDTrainer(Trainer):
         with self._timed(mode, "teachers", add_to_last=True):  # 3. teachers on adversarial images
             teacher_out.update(self._teachers_on("adversarial", x_adv, inputs, mode))
         with self._timed(mode, "student"):
-            student = self._student_forward(model, x, x_adv, mode)  # 4. one student forward
+            student, projected = self._student_forward(model, x, x_adv, mode)  # 4. one student forward
             conf, weights = self._teacher_weights(teacher_out, y, mode)  # 5. per-teacher per-sample weights
             normalizer, scale = self._normalizer(num_items_in_batch, x.shape[0])
-            losses = self._fused_loss(model, student, teacher_out, weights, y, normalizer)  # 6. the fused loss
+            losses = self._fused_loss(student, projected, teacher_out, weights, y, normalizer)  # 6. the fused loss
         if mode == "train":
             self.weighting.update(conf, losses["per_teacher_kl"])
         self._record(mode, losses, weights, student, teacher_out, y, scale_back=normalizer / x.shape[0])
@@ -379,18 +429,25 @@ class MMTARDTrainer(Trainer):
                 autocast_dtype=autocast_dtype,
             )
 
-    def _student_forward(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, mode: str) -> dict:
-        """The student once over what it is matched on: `{"adversarial": (logits, embeds)[, "clean": ...]}`."""
+    def _student_forward(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, mode: str):
+        """The student once over what it is matched on.
+
+        Returns:
+            `{"adversarial": (logits, embeds)[, "clean": ...]}`, and `{(teacher name, "clean"/"adversarial"):
+            (B, D_k)}` of the embeddings through the projection heads `P_k` (which run inside the forward).
+        """
         args = self.args
         if args.train_text_tower and mode == "train":  # an unfrozen text tower learns through this step's head
             self.accelerator.unwrap_model(model).student.refresh_text_head(grad=True)
         need_clean = args.self_kl_weight > 0 or any(s.match == "clean" for s in self.teacher_specs)
-        out = model(pixel_values=torch.cat([x, x_adv]) if need_clean else x_adv)
+        out = model(pixel_values=torch.cat([x, x_adv]) if need_clean else x_adv)  # rows: [x; x_adv] or x_adv
         b = x.shape[0]
         student = {"adversarial": (out.logits[-b:], out.image_embeds[-b:])}
+        projected = {(name, "adversarial"): feats[-b:] for name, feats in out.projected.items()}
         if need_clean:
             student["clean"] = (out.logits[:b], out.image_embeds[:b])
-        return student
+            projected.update({(name, "clean"): feats[:b] for name, feats in out.projected.items()})
+        return student, projected
 
     def _teacher_weights(self, teacher_out: dict, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Confidences and per-sample weights, both `(K, B)`; warns once when a weight is negative."""
@@ -411,15 +468,14 @@ class MMTARDTrainer(Trainer):
                 self._warn_negative_weights()
         return conf, weights
 
-    def _fused_loss(self, model, student: dict, teacher_out: dict, weights, y, normalizer: float) -> dict:
-        """`fused_distillation_loss` over one `TeacherTerm` per teacher (projections applied to student features)."""
+    def _fused_loss(self, student: dict, projected: dict, teacher_out: dict, weights, y, normalizer: float) -> dict:
+        """`fused_distillation_loss` over one `TeacherTerm` per teacher (projected student features where a head
+        `P_k` exists)."""
         args = self.args
-        projections = self.accelerator.unwrap_model(model).projections
         terms = []
         for i, spec in enumerate(self.teacher_specs):
             s_logits, s_feats = student[spec.match]
-            if spec.name in projections:
-                s_feats = projections[spec.name](s_feats)
+            s_feats = projected.get((spec.name, spec.match), s_feats)
             terms.append(
                 TeacherTerm(
                     name=spec.name,
@@ -502,24 +558,28 @@ class MMTARDTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         x, y = self._check_batch(inputs)
-        student = self.accelerator.unwrap_model(model).student
         args = self.args
-        if args.train_text_tower:
-            student.refresh_text_head(grad=False)
+        if is_sharded(model):  # FSDP: only the sharded model's forward gathers the weights; no gradient sync
+            student, ctx = model, self.accelerator.no_sync(model)
+        else:
+            student, ctx = self.accelerator.unwrap_model(model).student, contextlib.nullcontext()
+            if args.train_text_tower:
+                student.refresh_text_head(grad=False)
         with torch.no_grad():
             clean = student(x).logits
         generator = torch.Generator(device=x.device).manual_seed(args.seed)  # the start is drawn where x lives
-        x_adv = pgd(
-            student,
-            x,
-            ce_inner_loss(y),
-            eps=args.eval_attack_eps,
-            step_size=args.eval_attack_step_size,
-            steps=args.eval_attack_steps,
-            norm=args.attack_norm,
-            random_init=True,
-            generator=generator,
-        )
+        with ctx, torch.autocast(x.device.type, enabled=False):  # evaluation attacks are fp32, whatever the policy
+            x_adv = pgd(
+                student,
+                x,
+                ce_inner_loss(y),
+                eps=args.eval_attack_eps,
+                step_size=args.eval_attack_step_size,
+                steps=args.eval_attack_steps,
+                norm=args.attack_norm,
+                random_init=True,
+                generator=generator,
+            )
         with torch.no_grad():
             adv = student(x_adv).logits
             loss = F.cross_entropy(adv, y)
@@ -539,11 +599,32 @@ class MMTARDTrainer(Trainer):
                     f"`resume_from_checkpoint`=True but {self.args.output_dir!r} holds no complete checkpoint-* folder: "
                     "train from scratch (resume_from_checkpoint=None) or pass a checkpoint path."
                 )
-        if self.model_wrapped is self.model and getattr(self.model, "_is_accelerate_prepared", False):
+        sharded = is_sharded(self.model)
+        if self.model_wrapped is self.model and getattr(self.model, "_is_accelerate_prepared", False) and not sharded:
             # `evaluate()` before `train()` marks the bare model as prepared, and Accelerate would then never wrap it
-            # in DDP: the ranks' weights would silently drift apart. Let `train()` prepare (wrap) it.
+            # in DDP (or shard it): the ranks' weights would silently drift apart. Let `train()` prepare it.
             self.model._is_accelerate_prepared = False
+        if self.is_fsdp_enabled and not sharded:
+            # CLIP's 0-d `logit_scale` (frozen) stays whole on every rank: `fully_shard` refuses scalars, and does
+            # not move what it ignores to the device, so the student goes there first
+            ignore_scalar_parameters(self.accelerator.state.fsdp_plugin, self.model)
+            self.model.to(self.args.device)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def evaluation_loop(self, *args, **kwargs):
+        """`Trainer.evaluation_loop`; under FSDP before `train()`, the student is evaluated as it is, unsharded.
+
+        Accelerate's FSDP2 shards a model only together with its optimizer, which `train()` creates; until then every
+        process holds the whole student, and evaluates its own share of the evaluation set with it.
+        """
+        if not self.is_fsdp_enabled or is_sharded(self.model):
+            return super().evaluation_loop(*args, **kwargs)
+        self.model.to(self.args.device)
+        self.is_fsdp_enabled = False
+        try:
+            return super().evaluation_loop(*args, **kwargs)
+        finally:
+            self.is_fsdp_enabled = True
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write the checkpoint under a temporary name and publish it with one atomic rename."""
@@ -569,7 +650,11 @@ class MMTARDTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         if len(bundle.projections):
-            proj = {k: v.detach().contiguous().cpu() for k, v in bundle.projections.state_dict().items()}
+            if state_dict is not None:  # FSDP: the gathered full weights (the module itself holds shards)
+                proj = {k[len("projections.") :]: v for k, v in state_dict.items() if k.startswith("projections.")}
+            else:
+                proj = bundle.projections.state_dict()
+            proj = {k: v.detach().contiguous().cpu() for k, v in proj.items()}
             safetensors.torch.save_file(proj, os.path.join(output_dir, PROJECTIONS_NAME))
         state = {
             "weighting": self.weighting.state_dict(),
@@ -577,6 +662,7 @@ class MMTARDTrainer(Trainer):
             "bad_steps": self._bad_steps,
             "nonfinite_steps": self._nonfinite_steps,
             "class_names": self.class_names,
+            "distributed_setup": self.distributed_setup(),
             "teachers": [
                 {"name": s.name, "role": s.role, "input": s.input, "match": s.match, "coef": s.coef}
                 for s in self.teacher_specs
@@ -590,10 +676,13 @@ class MMTARDTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Restore the student, the projections and the weighting state written by `_save`."""
         bundle = self.accelerator.unwrap_model(model if model is not None else self.model)
-        load_student_weights(bundle.student.clip, resume_from_checkpoint)
         proj_path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
-        if os.path.isfile(proj_path):
-            bundle.projections.load_state_dict(safetensors.torch.load_file(proj_path))
+        if is_sharded(bundle):  # FSDP: every process reads the full weights and keeps its shards
+            load_full_state_into_sharded(bundle, student_state_in_bundle(bundle, resume_from_checkpoint))
+        else:
+            load_student_weights(bundle.student.clip, resume_from_checkpoint)
+            if os.path.isfile(proj_path):
+                bundle.projections.load_state_dict(safetensors.torch.load_file(proj_path))
         state_path = os.path.join(resume_from_checkpoint, STATE_NAME)
         if os.path.isfile(state_path):
             with open(state_path) as f:
@@ -605,9 +694,53 @@ class MMTARDTrainer(Trainer):
     def _load_best_model(self) -> None:
         """`load_best_model_at_end`: checkpoints hold a plain `CLIPModel`, so load them as `_save` wrote them (the
         Trainer's own loader would put CLIP keys into the bundle's state dict and fail)."""
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if self.is_deepspeed_enabled:
             return super()._load_best_model()
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """`Trainer`'s; under FSDP without its extra full copy of the weights (`model.safetensors` holds them)."""
+        if not self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        from accelerate.utils import save_fsdp_optimizer
+
+        # the full optimizer state gathered from the shards (`optimizer.bin`, read back by the Trainer)
+        save_fsdp_optimizer(
+            self.accelerator.state.fsdp_plugin, self.accelerator, self.optimizer, self.model, output_dir
+        )
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
+
+def student_state_in_bundle(bundle: nn.Module, checkpoint_dir: str) -> dict[str, torch.Tensor]:
+    """The student weights (or LoRA adapter) and projections of a checkpoint, under the bundle's parameter names.
+
+    For loading into a sharded (FSDP) `StudentBundle`, which takes full tensors by name (see
+    `distributed.load_full_state_into_sharded`).
+    """
+    names = {m: n for n, m in bundle.named_modules()}
+    clip = bundle.student.clip
+    base_prefix = names[bundle.student.base] + "."
+    adapter = os.path.join(checkpoint_dir, "adapter_model.safetensors")
+    if os.path.isfile(adapter) and hasattr(clip, "peft_config"):
+        # adapter files drop the adapter's name from the keys (`...lora_A.weight` for `...lora_A.default.weight`)
+        clip_prefix = names[clip] + "."
+        tag = f".{getattr(clip, 'active_adapter', 'default')}."
+        index = {k[len(clip_prefix) :].replace(tag, "."): k for k in bundle.state_dict() if k.startswith(clip_prefix)}
+        saved = safetensors.torch.load_file(adapter)
+        unknown = [k for k in saved if k not in index]
+        if unknown:
+            raise RuntimeError(f"Adapter in {checkpoint_dir!r} does not match the student's adapters: {unknown[:5]}.")
+        state = {index[k]: v for k, v in saved.items()}
+    else:
+        full = os.path.join(checkpoint_dir, "model.safetensors")
+        if not os.path.isfile(full):
+            load_student_weights(clip, checkpoint_dir)  # raises the error that says what is missing
+        state = {base_prefix + k: v for k, v in safetensors.torch.load_file(full).items()}
+    proj_path = os.path.join(checkpoint_dir, PROJECTIONS_NAME)
+    if os.path.isfile(proj_path):
+        state.update({f"projections.{k}": v for k, v in safetensors.torch.load_file(proj_path).items()})
+    return state
 
 
 def load_student_weights(clip: nn.Module, checkpoint_dir: str) -> None:
