@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from mmt_ard import MMTARDConfig
 from mmt_ard.precision import PrecisionPlan, describe, resolve_precision
 
 
