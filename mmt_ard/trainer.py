@@ -32,8 +32,10 @@ from .attacks import ce_inner_loss, embedding_l2_inner_loss, kl_inner_loss, pgd
 from .checkpointing import last_good_checkpoint, remove_stale_staging, save_checkpoint_atomically
 from .config import MMTARDConfig
 from .losses import TeacherTerm, fused_distillation_loss
+from .memory import BatchSizeSearch
 from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
+from .preemption import PreemptionCallback, PreemptionHandler, run_preemptible
 from .teacher_cache import TeacherOutputCache, sample_ids_of
 from .teachers import Teacher, build_teacher_module, frozen_copy
 from .validation import check_batch
@@ -180,6 +182,12 @@ class MMTARDTrainer(Trainer):
         super().__init__(model=bundle, args=args, processing_class=processing_class, **kwargs)
         for module in self.teacher_modules:
             module.to(self.accelerator.device)  # placed by Accelerate, never wrapped, never in the optimizer
+        self._batch_search = BatchSizeSearch(self)  # out-of-memory handling, `auto_find_batch_size` (`memory`)
+        self.add_callback(self._batch_search.callback)
+        self._preemption = None  # SIGTERM/SIGUSR1: save after the step and exit with status 75 (`preemption`)
+        if args.preemption_signals:
+            self._preemption = PreemptionCallback(PreemptionHandler(args.preemption_signals))
+            self.add_callback(self._preemption)
 
     # ---- construction helpers ----
     @staticmethod
@@ -501,7 +509,11 @@ class MMTARDTrainer(Trainer):
 
     # ---- saving and loading ----
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
-        """`Trainer.train`; `resume_from_checkpoint=True` picks the last *complete* checkpoint (see `checkpointing`)."""
+        """`Trainer.train`; `resume_from_checkpoint=True` picks the last *complete* checkpoint (see `checkpointing`).
+
+        A preemption signal (`preemption_signals`) ends it with a checkpoint and `preemption.TrainingPreempted`
+        (`SystemExit` status 75); an out-of-memory error with `memory.TrainingOutOfMemoryError`.
+        """
         if self.args.should_save:
             remove_stale_staging(self.args.output_dir)
         if resume_from_checkpoint is True:
@@ -515,7 +527,11 @@ class MMTARDTrainer(Trainer):
             # `evaluate()` before `train()` marks the bare model as prepared, and Accelerate would then never wrap it
             # in DDP: the ranks' weights would silently drift apart. Let `train()` prepare (wrap) it.
             self.model._is_accelerate_prepared = False
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        return run_preemptible(self, super().train, resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _inner_training_loop(self, batch_size=None, *args, **kwargs):
+        """One attempt of the Trainer's loop; out-of-memory errors are retried or explained (see `memory`)."""
+        return self._batch_search.run_attempt(super()._inner_training_loop, batch_size, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write the checkpoint under a temporary name and publish it with one atomic rename."""

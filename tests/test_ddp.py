@@ -24,6 +24,12 @@ SCRIPT = os.path.join(REPO, "examples", "run_mmt_ard.py")
 
 def _launch_two_processes(port: int, script: str, *script_args: str) -> subprocess.CompletedProcess:
     """`accelerate launch --multi_gpu --num_processes 2 script ...` on CPU (gloo), offline, one thread per rank."""
+    cmd, env = two_process_command(port, script, *script_args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=env, check=False)
+
+
+def two_process_command(port: int, script: str, *script_args: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `_launch_two_processes` (for a `Popen` that the test signals)."""
     exe = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     cmd = [exe, "launch"] if exe else [sys.executable, "-m", "accelerate.commands.launch"]
     cmd += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
@@ -35,7 +41,7 @@ def _launch_two_processes(port: int, script: str, *script_args: str) -> subproce
         "HF_DATASETS_OFFLINE": "1",
         "CUDA_VISIBLE_DEVICES": "",
     }
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=env, check=False)
+    return cmd, env
 
 
 @pytest.mark.slow
