@@ -527,7 +527,9 @@ class MMTARDTrainer(Trainer):
             # `evaluate()` before `train()` marks the bare model as prepared, and Accelerate would then never wrap it
             # in DDP: the ranks' weights would silently drift apart. Let `train()` prepare (wrap) it.
             self.model._is_accelerate_prepared = False
-        return run_preemptible(self, super().train, resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        return run_preemptible(
+            self, super().train, resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs
+        )
 
     def _inner_training_loop(self, batch_size=None, *args, **kwargs):
         """One attempt of the Trainer's loop; out-of-memory errors are retried or explained (see `memory`)."""
