@@ -155,7 +155,9 @@ class MMTARDTrainer(Trainer):
 
         self.teacher_specs = self._resolve_teachers(teachers or [], args, student)
         self.teacher_modules = [
-            build_teacher_module(spec, args.effective_logit_scale) if spec.model is not student else None
+            build_teacher_module(spec, args.effective_logit_scale, device=args.device)
+            if spec.model is not student
+            else None
             for spec in self.teacher_specs
         ]
         for spec, module in zip(self.teacher_specs, self.teacher_modules):
