@@ -10,11 +10,15 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
+from transformers.utils import logging
 
+from .distributed import cpu_multi_process_launch
 from .preemption import DEFAULT_SIGNALS, parse_signals
 from .presets import ATTACK_LOSSES, PRESETS, get_preset
 from .validation import check_field, check_prompt_templates
 from .weighting import WEIGHTINGS
+
+logger = logging.get_logger(__name__)
 
 TEACHER_DTYPES = ("fp32", "bf16", "fp16")
 BAD_SAMPLE_POLICIES = ("raise", "skip")
@@ -181,6 +185,10 @@ class MMTARDConfig(TrainingArguments):
         self.preset_required_roles = tuple(preset["required_roles"])
         self.preset_make_original = bool(preset.get("make_original", False))
         self.preset_max_teachers = preset.get("max_teachers")
+        if not self.use_cpu and cpu_multi_process_launch():
+            # without it Accelerate sets up no process group and each process trains alone (see `distributed`)
+            logger.info("Several processes launched and no GPU: `use_cpu=True`, they train together on CPU (gloo).")
+            self.use_cpu = True
         super().__post_init__()
         self._validate()
 

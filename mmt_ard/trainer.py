@@ -19,6 +19,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import safetensors.torch
@@ -31,6 +32,7 @@ from transformers.utils import logging
 from .attacks import ce_inner_loss, embedding_l2_inner_loss, kl_inner_loss, pgd
 from .checkpointing import last_good_checkpoint, remove_stale_staging, save_checkpoint_atomically
 from .config import MMTARDConfig
+from .distributed import GlobalBatchWeighting, check_one_process_group, distributed_setup, needs_global_batch
 from .losses import TeacherTerm, fused_distillation_loss
 from .memory import BatchSizeSearch
 from .models import ZeroShotCLIP, ZeroShotOutput
@@ -66,6 +68,13 @@ def _params_frozen(module: nn.Module):
             p.requires_grad_(True)
 
 
+@dataclass
+class StudentOutput(ZeroShotOutput):
+    """`ZeroShotOutput` of the student plus `projected`: teacher name -> `(B, D_k)` embeddings through `P_k`."""
+
+    projected: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class StudentBundle(nn.Module):
     """What the Trainer optimises: the student plus the learned feature projections.
 
@@ -80,8 +89,15 @@ class StudentBundle(nn.Module):
         self.student = student
         self.projections = nn.ModuleDict()
 
-    def forward(self, pixel_values: torch.Tensor, **unused):
-        return self.student(pixel_values)
+    def forward(self, pixel_values: torch.Tensor, **unused) -> StudentOutput:
+        """The student's zero-shot output, plus its embeddings through every projection head `P_k`.
+
+        The heads run inside `forward` so that DDP and FSDP see them as part of the model: used outside it, DDP
+        marks their gradients ready twice and FSDP hands them out as shards.
+        """
+        out = self.student(pixel_values)
+        projected = {name: head(out.image_embeds) for name, head in self.projections.items()}  # name -> (B, D_k)
+        return StudentOutput(logits=out.logits, image_embeds=out.image_embeds, projected=projected)
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False):
         """Checkpoint the student's encoder layers (`activation_checkpointing=True` / `gradient_checkpointing=True`).
@@ -190,6 +206,17 @@ class MMTARDTrainer(Trainer):
         if args.preemption_signals:
             self._preemption = PreemptionCallback(PreemptionHandler(args.preemption_signals))
             self.add_callback(self._preemption)
+        if self.accelerator.num_processes > 1 and needs_global_batch(self.weighting):
+            self.weighting = GlobalBatchWeighting(self.weighting, self.accelerator)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """`Trainer`'s, then: FSDP kept on CPU process groups, and no training as N separate single-process runs."""
+        super().create_accelerator_and_postprocess()
+        check_one_process_group(self.accelerator)
+
+    def distributed_setup(self) -> str:
+        """The distributed setup that really runs, e.g. `"FSDP2, 2 processes"`, `"DDP, 2 processes"`, `"single process"`."""
+        return distributed_setup(self.accelerator)
 
     # ---- construction helpers ----
     @staticmethod
@@ -404,12 +431,11 @@ class MMTARDTrainer(Trainer):
                 )
 
             # 6. the fused loss
-            bundle = self.accelerator.unwrap_model(model)
             terms = []
             for i, spec in enumerate(self.teacher_specs):
                 s_logits, s_feats = student[spec.match]
-                if spec.name in bundle.projections:
-                    s_feats = bundle.projections[spec.name](s_feats)
+                if spec.name in out.projected:  # P_k ran in the forward; rows as in `pixels`: [x; x_adv]
+                    s_feats = out.projected[spec.name][:b] if spec.match == "clean" else out.projected[spec.name][-b:]
                 terms.append(
                     TeacherTerm(
                         name=spec.name,
@@ -569,6 +595,7 @@ class MMTARDTrainer(Trainer):
             "bad_steps": self._bad_steps,
             "nonfinite_steps": self._nonfinite_steps,
             "class_names": self.class_names,
+            "distributed_setup": self.distributed_setup(),
             "teachers": [
                 {"name": s.name, "role": s.role, "input": s.input, "match": s.match, "coef": s.coef}
                 for s in self.teacher_specs

@@ -1,17 +1,11 @@
 """The `resume_helper.py` run, as a script that waits for a preemption signal inside a given step.
 
-    python tests/preemption_helper.py train --output_dir OUT --signal_step 5
-    python tests/preemption_helper.py resume --output_dir OUT --checkpoint OUT/checkpoint-5 --reference_dir REF \
-        --dump states.safetensors
+    python tests/preemption_helper.py --output_dir OUT --signal_step 5
 
-`train --signal_step K`: when optimizer step K begins, process 0 writes `<output_dir>/in-step-K` (its pid) and waits
-until its preemption handler has caught a signal (the test sends it), then goes on with the step. Other processes are
-never signalled: they wait for process 0 in the step's gradient all-reduce. Expected: `checkpoint-K`, exit status 75.
-
-`resume`: finishes the run from `--checkpoint`, then trains an uninterrupted reference in `--reference_dir` in the
-same processes, and process 0 writes both final states to `--dump` (keys `resumed/...`, `reference/...`).
-
-Runs single-process, or under `accelerate launch` (each process then trains on its shard of every batch).
+When optimizer step K (`--signal_step`) begins, process 0 writes `<output_dir>/in-step-K` (its pid) and waits until
+its preemption handler has caught a signal (the test sends it), then goes on with the step. Other processes are never
+signalled: they wait for process 0 in the step's gradient all-reduce. Expected: `checkpoint-K`, exit status 75.
+Runs single-process, or under `accelerate launch`; `resume_helper.py --resume` finishes the run.
 """
 
 from __future__ import annotations
@@ -22,6 +16,7 @@ import os
 import sys
 import time
 
+import torch
 from transformers import TrainerCallback
 
 _spec = importlib.util.spec_from_file_location(
@@ -54,34 +49,15 @@ class WaitForSignal(TrainerCallback):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["train", "resume"])
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--signal_step", type=int, default=None)
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--reference_dir", default=None)
-    parser.add_argument("--dump", default=None)
-    parser.add_argument("--feature_weight", type=float, default=None, help="0: no projection heads")
-    parser.add_argument("--preset", default=None)
+    parser.add_argument("--signal_step", type=int, required=True)
     opts = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("feature_weight", opts.feature_weight), ("preset", opts.preset)) if v is not None}
-    if opts.mode == "train":
-        callbacks = [WaitForSignal(opts.signal_step, opts.output_dir)] if opts.signal_step else []
-        os.makedirs(opts.output_dir, exist_ok=True)
-        trainer = helper.build_trainer(opts.output_dir, callbacks, **overrides)
-        for cb in callbacks:
-            cb.trainer = trainer
-        trainer.train()
-        return
-    import safetensors.torch
-
-    resumed = helper.build_trainer(opts.output_dir, **overrides)
-    resumed.train(resume_from_checkpoint=opts.checkpoint)
-    reference = helper.build_trainer(opts.reference_dir, save_strategy="no", **overrides)
-    reference.train()
-    if reference.accelerator.is_main_process:
-        states = {f"resumed/{k}": v for k, v in helper.final_state(resumed).items()}
-        states.update({f"reference/{k}": v for k, v in helper.final_state(reference).items()})
-        safetensors.torch.save_file({k: v.contiguous() for k, v in states.items()}, opts.dump)
+    torch.set_num_threads(1)
+    os.makedirs(opts.output_dir, exist_ok=True)
+    waiter = WaitForSignal(opts.signal_step, opts.output_dir)
+    trainer = helper.build_trainer(opts.output_dir, [waiter])
+    waiter.trainer = trainer
+    trainer.train()
 
 
 if __name__ == "__main__":

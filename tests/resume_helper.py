@@ -5,6 +5,12 @@ As a script it trains and, with `--hang_at_step K`, stops making progress after 
 
     python tests/resume_helper.py --output_dir OUT --hang_at_step 7
 
+Under `accelerate launch` with several processes every rank writes `hung-at-K-rank<R>` (holding its pid) instead;
+`--resume` resumes from the last complete checkpoint and `--dump FILE` has rank 0 write the final weights and the
+weighting state (`final_state` + `weighting`) to FILE (safetensors, the weighting state in its metadata);
+`--reference_dir DIR` then also trains the same run uninterrupted (without checkpoints) in DIR, in the same processes
+(one launch less for a multi-process test), dumped to `DIR/final.safetensors`.
+
 The run is the `mmt-ard-sigmoid` preset (so the weighting strategy has state) with a feature term towards teachers of
 other embedding sizes (so learned projection heads exist), 48 digits at batch 8 (6 steps per epoch, so 8 steps cross
 an epoch boundary), PGD-2 with a random start drawn from the global torch RNG.
@@ -41,7 +47,8 @@ class HangAtStep(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
-            with open(os.path.join(self.output_dir, f"hung-at-{self.step}"), "w") as f:
+            name = f"hung-at-{self.step}" + (f"-rank{args.process_index}" if args.world_size > 1 else "")
+            with open(os.path.join(self.output_dir, name), "w") as f:
                 f.write(str(os.getpid()))
             while True:
                 time.sleep(1)
@@ -98,9 +105,35 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--hang_at_step", type=int, default=None)
+    parser.add_argument("--save_total_limit", type=int, default=None)
+    parser.add_argument("--save_strategy", default="steps")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--dump", default=None)
+    parser.add_argument("--reference_dir", default=None)
     opts = parser.parse_args(argv)
+    torch.set_num_threads(1)
     callbacks = [HangAtStep(opts.hang_at_step, opts.output_dir)] if opts.hang_at_step else []
-    build_trainer(opts.output_dir, callbacks).train()
+    overrides = {"save_strategy": opts.save_strategy, "save_total_limit": opts.save_total_limit}
+    trainer = build_trainer(opts.output_dir, callbacks, **overrides)
+    trainer.train(resume_from_checkpoint=True if opts.resume else None)
+    if opts.dump:
+        dump(trainer, opts.dump)
+    if opts.reference_dir:
+        reference = build_trainer(opts.reference_dir, save_strategy="no")
+        reference.train()
+        dump(reference, os.path.join(opts.reference_dir, "final.safetensors"))
+
+
+def dump(trainer: MMTARDTrainer, path: str) -> None:
+    """Rank 0 writes the final weights, the weighting state and the distributed setup to `path` (safetensors)."""
+    import json
+
+    import safetensors.torch
+
+    if trainer.accelerator.is_main_process:
+        state = {k: v.contiguous() for k, v in final_state(trainer).items()}
+        meta = {"weighting": json.dumps(trainer.weighting.state_dict()), "setup": trainer.distributed_setup()}
+        safetensors.torch.save_file(state, path, metadata=meta)
 
 
 if __name__ == "__main__":

@@ -4,50 +4,24 @@ Each rank trains on its own shard of every batch, so identical weights on both r
 from the start) show that gradients were all-reduced, with the attack running on the unwrapped student. The embedded
 teachers are trained under DDP too (a fresh cache), then cached by rank 0 only.
 
-`accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.x unless MPI is set up; `--multi_gpu`
-on a machine without GPUs starts two processes through torch.distributed, and the script then sets `use_cpu` itself.
+The launcher is `_launch.launch_two_processes` (`accelerate launch --multi_gpu --num_processes 2` on CPU, gloo).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
+from _launch import REPO, launch_two_processes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "run_mmt_ard.py")
-
-
-def _launch_two_processes(port: int, script: str, *script_args: str) -> subprocess.CompletedProcess:
-    """`accelerate launch --multi_gpu --num_processes 2 script ...` on CPU (gloo), offline, one thread per rank."""
-    cmd, env = two_process_command(port, script, *script_args)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=env, check=False)
-
-
-def two_process_command(port: int, script: str, *script_args: str) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of `_launch_two_processes` (for a `Popen` that the test signals)."""
-    exe = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    cmd = [exe, "launch"] if exe else [sys.executable, "-m", "accelerate.commands.launch"]
-    cmd += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    cmd += ["--dynamo_backend", "no", "--main_process_port", str(port), script, *script_args]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    return cmd, env
 
 
 @pytest.mark.slow
 def test_two_process_cpu_ddp_keeps_replicas_in_sync(tmp_path):
     out = tmp_path / "ddp"
-    proc = _launch_two_processes(
+    proc = launch_two_processes(
         29531, SCRIPT, "--quick", "--dump_checksums", "--disable_tqdm", "true",
         "--output_dir", str(out), "--embedded_cache_dir", str(tmp_path / "cache"),
     )  # fmt: skip
@@ -86,7 +60,7 @@ def test_accelerate_configs_load(name, kind):
 def test_evaluate_before_train_still_wraps_in_ddp(tmp_path):
     """`evaluate()` first must not leave the student unwrapped (and the ranks drifting apart) in `train()`."""
     helper = os.path.join(REPO, "tests", "ddp_eval_first_helper.py")
-    proc = _launch_two_processes(29533, helper, str(tmp_path))
+    proc = launch_two_processes(29533, helper, str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["wrapped"] == "DistributedDataParallel" for r in ranks), ranks

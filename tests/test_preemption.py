@@ -14,9 +14,8 @@ import sys
 import time
 
 import pytest
-import safetensors.torch
-import torch
-from test_ddp import REPO, _launch_two_processes, two_process_command
+import safetensors
+from _launch import REPO, launch_two_processes, two_process_command
 from transformers import TrainerCallback
 
 from mmt_ard import MMTARDConfig
@@ -25,7 +24,8 @@ from mmt_ard.preemption import MARKER_NAME, PREEMPTED_EXIT_CODE, PreemptionHandl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREEMPT_HELPER = os.path.join(HERE, "preemption_helper.py")
-_spec = importlib.util.spec_from_file_location("mmt_ard_resume_helper", os.path.join(HERE, "resume_helper.py"))
+HELPER_PATH = os.path.join(HERE, "resume_helper.py")
+_spec = importlib.util.spec_from_file_location("mmt_ard_resume_helper", HELPER_PATH)
 helper = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helper)
 
@@ -59,7 +59,7 @@ def preempted(tmp_path_factory):
     log = os.path.join(str(tmp_path_factory.mktemp("logs")), "stderr.txt")
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, PREEMPT_HELPER, "train", "--output_dir", out, "--signal_step", str(SIGNAL_STEP)],
+            [sys.executable, PREEMPT_HELPER, "--output_dir", out, "--signal_step", str(SIGNAL_STEP)],
             stdout=subprocess.DEVNULL,
             stderr=err,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
@@ -205,13 +205,12 @@ def test_two_process_preemption_agrees_on_the_step_and_resumes_exactly(tmp_path)
     """Rank 0 alone gets SIGTERM inside step 5; both ranks stop after step 5 (the flag is all-reduced), save
     checkpoint-5 and exit 75; a 2-process resume ends bit-identical to an uninterrupted 2-process run.
 
-    `mmt-ard` (stateless confidence weighting) without feature heads: see docs/reliability.md for why.
+    The run of `resume_helper.py`: `mmt-ard-sigmoid` (weighting state on the global batch) with projection heads.
     """
-    out, common = tmp_path / "run", ["--preset", "mmt-ard", "--feature_weight", "0"]
+    out = tmp_path / "run"
     out.mkdir()
     log = tmp_path / "launch.txt"
-    script = [PREEMPT_HELPER, "train", "--output_dir", str(out), "--signal_step", str(SIGNAL_STEP), *common]
-    cmd, env = two_process_command(29541, *script)
+    cmd, env = two_process_command(29541, PREEMPT_HELPER, "--output_dir", str(out), "--signal_step", str(SIGNAL_STEP))
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
@@ -242,15 +241,23 @@ def test_two_process_preemption_agrees_on_the_step_and_resumes_exactly(tmp_path)
     assert is_complete_checkpoint(str(ckpt)) and {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(ckpt))
     assert json.loads((out / MARKER_NAME).read_text())["step"] == SIGNAL_STEP
 
-    dump = tmp_path / "states.safetensors"
-    resume = [PREEMPT_HELPER, "resume", "--output_dir", str(out), "--checkpoint", str(ckpt)]
-    resume += ["--reference_dir", str(tmp_path / "reference"), "--dump", str(dump), *common]
-    done = _launch_two_processes(29543, *resume)
+    # the requeued job: resume from the newest complete checkpoint, then (same launch) the uninterrupted reference
+    resumed_file, reference_dir = tmp_path / "resumed.safetensors", tmp_path / "reference"
+    done = launch_two_processes(
+        29543, HELPER_PATH, "--output_dir", str(out), "--resume", "--dump", str(resumed_file),
+        "--reference_dir", str(reference_dir),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
-    states = safetensors.torch.load_file(str(dump))
-    resumed = {k.split("/", 1)[1]: v for k, v in states.items() if k.startswith("resumed/")}
-    reference = {k.split("/", 1)[1]: v for k, v in states.items() if k.startswith("reference/")}
+    resumed, resumed_meta = _load(resumed_file)
+    reference, reference_meta = _load(reference_dir / "final.safetensors")
     diff = max_abs_diff(resumed, reference)
     print(f"2-process resume from checkpoint-{SIGNAL_STEP} after SIGTERM to rank 0: max |w - w_ref| = {diff:.3g}")
     assert diff <= TOL
-    assert torch.isfinite(torch.cat([v.flatten().float() for v in resumed.values()])).all()
+    assert resumed_meta["weighting"] == reference_meta["weighting"]
+    assert resumed_meta["setup"] == "DDP, 2 processes"
+
+
+def _load(path) -> tuple[dict, dict]:
+    with safetensors.safe_open(str(path), "pt") as f:
+        names = f.keys()
+        return {k: f.get_tensor(k) for k in names}, f.metadata()

@@ -1,0 +1,212 @@
+"""Several processes: which setup really runs, CPU process groups, FSDP2 on CPU, and global-batch weighting.
+
+What goes wrong without this module, each seen in a 2-process run on a machine without GPUs:
+
+* `accelerate launch --multi_gpu --num_processes 2` (or `torchrun`) without `use_cpu=True`: Accelerate finds no GPU,
+  sets up *no* distributed training, and each process trains alone, believes it is the main process and writes the
+  same checkpoint folders as the other one (the first save then fails, one process renaming the staged folder while
+  the other still writes into it). `cpu_multi_process_launch` lets `MMTARDConfig` switch such a launch to CPU (gloo)
+  so that the processes form one group, and `check_one_process_group` refuses to train when they still did not;
+* Accelerate's FSDP plugin is silently dropped on CPU (its state only shards on accelerator devices), so an FSDP
+  config trained with DDP instead. `enable_fsdp_on_cpu` keeps FSDP2 on CPU (gloo), which is how the FSDP path is
+  tested without GPUs;
+* stateful teacher weightings (`sigmoid`, `mtard`) updated on each rank's own shard of the batch drift apart across
+  ranks, differ from a one-process run on the same global batch, and a checkpoint (written by rank 0) cannot resume
+  the other ranks exactly. `GlobalBatchWeighting` feeds them the whole global batch on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher started (`WORLD_SIZE` of torchrun / `accelerate launch`; 1 if none)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def has_accelerator_device() -> bool:
+    """Whether a device Accelerate can form a process group on exists (CUDA/ROCm, XPU, NPU, MLU, MUSA, HPU)."""
+    if torch.cuda.is_available():
+        return True
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return True
+    try:
+        from accelerate.utils import is_mlu_available, is_musa_available, is_npu_available
+
+        return bool(is_npu_available() or is_mlu_available() or is_musa_available())
+    except ImportError:  # pragma: no cover - older accelerate
+        return False
+
+
+def cpu_multi_process_launch() -> bool:
+    """Several processes were launched on a machine without an accelerator: they can only train together on CPU."""
+    return launched_world_size() > 1 and not has_accelerator_device()
+
+
+def check_one_process_group(accelerator) -> None:
+    """Raise if the launched processes did not end up in Accelerate's process group (they would each train alone).
+
+    Args:
+        accelerator: the Trainer's `Accelerator`.
+    """
+    launched = launched_world_size()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        launched = max(launched, torch.distributed.get_world_size())
+    if launched > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"{launched} processes were launched but Accelerate set up no distributed training "
+            f"(distributed_type={accelerator.distributed_type.value}): each process would train alone and they would "
+            "overwrite each other's checkpoints. On a machine without GPUs pass `use_cpu=True` (gloo); with GPUs "
+            "check that every process sees one (CUDA_VISIBLE_DEVICES)."
+        )
+
+
+def fsdp_requested(args) -> bool:
+    """Whether the run asks for FSDP: an Accelerate FSDP config (`ACCELERATE_USE_FSDP`) or `TrainingArguments.fsdp`."""
+    from_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return from_env or getattr(args, "fsdp_plugin_args", None) is not None
+
+
+def enable_fsdp_on_cpu(accelerator, args) -> bool:
+    """Keep FSDP when Accelerate dropped it on a multi-process CPU (gloo) group; returns whether it did.
+
+    Accelerate's `AcceleratorState` only turns an FSDP plugin on for accelerator devices: on `MULTI_CPU` it trains
+    with DDP and says nothing. `torch.distributed.fsdp.fully_shard` itself runs on CPU with gloo, so the plugin is put
+    back in place exactly as Accelerate does on GPUs (same plugin, built from the same environment or arguments).
+
+    Args:
+        accelerator: the Trainer's `Accelerator` (its shared state is changed in place).
+        args: the `MMTARDConfig` (its `fsdp_plugin_args`, when set, build the plugin).
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = accelerator.state
+    if state.distributed_type != DistributedType.MULTI_CPU or not fsdp_requested(args):
+        return False
+    plugin_args = getattr(args, "fsdp_plugin_args", None)
+    plugin = FullyShardedDataParallelPlugin(**plugin_args) if plugin_args else FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError(
+            f"FSDP on CPU needs FSDP2 (`fsdp_version: 2` in the Accelerate config), got version {plugin.fsdp_version}."
+        )
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    logger.info(f"FSDP2 on CPU: {accelerator.num_processes} processes, gloo backend.")
+    return True
+
+
+class _Holder(nn.Module):
+    """Lists parameters for `FullyShardedDataParallelPlugin.ignored_modules` (which takes modules, not parameters)."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        super().__init__()
+        self.held = nn.ParameterList(params)
+
+
+def ignore_scalar_parameters(plugin, model: nn.Module) -> list[str]:
+    """Keep 0-d parameters (CLIP's `logit_scale`) out of FSDP sharding; returns their names.
+
+    `fully_shard` refuses scalar parameters. Ignored parameters stay ordinary, whole tensors on every rank and keep
+    their shape, so a saved model is still a standard `CLIPModel`. They must not train (their gradients would not be
+    synchronised): `MMTARDTrainer` freezes `logit_scale`.
+
+    Args:
+        plugin: the Accelerate `FullyShardedDataParallelPlugin` (its `ignored_modules` gains a holder module).
+        model: the module about to be sharded.
+    """
+    scalars = [(name, p) for name, p in model.named_parameters() if p.dim() == 0]
+    trainable = [name for name, p in scalars if p.requires_grad]
+    if trainable:
+        raise ValueError(
+            f"Scalar parameters {trainable} train, but FSDP cannot shard 0-d parameters and would not synchronise "
+            "their gradients: freeze them (`p.requires_grad_(False)`) or train without FSDP."
+        )
+    if not scalars:
+        return []
+    ignored = plugin.ignored_modules
+    if isinstance(ignored, str):
+        raise TypeError(
+            f"`fsdp_ignored_modules`={ignored!r} (a pattern) cannot be combined with the scalar parameters "
+            f"{[n for n, _ in scalars]} that FSDP must ignore: pass the modules themselves instead of a pattern."
+        )
+    plugin.ignored_modules = [*(ignored or []), _Holder([p for _, p in scalars])]
+    return [name for name, _ in scalars]
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether `model` went through FSDP2's `fully_shard` (its parameters are DTensors held in shards)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch < 2.6
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def distributed_setup(accelerator) -> str:
+    """The setup that really runs, in words: `"FSDP2, 2 processes"`, `"DDP, 2 processes"` or `"single process"`."""
+    from accelerate.utils import DistributedType
+
+    n = accelerator.num_processes
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        version = getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1)
+        return f"FSDP{version if version == 2 else ''}, {n} process{'es' if n > 1 else ''}"
+    if kind == DistributedType.DEEPSPEED:
+        return f"DeepSpeed, {n} process{'es' if n > 1 else ''}"
+    if n > 1:
+        return f"DDP, {n} processes"
+    return "single process"
+
+
+class GlobalBatchWeighting:
+    """A stateful weighting strategy fed the whole global batch on every rank.
+
+    Per-sample weights are elementwise in the confidences once the running statistics are fixed, so computing them
+    on the gathered `(K, B_global)` confidences and keeping this rank's columns gives exactly the one-process values;
+    `update` sees the gathered confidences and the per-teacher losses summed over ranks (each rank's loss is its share
+    of the global batch). Every rank therefore holds the same state, which rank 0 saves and every rank resumes from.
+
+    Args:
+        inner: the `WeightingStrategy`.
+        accelerator: the Trainer's `Accelerator` (its `gather` and `reduce`).
+    """
+
+    def __init__(self, inner, accelerator):
+        self.inner = inner
+        self.accelerator = accelerator
+
+    def __getattr__(self, name):  # name, needs_confidence, state_dict, load_state_dict, ...
+        return getattr(self.inner, name)
+
+    def _gather(self, confidences: torch.Tensor) -> tuple[torch.Tensor, slice]:
+        """`(K, B)` on this rank -> `(K, B * world)` in rank order, and this rank's columns in it."""
+        b = confidences.shape[1]
+        gathered = self.accelerator.gather(confidences.detach().t().contiguous()).t()  # (K, B * world)
+        start = self.accelerator.process_index * b
+        return gathered, slice(start, start + b)
+
+    def weights(self, confidences: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
+        gathered, mine = self._gather(confidences)
+        return self.inner.weights(gathered, coefs)[:, mine].to(confidences)
+
+    def update(self, confidences: torch.Tensor, per_teacher_losses: torch.Tensor) -> None:
+        gathered, _ = self._gather(confidences)
+        losses = self.accelerator.reduce(per_teacher_losses.detach().float(), reduction="sum")
+        self.inner.update(gathered, losses)
+
+
+def needs_global_batch(weighting) -> bool:
+    """Whether a weighting strategy keeps state that depends on the batch (so ranks must see the same one)."""
+    return bool(weighting.state_dict())
