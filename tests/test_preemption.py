@@ -143,6 +143,39 @@ def test_sigusr1_in_process_raises_training_preempted(make_trainer, output_dir):
     assert signal.getsignal(signal.SIGUSR1) is before  # the previous handler is back
 
 
+def _child_pids() -> list[int]:
+    pids = []
+    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+class SignalEveryProcess(TrainerCallback):
+    """Send `sig` to this process and all its children (the dataloader workers) when step `step` begins."""
+
+    def __init__(self, sig, step: int):
+        self.sig, self.step, self.children = sig, step, []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step - 1:
+            self.children = _child_pids()
+            for pid in [*self.children, os.getpid()]:
+                os.kill(pid, self.sig)
+
+
+@pytest.mark.skipif(not os.path.isdir(f"/proc/{os.getpid()}/task"), reason="needs Linux /proc to find the workers")
+def test_dataloader_workers_survive_the_signal(tmp_path):
+    """Slurm's `--signal` reaches every process of the job step, dataloader workers included: they must not die."""
+    out = str(tmp_path / "out")
+    sender = SignalEveryProcess(signal.SIGUSR1, step=2)
+    trainer = helper.build_trainer(out, [sender], dataloader_num_workers=2, save_strategy="no")
+    with pytest.raises(TrainingPreempted) as info:
+        trainer.train()
+    assert len(sender.children) == 2  # both workers were signalled
+    assert info.value.step == 2 and is_complete_checkpoint(os.path.join(out, "checkpoint-2"))
+
+
 def test_signal_after_the_last_step_completes_normally(make_trainer, output_dir):
     trainer = make_trainer("tecoa", max_steps=2)
     trainer.add_callback(SignalAt(signal.SIGTERM, step=None))
