@@ -101,8 +101,11 @@ def enable_fsdp_on_cpu(accelerator, args) -> bool:
         )
     if state.mixed_precision != "no":
         plugin.set_mixed_precision(state.mixed_precision)
+    from accelerate.state import PartialState
+
     state.distributed_type = DistributedType.FSDP
     state.fsdp_plugin = plugin
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as Accelerate does (state.py)
     logger.info(f"FSDP2 on CPU: {accelerator.num_processes} processes, gloo backend.")
     return True
 
@@ -152,6 +155,39 @@ def is_sharded(model: nn.Module) -> bool:
     except ImportError:  # pragma: no cover - torch < 2.6
         return False
     return isinstance(model, FSDPModule)
+
+
+def load_full_state_into_sharded(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load full (unsharded) tensors by name into an FSDP2-sharded `model`; each process keeps its own shards.
+
+    Every process passes the same full tensors (each reads the checkpoint files itself), so nothing is broadcast.
+
+    Args:
+        model: the sharded module.
+        state: parameter name -> full tensor, a subset of `model.state_dict()`'s names.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    unknown = sorted(set(state) - set(model.state_dict()))
+    if unknown:
+        raise RuntimeError(f"The checkpoint holds tensors the model does not have: {unknown[:5]}.")
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def unsharded_copy(clip: nn.Module, sharded_owner: nn.Module, prefix: str) -> nn.Module:
+    """A whole, ordinary copy of a model that FSDP sharded in place, on every process (a collective call).
+
+    Args:
+        clip: the sharded `PreTrainedModel` (its config builds the copy).
+        sharded_owner: the FSDP root module that holds `clip` (e.g. the Trainer's `StudentBundle`).
+        prefix: `clip`'s name in `sharded_owner`'s state dict, with the trailing dot (`"student.clip."`).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(sharded_owner, options=StateDictOptions(full_state_dict=True))
+    copy = type(clip)(clip.config)
+    copy.load_state_dict({k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}, strict=False)
+    return copy.to(next(iter(full.values())).device)
 
 
 def distributed_setup(accelerator) -> str:

@@ -179,9 +179,11 @@ def train_zero_shot(
     """Train `model` with zero-shot CE (clean if `attack_steps == 0`, else TeCoA on PGD examples) via `MMTARDTrainer`.
 
     Returns:
-        `(model, metrics)`: the same (trained, in place) model and the Trainer's train metrics.
+        `(model, metrics)`: the same (trained, in place) model and the Trainer's train metrics; under FSDP, which
+        shards the model in place, a whole copy of the trained model instead.
     """
     from .config import MMTARDConfig
+    from .distributed import is_sharded, unsharded_copy
     from .trainer import MMTARDTrainer
 
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
@@ -211,6 +213,8 @@ def train_zero_shot(
         class_names=class_names or DIGIT_NAMES,
     )
     metrics = trainer.train().metrics
+    if is_sharded(trainer.model):  # FSDP sharded the model in place: every process gets the whole trained model
+        model = unsharded_copy(model, trainer.model, prefix="student.clip.")
     model.eval()
     return model, metrics
 

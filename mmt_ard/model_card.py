@@ -9,7 +9,8 @@ from disk, the network or the trainer. `examples/run_mmt_ard.py` fills the dicti
 * `preset` and `settings`: every attack / loss / weighting field of the config (`MMTARD_SETTING_KEYS`);
 * `lora`: `None`, or `{"r", "alpha", "dropout", "target_modules", "saved"}` (`saved`: `merged` or `adapter`);
 * `dataset`: `{"train", "eval", "num_train", "num_eval", "num_classes", "class_names", "skipped"}`;
-* `training`: `{"steps", "batch_size", "images_per_second", "wall_clock_s", "hardware", "num_processes", ...}`;
+* `training`: `{"steps", "batch_size", "images_per_second", "wall_clock_s", "hardware", "num_processes",
+  "distributed_setup" (optional, `MMTARDTrainer.distributed_setup()`), ...}`;
 * `robustness`: `{"protocol", "rows": [{"model", "attack", "eps", "clean_accuracy", "robust_accuracy",
   "num_clean", "num_robust"}], "notes": [...]}`;
 * `extra_sections`: optional `{title: markdown}` appended before the citation.
@@ -234,6 +235,8 @@ def render_model_card(results: dict) -> str:
     if training.get("total_wall_clock_s") is not None:
         parts.append(f"- **Whole run (data, teachers, evaluation, saving):** {training['total_wall_clock_s']:.1f} s")
     parts.append(f"- **Hardware:** {training.get('hardware', '-')} x {training.get('num_processes', 1)} process(es)")
+    if training.get("distributed_setup"):  # `MMTARDTrainer.distributed_setup()`: what really ran
+        parts.append(f"- **Distributed setup:** {training['distributed_setup']}")
     for key, value in training.get("phases", {}).items():
         parts.append(f"- **{key}:** {value}")
 

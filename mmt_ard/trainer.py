@@ -27,12 +27,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
+from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
 from .attacks import ce_inner_loss, embedding_l2_inner_loss, kl_inner_loss, pgd
 from .checkpointing import last_good_checkpoint, remove_stale_staging, save_checkpoint_atomically
 from .config import MMTARDConfig
-from .distributed import GlobalBatchWeighting, check_one_process_group, distributed_setup, needs_global_batch
+from .distributed import (
+    GlobalBatchWeighting,
+    check_one_process_group,
+    distributed_setup,
+    enable_fsdp_on_cpu,
+    fsdp_requested,
+    ignore_scalar_parameters,
+    is_sharded,
+    load_full_state_into_sharded,
+    needs_global_batch,
+)
 from .losses import TeacherTerm, fused_distillation_loss
 from .memory import BatchSizeSearch
 from .models import ZeroShotCLIP, ZeroShotOutput
@@ -213,6 +224,18 @@ class MMTARDTrainer(Trainer):
         """`Trainer`'s, then: FSDP kept on CPU process groups, and no training as N separate single-process runs."""
         super().create_accelerator_and_postprocess()
         check_one_process_group(self.accelerator)
+        if enable_fsdp_on_cpu(self.accelerator, self.args):
+            self.is_fsdp_enabled = True
+        if fsdp_requested(self.args) and not self.is_fsdp_enabled:
+            logger.warning(
+                f"FSDP was requested but Accelerate set up {self.distributed_setup()!r}: the student is not sharded "
+                "(on CPU, FSDP needs several processes: `accelerate launch --num_processes 2` or more)."
+            )
+        if self.is_fsdp_enabled and self.args.train_text_tower:
+            raise ValueError(
+                "`train_text_tower`=True is not supported under FSDP: the text head is rebuilt outside the sharded "
+                "model's forward. Train the text tower with DDP or one process, or keep it frozen."
+            )
 
     def distributed_setup(self) -> str:
         """The distributed setup that really runs, e.g. `"FSDP2, 2 processes"`, `"DDP, 2 processes"`, `"single process"`."""
@@ -510,24 +533,28 @@ class MMTARDTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         x, y = self._check_batch(inputs)
-        student = self.accelerator.unwrap_model(model).student
         args = self.args
-        if args.train_text_tower:
-            student.refresh_text_head(grad=False)
+        if is_sharded(model):  # FSDP: only the sharded model's forward gathers the weights; no gradient sync
+            student, ctx = model, self.accelerator.no_sync(model)
+        else:
+            student, ctx = self.accelerator.unwrap_model(model).student, contextlib.nullcontext()
+            if args.train_text_tower:
+                student.refresh_text_head(grad=False)
         with torch.no_grad():
             clean = student(x).logits
         generator = torch.Generator().manual_seed(args.seed)
-        x_adv = pgd(
-            student,
-            x,
-            ce_inner_loss(y),
-            eps=args.eval_attack_eps,
-            step_size=args.eval_attack_step_size,
-            steps=args.eval_attack_steps,
-            norm=args.attack_norm,
-            random_init=True,
-            generator=generator,
-        )
+        with ctx:
+            x_adv = pgd(
+                student,
+                x,
+                ce_inner_loss(y),
+                eps=args.eval_attack_eps,
+                step_size=args.eval_attack_step_size,
+                steps=args.eval_attack_steps,
+                norm=args.attack_norm,
+                random_init=True,
+                generator=generator,
+            )
         with torch.no_grad():
             adv = student(x_adv).logits
             loss = F.cross_entropy(adv, y)
@@ -551,10 +578,14 @@ class MMTARDTrainer(Trainer):
                     f"`resume_from_checkpoint`=True but {self.args.output_dir!r} holds no complete checkpoint-* folder: "
                     "train from scratch (resume_from_checkpoint=None) or pass a checkpoint path."
                 )
-        if self.model_wrapped is self.model and getattr(self.model, "_is_accelerate_prepared", False):
+        sharded = is_sharded(self.model)
+        if self.model_wrapped is self.model and getattr(self.model, "_is_accelerate_prepared", False) and not sharded:
             # `evaluate()` before `train()` marks the bare model as prepared, and Accelerate would then never wrap it
-            # in DDP: the ranks' weights would silently drift apart. Let `train()` prepare (wrap) it.
+            # in DDP (or shard it): the ranks' weights would silently drift apart. Let `train()` prepare it.
             self.model._is_accelerate_prepared = False
+        if self.is_fsdp_enabled and not sharded:
+            # CLIP's 0-d `logit_scale` (frozen) stays whole on every rank: `fully_shard` refuses scalars
+            ignore_scalar_parameters(self.accelerator.state.fsdp_plugin, self.model)
         return run_preemptible(
             self, super().train, resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs
         )
@@ -562,6 +593,21 @@ class MMTARDTrainer(Trainer):
     def _inner_training_loop(self, batch_size=None, *args, **kwargs):
         """One attempt of the Trainer's loop; out-of-memory errors are retried or explained (see `memory`)."""
         return self._batch_search.run_attempt(super()._inner_training_loop, batch_size, *args, **kwargs)
+
+    def evaluation_loop(self, *args, **kwargs):
+        """`Trainer.evaluation_loop`; under FSDP before `train()`, the student is evaluated as it is, unsharded.
+
+        Accelerate's FSDP2 shards a model only together with its optimizer, which `train()` creates; until then every
+        process holds the whole student, and evaluates its own share of the evaluation set with it.
+        """
+        if not self.is_fsdp_enabled or is_sharded(self.model):
+            return super().evaluation_loop(*args, **kwargs)
+        self.model.to(self.args.device)
+        self.is_fsdp_enabled = False
+        try:
+            return super().evaluation_loop(*args, **kwargs)
+        finally:
+            self.is_fsdp_enabled = True
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write the checkpoint under a temporary name and publish it with one atomic rename."""
@@ -587,7 +633,11 @@ class MMTARDTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         if len(bundle.projections):
-            proj = {k: v.detach().contiguous().cpu() for k, v in bundle.projections.state_dict().items()}
+            if state_dict is not None:  # FSDP: the gathered full weights (the module itself holds shards)
+                proj = {k[len("projections.") :]: v for k, v in state_dict.items() if k.startswith("projections.")}
+            else:
+                proj = bundle.projections.state_dict()
+            proj = {k: v.detach().contiguous().cpu() for k, v in proj.items()}
             safetensors.torch.save_file(proj, os.path.join(output_dir, PROJECTIONS_NAME))
         state = {
             "weighting": self.weighting.state_dict(),
@@ -609,10 +659,13 @@ class MMTARDTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Restore the student, the projections and the weighting state written by `_save`."""
         bundle = self.accelerator.unwrap_model(model if model is not None else self.model)
-        load_student_weights(bundle.student.clip, resume_from_checkpoint)
         proj_path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
-        if os.path.isfile(proj_path):
-            bundle.projections.load_state_dict(safetensors.torch.load_file(proj_path))
+        if is_sharded(bundle):  # FSDP: every process reads the full weights and keeps its shards
+            load_full_state_into_sharded(bundle, student_state_in_bundle(bundle, resume_from_checkpoint))
+        else:
+            load_student_weights(bundle.student.clip, resume_from_checkpoint)
+            if os.path.isfile(proj_path):
+                bundle.projections.load_state_dict(safetensors.torch.load_file(proj_path))
         state_path = os.path.join(resume_from_checkpoint, STATE_NAME)
         if os.path.isfile(state_path):
             with open(state_path) as f:
@@ -624,9 +677,53 @@ class MMTARDTrainer(Trainer):
     def _load_best_model(self) -> None:
         """`load_best_model_at_end`: checkpoints hold a plain `CLIPModel`, so load them as `_save` wrote them (the
         Trainer's own loader would put CLIP keys into the bundle's state dict and fail)."""
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if self.is_deepspeed_enabled:
             return super()._load_best_model()
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """`Trainer`'s; under FSDP without its extra full copy of the weights (`model.safetensors` holds them)."""
+        if not self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        from accelerate.utils import save_fsdp_optimizer
+
+        # the full optimizer state gathered from the shards (`optimizer.bin`, read back by the Trainer)
+        save_fsdp_optimizer(
+            self.accelerator.state.fsdp_plugin, self.accelerator, self.optimizer, self.model, output_dir
+        )
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
+
+def student_state_in_bundle(bundle: nn.Module, checkpoint_dir: str) -> dict[str, torch.Tensor]:
+    """The student weights (or LoRA adapter) and projections of a checkpoint, under the bundle's parameter names.
+
+    For loading into a sharded (FSDP) `StudentBundle`, which takes full tensors by name (see
+    `distributed.load_full_state_into_sharded`).
+    """
+    names = {m: n for n, m in bundle.named_modules()}
+    clip = bundle.student.clip
+    base_prefix = names[bundle.student.base] + "."
+    adapter = os.path.join(checkpoint_dir, "adapter_model.safetensors")
+    if os.path.isfile(adapter) and hasattr(clip, "peft_config"):
+        # adapter files drop the adapter's name from the keys (`...lora_A.weight` for `...lora_A.default.weight`)
+        clip_prefix = names[clip] + "."
+        tag = f".{getattr(clip, 'active_adapter', 'default')}."
+        index = {k[len(clip_prefix) :].replace(tag, "."): k for k in bundle.state_dict() if k.startswith(clip_prefix)}
+        saved = safetensors.torch.load_file(adapter)
+        unknown = [k for k in saved if k not in index]
+        if unknown:
+            raise RuntimeError(f"Adapter in {checkpoint_dir!r} does not match the student's adapters: {unknown[:5]}.")
+        state = {index[k]: v for k, v in saved.items()}
+    else:
+        full = os.path.join(checkpoint_dir, "model.safetensors")
+        if not os.path.isfile(full):
+            load_student_weights(clip, checkpoint_dir)  # raises the error that says what is missing
+        state = {base_prefix + k: v for k, v in safetensors.torch.load_file(full).items()}
+    proj_path = os.path.join(checkpoint_dir, PROJECTIONS_NAME)
+    if os.path.isfile(proj_path):
+        state.update({f"projections.{k}": v for k, v in safetensors.torch.load_file(proj_path).items()})
+    return state
 
 
 def load_student_weights(clip: nn.Module, checkpoint_dir: str) -> None:

@@ -99,3 +99,28 @@ def test_global_batch_weighting_equals_one_process_on_the_global_batch(name):
         else:
             assert other == value
     assert GlobalBatchWeighting(ranks[0], None).name == name  # the wrapper reads as the strategy it wraps
+
+
+def test_scalar_parameters_are_left_out_of_sharding():
+    from torch import nn
+
+    from mmt_ard.distributed import ignore_scalar_parameters
+    from mmt_ard.tiny import build_tiny_clip
+
+    clip, _ = build_tiny_clip(hidden=32, seed=0)
+    plugin = SimpleNamespace(ignored_modules=None)
+    with pytest.raises(ValueError, match="logit_scale.*freeze them"):  # a trainable scalar would not be synchronised
+        ignore_scalar_parameters(plugin, clip)
+    clip.logit_scale.requires_grad_(False)
+    assert ignore_scalar_parameters(plugin, clip) == ["logit_scale"]
+    (holder,) = plugin.ignored_modules
+    assert [p for p in holder.parameters()] == [clip.logit_scale]  # the parameter itself, its 0-d shape kept
+    assert clip.logit_scale.dim() == 0
+
+    user_module = nn.Linear(2, 2)
+    plugin = SimpleNamespace(ignored_modules=[user_module])
+    ignore_scalar_parameters(plugin, clip)
+    assert plugin.ignored_modules[0] is user_module and len(plugin.ignored_modules) == 2
+    with pytest.raises(TypeError, match="pattern"):
+        ignore_scalar_parameters(SimpleNamespace(ignored_modules="vision_model.*"), clip)
+    assert ignore_scalar_parameters(SimpleNamespace(ignored_modules=None), nn.Linear(2, 2)) == []

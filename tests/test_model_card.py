@@ -139,6 +139,10 @@ def test_body_has_models_recipe_data_cost(results):
         assert f"| `{key}` |" in card, key
     assert "| `attack_eps` | 2/255 (0.0078) |" in card
     assert "| `weighting` | confidence |" in card
+    assert "Distributed setup" not in card  # optional: only when the results carry it
+
+    results["training"]["distributed_setup"] = "FSDP2, 8 processes"
+    assert "- **Distributed setup:** FSDP2, 8 processes" in render_model_card(results)
 
 
 def test_robustness_table_and_protocol(results):
