@@ -14,6 +14,7 @@ from transformers.trainer_utils import SchedulerType
 from transformers.utils import logging
 
 from .distributed import cpu_multi_process_launch
+from .preemption import DEFAULT_SIGNALS, parse_signals
 from .precision import PRECISIONS, cuda_bf16_available, resolve_precision
 from .presets import ATTACK_LOSSES, PRESETS, get_preset
 from .validation import check_field, check_prompt_templates
@@ -62,6 +63,7 @@ FIELD_KINDS = {
     "max_bad_steps": "int",
     "cache_teacher_outputs": "bool",
     "bad_samples": "str",
+    "preemption_signals": "str_list",
     "learning_rate": "number",
     "weight_decay": "number",
     "warmup_steps": "number",
@@ -119,6 +121,8 @@ class MMTARDConfig(TrainingArguments):
         cache_teacher_outputs: cache clean-input teacher outputs per sample (needs deterministic preprocessing and a
             dataset yielding a unique `sample_id` per row).
         bad_samples: `raise` or `skip` unreadable/invalid samples (data loading).
+        preemption_signals: signals on which `train()` finishes the optimizer step, writes a checkpoint and exits with
+            status 75 (`preemption.PREEMPTED_EXIT_CODE`); `[]` or `["none"]` leaves the signals' default action.
     """
 
     preset: str = field(default="mmt-ard", metadata={"help": f"Recipe filling unset fields: {sorted(PRESETS)}."})
@@ -171,6 +175,10 @@ class MMTARDConfig(TrainingArguments):
         default=False, metadata={"help": "Cache clean-input teacher outputs by `sample_id` across epochs."}
     )
     bad_samples: str = field(default="raise", metadata={"help": "Unreadable samples: `raise` or `skip`."})
+    preemption_signals: list[str] = field(
+        default_factory=lambda: list(DEFAULT_SIGNALS),
+        metadata={"help": "On these signals: save after the current step, exit with status 75 ('none': off)."},
+    )
 
     # optimiser defaults of the method, filled by the preset unless set
     learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate (preset: 2e-5)."})
@@ -249,6 +257,7 @@ class MMTARDConfig(TrainingArguments):
             raise ValueError(f"`teacher_dtype`={self.teacher_dtype!r}: use one of {list(TEACHER_DTYPES)}.")
         if self.bad_samples not in BAD_SAMPLE_POLICIES:
             raise ValueError(f"`bad_samples`={self.bad_samples!r}: use one of {list(BAD_SAMPLE_POLICIES)}.")
+        self.preemption_signals = parse_signals(self.preemption_signals)
         if self.max_bad_steps < 1:
             raise ValueError(f"`max_bad_steps`={self.max_bad_steps} must be >= 1.")
         if self.logit_scale is not None and self.logit_scale <= 0:

@@ -59,6 +59,11 @@ class NonFiniteGuard:
         self._window_bad: torch.Tensor | None = None  # 0-d bool on the device: a non-finite loss in this window
         self._weighting_snapshot: dict | None = None
 
+    def reset(self) -> None:
+        """Forget a window that never reached the optimizer step (an attempt that ran out of memory)."""
+        self._window_bad = None
+        self._weighting_snapshot = None
+
     # ---- per micro-batch (from `MMTARDTrainer.training_step`) ----
     def before_micro_batch(self) -> None:
         if self._weighting_snapshot is None:  # first micro-batch of an accumulation window

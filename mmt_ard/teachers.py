@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -13,6 +15,9 @@ from .models import ZeroShotCLIP, load_clip
 INPUTS = ("clean", "adversarial")
 KL_DIRECTIONS = ("teacher_student", "student_teacher")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OWNED_FLAG = "_mmt_ard_owned"  # set on models the trainer made itself (not the caller's)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,15 +86,28 @@ class Teacher:
         return out
 
 
-def build_teacher_module(teacher: Teacher, logit_scale: float | None) -> ZeroShotCLIP:
-    """Load (if needed) and freeze a teacher: eval mode, `requires_grad=False`, its dtype."""
+def build_teacher_module(
+    teacher: Teacher, logit_scale: float | None, device: torch.device | str | None = None
+) -> ZeroShotCLIP:
+    """Load (if needed) and freeze a teacher in its dtype on `device`, leaving a model the caller passed unchanged.
+
+    Args:
+        teacher: a resolved `Teacher` spec.
+        logit_scale: the fixed zero-shot logit scale (None: the model's own).
+        device: where the teacher runs (None: where its model is).
+
+    A model given as a Hub id or path (or the trainer's own `frozen_copy`) belongs to the trainer and is converted in
+    place. A model object the caller passed is not changed: see `placed_model`.
+    """
     model, processor = teacher.model, teacher.processor
+    owned = bool(getattr(model, OWNED_FLAG, False))
     if isinstance(model, str):
         loaded, loaded_processor = load_clip(model, processor)  # a processor object is used as given
         model, processor = (
             loaded,
             processor if (processor is not None and not isinstance(processor, str)) else loaded_processor,
         )
+        owned = True
     elif isinstance(processor, str):
         from transformers import CLIPProcessor
 
@@ -102,12 +120,64 @@ def build_teacher_module(teacher: Teacher, logit_scale: float | None) -> ZeroSho
         raise ValueError(
             f"Teacher `{teacher.name}`: no processor. Pass `Teacher(..., processor=...)` (a CLIPProcessor or its Hub id)."
         )
-    model = model.to(DTYPES[teacher.dtype])
+    dtype = DTYPES[teacher.dtype]
+    if device is None:
+        device = next(model.parameters()).device
+    if owned:
+        model = model.to(device=device, dtype=dtype)
+    else:
+        model = placed_model(model, dtype, torch.device(device), teacher.name)
     model.eval()
     model.requires_grad_(False)
     module = ZeroShotCLIP(model, processor, logit_scale=logit_scale)
+    module.to(device)  # its own buffers (image mean/std); the model's tensors are there already
     module.eval()
     return module
+
+
+def placed_model(model: nn.Module, dtype: torch.dtype, device: torch.device, name: str = "teacher") -> nn.Module:
+    """`model` in `dtype` on `device`, as a new module object that leaves the caller's `model` as it was.
+
+    The copy is structural: tensors already in `dtype` on `device` share their storage with `model` (no memory),
+    the others are converted copies (only the converted tensors are allocated, on `device`). The returned module has
+    its own module and Parameter objects, frozen (`requires_grad=False`); the caller's model keeps its weights, dtype,
+    device, train/eval mode and `requires_grad` flags. Shared storage means that later in-place changes to the
+    caller's weights would reach the teacher; the trainer itself never writes to teacher weights.
+
+    One exception, with a warning: when `model` already lives on `device`, an accelerator, and needs another dtype,
+    it is converted in place, since a converted copy would keep both versions in accelerator memory (the reason for
+    `teacher_dtype` is to save that memory). Load it in that dtype (`from_pretrained(..., dtype=...)`), or pass it on
+    the CPU, to keep your object unchanged.
+
+    Args:
+        model: the caller's teacher model.
+        dtype: floating-point dtype the teacher runs in (integer buffers keep theirs).
+        device: where it runs.
+        name: the teacher's name, for the warning.
+    """
+
+    def needs(t: torch.Tensor) -> bool:
+        return t.device != device or (t.is_floating_point() and t.dtype != dtype)
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+    tensors = list(model.parameters()) + list(model.buffers())
+    on_device = all(t.device == device for t in tensors)
+    if device.type != "cpu" and on_device and any(needs(t) for t in tensors):
+        before = next((t.dtype for t in tensors if t.is_floating_point() and t.dtype != dtype), dtype)
+        logger.warning(
+            f"Teacher `{name}`: its model is on {device} in {before}; it is converted to {dtype} in place, since a "
+            f"converted copy would keep both on {device}. The model object you passed is now {dtype}: load it in "
+            "that dtype, or pass it on the CPU, to keep it unchanged."
+        )
+        model.to(dtype=dtype)
+    memo = {}
+    for p in model.parameters():  # own Parameter objects (own `requires_grad`), shared storage where no conversion
+        memo[id(p)] = nn.Parameter(convert(p) if needs(p) else p.detach(), requires_grad=False)
+    for b in model.buffers():
+        memo[id(b)] = convert(b) if needs(b) else b
+    return copy.deepcopy(model, memo)
 
 
 def frozen_copy(student: ZeroShotCLIP) -> nn.Module:
@@ -117,4 +187,5 @@ def frozen_copy(student: ZeroShotCLIP) -> nn.Module:
     base = unadapted_copy(student.clip)
     base.eval()
     base.requires_grad_(False)
+    setattr(base, OWNED_FLAG, True)  # the trainer's own copy: `build_teacher_module` may convert it in place
     return base

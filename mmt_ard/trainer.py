@@ -44,8 +44,10 @@ from .distributed import (
     needs_global_batch,
 )
 from .losses import TeacherTerm, fused_distillation_loss
+from .memory import BatchSizeSearch
 from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
+from .preemption import PreemptionCallback, PreemptionHandler, run_preemptible
 from .precision import PrecastForward
 from .step_metrics import means, timed_phase
 from .teacher_cache import TeacherOutputCache, sample_ids_of
@@ -181,7 +183,9 @@ class MMTARDTrainer(Trainer):
 
         self.teacher_specs = self._resolve_teachers(teachers or [], args, student)
         self.teacher_modules = [
-            build_teacher_module(spec, args.effective_logit_scale) if spec.model is not student else None
+            build_teacher_module(spec, args.effective_logit_scale, device=args.device)
+            if spec.model is not student
+            else None
             for spec in self.teacher_specs
         ]
         for spec, module in zip(self.teacher_specs, self.teacher_modules):
@@ -209,6 +213,12 @@ class MMTARDTrainer(Trainer):
         super().__init__(model=bundle, args=args, processing_class=processing_class, **kwargs)
         for module in self.teacher_modules:
             module.to(self.accelerator.device)  # placed by Accelerate, never wrapped, never in the optimizer
+        self._batch_search = BatchSizeSearch(self)  # out-of-memory handling, `auto_find_batch_size` (`memory`)
+        self.add_callback(self._batch_search.callback)
+        self._preemption = None  # SIGTERM/SIGUSR1: save after the step and exit with status 75 (`preemption`)
+        if args.preemption_signals:
+            self._preemption = PreemptionCallback(PreemptionHandler(args.preemption_signals))
+            self.add_callback(self._preemption)
         if self.accelerator.num_processes > 1 and needs_global_batch(self.weighting):
             self.weighting = GlobalBatchWeighting(self.weighting, self.accelerator)
 
@@ -589,7 +599,11 @@ class MMTARDTrainer(Trainer):
 
     # ---- saving and loading ----
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
-        """`Trainer.train`; `resume_from_checkpoint=True` picks the last *complete* checkpoint (see `checkpointing`)."""
+        """`Trainer.train`; `resume_from_checkpoint=True` picks the last *complete* checkpoint (see `checkpointing`).
+
+        A preemption signal (`preemption_signals`) ends it with a checkpoint and `preemption.TrainingPreempted`
+        (`SystemExit` status 75); an out-of-memory error with `memory.TrainingOutOfMemoryError`.
+        """
         if self.args.should_save:
             remove_stale_staging(self.args.output_dir)
         if resume_from_checkpoint is True:
@@ -609,7 +623,13 @@ class MMTARDTrainer(Trainer):
             # not move what it ignores to the device, so the student goes there first
             ignore_scalar_parameters(self.accelerator.state.fsdp_plugin, self.model)
             self.model.to(self.args.device)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        return run_preemptible(
+            self, super().train, resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs
+        )
+
+    def _inner_training_loop(self, batch_size=None, *args, **kwargs):
+        """One attempt of the Trainer's loop; out-of-memory errors are retried or explained (see `memory`)."""
+        return self._batch_search.run_attempt(super()._inner_training_loop, batch_size, *args, **kwargs)
 
     def evaluation_loop(self, *args, **kwargs):
         """`Trainer.evaluation_loop`; under FSDP before `train()`, the student is evaluated as it is, unsharded.
