@@ -197,6 +197,9 @@ class MMTARDConfig(TrainingArguments):
         schedulers = [s.value for s in SchedulerType]
         if self.lr_scheduler_type not in schedulers:
             raise ValueError(f"`lr_scheduler_type`={self.lr_scheduler_type!r}: use one of {schedulers}.")
+        for name in ("learning_rate", "weight_decay", "warmup_steps"):  # before TrainingArguments reads them
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}`={getattr(self, name)} is negative: use a value >= 0.")
         self._apply_precision()
         self.preset_roles = preset["roles"]
         self.preset_required_roles = tuple(preset["required_roles"])
@@ -275,9 +278,6 @@ class MMTARDConfig(TrainingArguments):
             )
         if not 0 <= self.mtard_lr <= 1:
             raise ValueError(f"`mtard_lr`={self.mtard_lr} must be in [0, 1] (MTARD uses 0.025).")
-        for name in ("learning_rate", "weight_decay", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}`={getattr(self, name)} is negative: use a value >= 0.")
         check_prompt_templates(self.prompt_templates)
 
     @property

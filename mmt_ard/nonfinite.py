@@ -37,9 +37,9 @@ class NonFiniteLossError(RuntimeError):
 
 def _gradients_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     """A 0-d bool tensor: are all gradients finite? (None without gradients; no device sync.)"""
-    flags = [
-        torch.isfinite(p.grad).all() for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-    ]
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    # a sharded (FSDP) gradient is checked on this rank's shard; `_should_skip` combines the ranks
+    flags = [torch.isfinite(g.to_local() if hasattr(g, "to_local") else g).all() for g in grads]
     if not flags:
         return None
     return torch.stack([f.to(flags[0].device) for f in flags]).all()
