@@ -60,9 +60,9 @@ run_step() {  # run_step NAME TIMEOUT_S CHECK_CMD -- CMD...
   NOTES+=("$(echo "$note" | tr '\n' ' ' | cut -c1-140)")
 }
 
-# the run recorded the distributed setup it really ran with (results.json -> training.distributed)
+# the run recorded the distributed setup it really ran with (results.json -> training.distributed_setup)
 setup_check() {  # setup_check DIR EXPECTED_SUBSTRING
-  echo "python -c \"import json,sys; d=json.load(open('$1/results.json'))['training'].get('distributed', '?'); \
+  echo "python -c \"import json,sys; d=json.load(open('$1/results.json'))['training'].get('distributed_setup', '?'); \
 print(d); sys.exit(0 if '$2'.lower() in str(d).lower() else 1)\""
 }
 

@@ -10,7 +10,8 @@ from disk, the network or the trainer. `examples/run_mmt_ard.py` fills the dicti
 * `lora`: `None`, or `{"r", "alpha", "dropout", "target_modules", "saved"}` (`saved`: `merged` or `adapter`);
 * `dataset`: `{"train", "eval", "num_train", "num_eval", "num_classes", "class_names", "skipped"}`;
 * `training`: `{"steps", "batch_size", "images_per_second", "wall_clock_s", "hardware", "num_processes",
-  "distributed_setup" (optional, `MMTARDTrainer.distributed_setup()`), ...}`;
+  "distributed_setup" (optional, `MMTARDTrainer.distributed_setup()`), "precision" (optional,
+  `mmt_ard.precision.describe`), ...}`;
 * `robustness`: `{"protocol", "rows": [{"model", "attack", "eps", "clean_accuracy", "robust_accuracy",
   "num_clean", "num_robust"}], "notes": [...]}`;
 * `extra_sections`: optional `{title: markdown}` appended before the citation.
@@ -255,6 +256,8 @@ def render_model_card(results: dict) -> str:
     parts.append(f"- **Hardware:** {training.get('hardware', '-')} x {training.get('num_processes', 1)} process(es)")
     if training.get("distributed_setup"):  # `MMTARDTrainer.distributed_setup()`: what really ran
         parts.append(f"- **Distributed setup:** {training['distributed_setup']}")
+    if training.get("precision"):  # `precision.describe`: what ran in bf16 and what in fp32
+        parts.append(f"- **Precision:** {training['precision']}")
     for key, value in training.get("phases", {}).items():
         parts.append(f"- **{key}:** {value}")
 

@@ -156,3 +156,31 @@ def test_fsdp_lora_student(runs, tmp_path):
     merge_checkpoint(base, str(fsdp_dir / "lora" / "final"), str(tmp_path / "merged"), processor=processor)
     merged = CLIPModel.from_pretrained(str(tmp_path / "merged"))
     assert not hasattr(merged, "peft_config") and merged.logit_scale.dim() == 0
+
+
+def test_example_script_quick_run_under_the_shipped_fsdp_yaml(tmp_path):
+    """`accelerate launch --config_file fsdp.yaml examples/run_mmt_ard.py --quick` completes on 2 CPU processes, really
+    sharded, and its results.json and model card say so; the saved student is a plain CLIPModel."""
+    from _launch import launch_two_processes
+    from transformers import CLIPModel
+
+    out = tmp_path / "run"
+    proc = launch_two_processes(
+        29563,
+        os.path.join(REPO, "examples", "run_mmt_ard.py"),
+        "--quick",
+        "--output_dir",
+        str(out),
+        "--embedded_cache_dir",
+        str(tmp_path / "cache"),
+        config_file=os.path.join(REPO, "examples", "accelerate_configs", "fsdp.yaml"),
+        timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out / "results.json") as f:
+        training = json.load(f)["training"]
+    assert training["distributed_setup"] == "FSDP2, 2 processes"
+    assert training["num_processes"] == 2
+    with open(out / "README.md") as f:
+        assert "**Distributed setup:** FSDP2, 2 processes" in f.read()
+    CLIPModel.from_pretrained(str(out))  # a plain CLIPModel

@@ -190,10 +190,6 @@ def defaults_for(argv: list[str], file_values: dict, explicit: set[str]) -> dict
     )
     early, _ = pre.parse_known_args(argv)
     defaults: dict = {"output_dir": DEFAULT_OUTPUT_DIR, "dataloader_pin_memory": torch.cuda.is_available()}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        # several processes and no GPU (e.g. `accelerate launch --multi_gpu --num_processes 2` on CPU): without
-        # `use_cpu` each process would train alone; with it they form one gloo process group
-        defaults["use_cpu"] = True
     if early.student is None:
         defaults.update(DISTILLATION_DEFAULTS)
         if early.quick:

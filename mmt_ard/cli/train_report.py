@@ -21,6 +21,7 @@ import torch
 from ..config import MMTARDConfig
 from ..data import read_skip_logs
 from ..model_card import MMTARD_SETTING_KEYS, format_eps, robustness_table
+from ..precision import describe as describe_precision
 from ..trainer import MMTARDTrainer
 from .train_args import ScriptArguments
 from .train_inputs import SKIP_LOG_PATTERN, RunInputs
@@ -285,6 +286,8 @@ def collect_results(
             "wall_clock_s": train_metrics.get("train_runtime"),
             "hardware": hardware_description(),
             "num_processes": world,
+            "distributed_setup": trainer.distributed_setup(),  # what really ran, e.g. "FSDP2, 2 processes"
+            "precision": describe_precision(config),
             "phases": {
                 f"embedded {phase.replace('_', ' ')}": f"{info['description']}; "
                 + ("reused from the cache" if info.get("cached") else f"trained in {info['train_runtime_s']:.1f} s")
@@ -327,6 +330,6 @@ def print_summary(results: dict, output_dir: str) -> None:
     print(
         f"{training['steps']} steps, {training.get('images_per_second') or 0:.1f} images/s, training "
         f"{training.get('wall_clock_s') or 0:.1f} s, whole run {training['total_wall_clock_s']:.1f} s on "
-        f"{training['hardware']}"
+        f"{training['hardware']} ({training.get('distributed_setup', 'single process')})"
     )
     print(f"Saved the student, its processor and README.md (model card) in {os.path.abspath(output_dir)}")
