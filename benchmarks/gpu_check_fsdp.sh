@@ -12,7 +12,8 @@
 # Steps: the FSDP helper run (evaluate, train with the attack, evaluate and checkpoint every 2 steps, final save,
 # resume; plain and LoRA students), the same runs without FSDP, their comparison, and the example script's --quick run.
 # Prints one markdown table, pass/fail per step; exits non-zero if a step failed.
-# FSDP_PROCESSES=2 runs the FSDP steps on 2 processes (how this script is checked on a CPU machine, gloo).
+# FSDP_PROCESSES=2 runs the FSDP steps on 2 processes (how this script is checked on a CPU machine, gloo);
+# FSDP_SKIP_EXAMPLE=1 leaves out the example script's run (benchmarks/gpu_check.sh runs it).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-$(mktemp -d -t gpu_check_fsdp.XXXXXX)}
@@ -86,6 +87,7 @@ model = CLIPModel.from_pretrained(f"{fsdp}/full/final")
 assert model.logit_scale.dim() == 0
 print("final save loads as a plain CLIPModel")
 EOF
+if [ "${FSDP_SKIP_EXAMPLE:-0}" != 1 ]; then  # gpu_check.sh runs the example under fsdp.yaml itself
 step example-quick-fsdp accelerate launch --config_file "$FSDP_YAML" --num_processes "$N" --main_process_port 29563 \
     examples/run_mmt_ard.py --quick --output_dir "$OUT/example" --embedded_cache_dir "$OUT/cache" --disable_tqdm true
 step example-quick-fsdp-check python -c "
@@ -96,6 +98,7 @@ from transformers import CLIPModel
 CLIPModel.from_pretrained('$OUT/example')
 print('example script: $SETUP; output loads as a CLIPModel')
 "
+fi
 
 echo "| step (gpu_check_fsdp.sh) | result | time |"
 echo "|---|---|---|"
