@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import SIZES, build_clip, machine_info, sync
+from harness import SIZES, attack_setup, machine_info, sync
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -34,7 +34,6 @@ def _timed(fn):
 
 def main(argv=None) -> None:
     from mmt_ard.attacks import kl_inner_loss, pgd
-    from mmt_ard.models import ZeroShotCLIP
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="tiny")
@@ -47,19 +46,8 @@ def main(argv=None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    size = SIZES[a.size]
-    b = a.batch_size or size["batch_size"]
-    s_clip, s_proc = build_clip(size["student"], 1, NAMES)
-    t_clip, t_proc = build_clip(size["teacher"], 2, NAMES)
-    student = ZeroShotCLIP(s_clip, s_proc).to(device)
-    student.set_classes(NAMES, ["This is a photo of a {}"])
-    s_clip.text_model.requires_grad_(False)
-    teacher = ZeroShotCLIP(t_clip.requires_grad_(False), t_proc).to(device).eval()
-    teacher.set_classes(NAMES, ["This is a photo of a {}"])
-    img = size["student"]["vision"]["image"]
-    x = torch.rand(b, 3, img, img, device=device)
-    with torch.no_grad():
-        target = torch.softmax(teacher(x).logits, -1)
+    student, teacher, x, target = attack_setup(a.size, a.batch_size, device, NAMES)
+    b = x.shape[0]
     params = [p for p in student.parameters() if p.requires_grad]
 
     def attack(freeze: bool):

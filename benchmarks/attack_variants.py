@@ -32,7 +32,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import SIZES, build_clip, machine_info, sync
+from harness import SIZES, attack_setup, machine_info, sync
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -55,7 +55,6 @@ def _op_count(fn) -> int:
 
 def main(argv=None) -> dict:
     from mmt_ard.attacks import kl_inner_loss, pgd
-    from mmt_ard.models import ZeroShotCLIP
     from mmt_ard.precision import PrecastForward
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -69,20 +68,10 @@ def main(argv=None) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(1)
-    size = SIZES[a.size]
-    b = a.batch_size or size["batch_size"]
-    s_clip, s_proc = build_clip(size["student"], 1, NAMES, device=device)
-    t_clip, t_proc = build_clip(size["teacher"], 2, NAMES, device=device)
-    student = ZeroShotCLIP(s_clip, s_proc).to(device)
-    student.set_classes(NAMES, ["This is a photo of a {}"])
+    student, teacher, x, target = attack_setup(a.size, a.batch_size, device, NAMES)
+    del teacher  # only its target is needed: free its memory
     student.requires_grad_(False)  # as during the trainer's attack
-    teacher = ZeroShotCLIP(t_clip.requires_grad_(False), t_proc).to(device).eval()
-    teacher.set_classes(NAMES, ["This is a photo of a {}"])
-    img = size["student"]["vision"]["image"]
-    x = torch.rand(b, 3, img, img, device=device)
-    with torch.no_grad():
-        target = torch.softmax(teacher(x).logits, -1)
-    del teacher
+    b = x.shape[0]
 
     def attack(model_fn, autocast: bool, cpu_start: bool = False):
         def run():

@@ -105,6 +105,31 @@ def build_clip(spec: dict, seed: int, words: list[str], device: str | None = Non
     return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def attack_setup(size: str, batch_size: int | None, device: str, words: list[str]):
+    """What the attack benchmarks attack: the student of `size` as a `ZeroShotCLIP` (text tower frozen), a frozen
+    teacher, a batch of random images and the teacher's softmax on them (the `kl` inner loss's target).
+
+    Returns:
+        `(student, teacher, x, target)`: `x` `(B, 3, S, S)` in [0,1] on `device`, `target` `(B, C)`.
+    """
+    from mmt_ard.models import ZeroShotCLIP
+
+    spec = SIZES[size]
+    b = batch_size or spec["batch_size"]
+    s_clip, s_proc = build_clip(spec["student"], 1, words, device=device)
+    t_clip, t_proc = build_clip(spec["teacher"], 2, words, device=device)
+    student = ZeroShotCLIP(s_clip, s_proc).to(device)
+    student.set_classes(words, ["This is a photo of a {}"])
+    s_clip.text_model.requires_grad_(False)
+    teacher = ZeroShotCLIP(t_clip.requires_grad_(False), t_proc).to(device).eval()
+    teacher.set_classes(words, ["This is a photo of a {}"])
+    image = spec["student"]["vision"]["image"]
+    x = torch.rand(b, 3, image, image, device=device)
+    with torch.no_grad():
+        target = torch.softmax(teacher(x).logits, -1)
+    return student, teacher, x, target
+
+
 def spec_from_args(hidden: int, layers: int, image: int, patch: int, heads: int = 4) -> dict:
     """A small tower spec (text tower: same width, 2 layers; MLP 2x width)."""
     return {
