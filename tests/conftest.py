@@ -162,6 +162,29 @@ def make_trainer(make_config, student, teacher_specs, digits_small):
     return make
 
 
+@pytest.fixture
+def fresh_trainer(make_config, digits_small):
+    """`fresh_trainer(preset, **overrides)`: a trainer on newly built student and teachers (two trainers of one
+    test share nothing, so comparing their weights means something)."""
+
+    def make(preset="mmt-ard", train_dataset=None, **overrides):
+        student, processor = build_tiny_clip(**STUDENT_KW)
+        kw = {"robust": ROBUST_KW, "clean": CLEAN_KW}
+        teachers = []
+        for role in PRESET_ROLES[preset]:
+            clip, proc = build_tiny_clip(**kw[role])
+            teachers.append(Teacher(clip, role=role, processor=proc))
+        return MMTARDTrainer(
+            model=student,
+            args=make_config(preset=preset, **overrides),
+            teachers=teachers,
+            processing_class=processor,
+            train_dataset=digits_small if train_dataset is None else train_dataset,
+        )
+
+    return make
+
+
 def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of a module's parameters, by name."""
     return {name: p.detach().clone() for name, p in module.named_parameters()}

@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
-from conftest import CLEAN_KW, PRESET_ROLES, ROBUST_KW, STUDENT_KW
+from conftest import STUDENT_KW
 
-from mmt_ard import MMTARDTrainer, Teacher
+from mmt_ard import MMTARDTrainer
 from mmt_ard.teacher_cache import TeacherOutputCache, add_sample_ids
 from mmt_ard.tiny import build_tiny_clip
 
@@ -25,28 +25,6 @@ def step_loss_and_grads(trainer, batch, seed=0):
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     return loss.detach(), grads
-
-
-@pytest.fixture
-def fresh_trainer(make_config, digits_small):
-    """`fresh_trainer(preset, **overrides)`: a trainer on newly built student and teachers (nothing shared)."""
-
-    def make(preset="mmt-ard", train_dataset=None, **overrides):
-        student, processor = build_tiny_clip(**STUDENT_KW)
-        kw = {"robust": ROBUST_KW, "clean": CLEAN_KW}
-        teachers = []
-        for role in PRESET_ROLES[preset]:
-            clip, proc = build_tiny_clip(**kw[role])
-            teachers.append(Teacher(clip, role=role, processor=proc))
-        return MMTARDTrainer(
-            model=student,
-            args=make_config(preset=preset, **overrides),
-            teachers=teachers,
-            processing_class=processor,
-            train_dataset=digits_small if train_dataset is None else train_dataset,
-        )
-
-    return make
 
 
 # ---- teachers in bf16 / fp16 ----

@@ -11,34 +11,13 @@ import os
 import pytest
 import torch
 from accelerate.utils.memory import should_reduce_batch_size
-from conftest import CLEAN_KW, PRESET_ROLES, ROBUST_KW, STUDENT_KW, clone_state
+from conftest import clone_state
 
-from mmt_ard import MMTARDTrainer, Teacher, memory
+from mmt_ard import memory
 from mmt_ard.checkpointing import is_complete_checkpoint
 from mmt_ard.memory import TrainingOutOfMemoryError, format_memory_report, out_of_memory_message
-from mmt_ard.tiny import build_tiny_clip
 
 OOM_TEXT = "CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"
-
-
-@pytest.fixture
-def make_trainer(make_config, digits_small):
-    """`make_trainer(preset, **overrides)`: a trainer on newly built student and teachers (two trainers of one test
-    share nothing, so comparing their weights means something)."""
-
-    def make(preset="mmt-ard", **overrides):
-        student, processor = build_tiny_clip(**STUDENT_KW)
-        kw = {"robust": ROBUST_KW, "clean": CLEAN_KW}
-        teachers = []
-        for role in PRESET_ROLES[preset]:
-            clip, proc = build_tiny_clip(**kw[role])
-            teachers.append(Teacher(clip, role=role, processor=proc))
-        args = make_config(preset=preset, **overrides)
-        return MMTARDTrainer(
-            model=student, args=args, teachers=teachers, processing_class=processor, train_dataset=digits_small
-        )
-
-    return make
 
 
 def fail_above(trainer, max_images: int | None = None, from_step: int = 0):
@@ -71,13 +50,13 @@ def record_items(trainer) -> list:
 RUN = {"max_steps": 3, "learning_rate": 1e-3, "gradient_accumulation_steps": 2}
 
 
-def test_auto_find_batch_size_retries_at_half_with_the_same_update(make_trainer, output_dir):
+def test_auto_find_batch_size_retries_at_half_with_the_same_update(fresh_trainer, output_dir):
     """Batch 8 runs out of memory; the retry at 4 ends exactly where a run started at 4 ends."""
-    reference = make_trainer("mmt-ard", per_device_train_batch_size=4, **RUN)
+    reference = fresh_trainer("mmt-ard", per_device_train_batch_size=4, **RUN)
     reference_items = record_items(reference)
     reference.train()
 
-    trainer = make_trainer("mmt-ard", per_device_train_batch_size=8, auto_find_batch_size=True, **RUN)
+    trainer = fresh_trainer("mmt-ard", per_device_train_batch_size=8, auto_find_batch_size=True, **RUN)
     hook = fail_above(trainer, max_images=2 * 4)
     items = record_items(trainer)
     trainer.train()
@@ -95,20 +74,20 @@ def test_auto_find_batch_size_retries_at_half_with_the_same_update(make_trainer,
     assert [r.get("loss") for r in trainer.state.log_history] == [r.get("loss") for r in reference.state.log_history]
 
 
-def test_the_retry_depends_on_restoring_the_rng(make_trainer, monkeypatch):
+def test_the_retry_depends_on_restoring_the_rng(fresh_trainer, monkeypatch):
     """Control: without putting the RNG back, the retry trains differently (the exactness above is not vacuous)."""
-    reference = make_trainer("mmt-ard", per_device_train_batch_size=4, **RUN)
+    reference = fresh_trainer("mmt-ard", per_device_train_batch_size=4, **RUN)
     reference.train()
     monkeypatch.setattr(memory, "_set_rng_state", lambda state: None)
-    trainer = make_trainer("mmt-ard", per_device_train_batch_size=8, auto_find_batch_size=True, **RUN)
+    trainer = fresh_trainer("mmt-ard", per_device_train_batch_size=8, auto_find_batch_size=True, **RUN)
     fail_above(trainer, max_images=2 * 4)
     trainer.train()
     a, b = clone_state(trainer.model), clone_state(reference.model)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) > 1e-6
 
 
-def test_out_of_memory_names_the_fixes_and_keeps_the_checkpoint(make_trainer, output_dir):
-    trainer = make_trainer("tecoa", max_steps=4, save_strategy="steps", save_steps=2, learning_rate=1e-3)
+def test_out_of_memory_names_the_fixes_and_keeps_the_checkpoint(fresh_trainer, output_dir):
+    trainer = fresh_trainer("tecoa", max_steps=4, save_strategy="steps", save_steps=2, learning_rate=1e-3)
     fail_above(trainer, from_step=2)  # step 3 runs out of memory
     with pytest.raises(TrainingOutOfMemoryError) as info:
         trainer.train()
@@ -128,13 +107,13 @@ def test_out_of_memory_names_the_fixes_and_keeps_the_checkpoint(make_trainer, ou
     assert "per-device train batch 8 in step 3" in message and repr(ckpt) in message
     assert sorted(os.listdir(output_dir)) == ["checkpoint-2"] and is_complete_checkpoint(ckpt)
 
-    resumed = make_trainer("tecoa", max_steps=4, save_strategy="steps", save_steps=2, learning_rate=1e-3)
+    resumed = fresh_trainer("tecoa", max_steps=4, save_strategy="steps", save_steps=2, learning_rate=1e-3)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4
 
 
-def test_auto_find_batch_size_does_not_restart_after_an_update(make_trainer, output_dir):
-    trainer = make_trainer("tecoa", max_steps=4, auto_find_batch_size=True, save_strategy="steps", save_steps=2)
+def test_auto_find_batch_size_does_not_restart_after_an_update(fresh_trainer, output_dir):
+    trainer = fresh_trainer("tecoa", max_steps=4, auto_find_batch_size=True, save_strategy="steps", save_steps=2)
     fail_above(trainer, from_step=2)
     with pytest.raises(TrainingOutOfMemoryError, match="retries only before the first update") as info:
         trainer.train()
@@ -142,8 +121,8 @@ def test_auto_find_batch_size_does_not_restart_after_an_update(make_trainer, out
     assert "checkpoint-2" in str(info.value) and is_complete_checkpoint(os.path.join(output_dir, "checkpoint-2"))
 
 
-def test_auto_find_batch_size_gives_up_at_batch_one(make_trainer):
-    trainer = make_trainer("tecoa", auto_find_batch_size=True)
+def test_auto_find_batch_size_gives_up_at_batch_one(fresh_trainer):
+    trainer = fresh_trainer("tecoa", auto_find_batch_size=True)
     fail_above(trainer)  # every batch size runs out of memory
     with pytest.raises(TrainingOutOfMemoryError, match=r"tried per-device batches \[8, 4, 2, 1\]") as info:
         trainer.train()
@@ -151,8 +130,8 @@ def test_auto_find_batch_size_gives_up_at_batch_one(make_trainer):
     assert "`auto_find_batch_size=True`" not in str(info.value)  # already on: not suggested again
 
 
-def test_other_errors_pass_through(make_trainer):
-    trainer = make_trainer("tecoa", auto_find_batch_size=True)
+def test_other_errors_pass_through(fresh_trainer):
+    trainer = fresh_trainer("tecoa", auto_find_batch_size=True)
 
     def hook(module, args):
         raise RuntimeError("something else")
@@ -179,7 +158,7 @@ def test_format_memory_report():
     )
 
 
-def test_memory_report_only_on_cuda(make_trainer, capsys):
-    trainer = make_trainer("tecoa", max_steps=1)
+def test_memory_report_only_on_cuda(fresh_trainer, capsys):
+    trainer = fresh_trainer("tecoa", max_steps=1)
     trainer.train()
     assert "peak memory" not in capsys.readouterr().out  # CPU: nothing to report
