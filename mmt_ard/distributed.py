@@ -254,3 +254,16 @@ class GlobalBatchWeighting:
 def needs_global_batch(weighting) -> bool:
     """Whether a weighting strategy keeps state that depends on the batch (so ranks must see the same one)."""
     return bool(weighting.state_dict())
+
+
+def shutdown_process_group() -> None:
+    """End a multi-process run cleanly: wait for every rank, then destroy the default process group.
+
+    A gloo group still alive when the interpreter exits can abort a rank in its C++ destructor ("terminate called
+    without an active exception"), turning a finished run into a failed launch. Call it once, at the very end.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

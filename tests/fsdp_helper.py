@@ -31,6 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
+from mmt_ard.distributed import shutdown_process_group
 from mmt_ard.lora import apply_lora
 from mmt_ard.tiny import build_tiny_clip, digits_dataset
 
@@ -175,6 +176,7 @@ def main(out: str) -> None:
     for case in ("full", "lora"):
         run_case(out, n, case)
         run_resumed(out, n, case)
+    shutdown_process_group()
 
 
 if __name__ == "__main__":

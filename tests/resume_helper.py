@@ -32,6 +32,7 @@ import torch
 from transformers import TrainerCallback
 
 from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
+from mmt_ard.distributed import shutdown_process_group
 from mmt_ard.tiny import build_tiny_clip, digits_dataset
 
 MAX_STEPS = 8
@@ -122,6 +123,7 @@ def main(argv=None) -> None:
         reference = build_trainer(opts.reference_dir, save_strategy="no")
         reference.train()
         dump(reference, os.path.join(opts.reference_dir, "final.safetensors"))
+    shutdown_process_group()
 
 
 def dump(trainer: MMTARDTrainer, path: str) -> None:

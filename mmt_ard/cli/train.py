@@ -22,6 +22,7 @@ import time
 import torch
 
 from ..config import MMTARDConfig
+from ..distributed import shutdown_process_group
 from ..model_card import save_model_card
 from ..trainer import MMTARDTrainer
 from .publish import HubPushError, push_to_hub, save_student
@@ -125,12 +126,14 @@ def _configure_logging() -> None:
 def cli(argv: list[str] | None = None) -> int:
     """The console command: parse, run `main`; exit status 1 when the Hub push fails (everything is saved)."""
     _configure_logging()  # before parsing: what the parser decides (e.g. step checkpoints turned on) is logged
+    status = 0
     try:
         main(*parse_args(argv))
-    except HubPushError as err:
+    except HubPushError as err:  # raised on the main process only, after everything was saved
         logger.error("%s", err)
-        return 1
-    return 0
+        status = 1
+    shutdown_process_group()  # every rank exits cleanly (a live gloo group can abort one at interpreter exit)
+    return status
 
 
 if __name__ == "__main__":  # `accelerate launch -m mmt_ard.cli.train ...`
