@@ -103,9 +103,9 @@ def unadapted_copy(clip: nn.Module) -> nn.Module:
     if is_peft_model(clip):
         # copy the wrapper, then take the adapters out of the copy (no merging: the original weights come back)
         return copy.deepcopy(clip).unload()
-    from .models import _base_clip
+    from .models import base_model
 
-    return copy.deepcopy(_base_clip(clip))
+    return copy.deepcopy(base_model(clip))
 
 
 def merge_and_save(model: nn.Module, output_dir: str | None = None, processor=None, inplace: bool = False):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import ZeroShotCLIP, load_clip
+from .models import ZeroShotCLIP, load_clip, load_processor
 
 INPUTS = ("clean", "adversarial")
 KL_DIRECTIONS = ("teacher_student", "student_teacher")
@@ -109,9 +109,7 @@ def build_teacher_module(
         )
         owned = True
     elif isinstance(processor, str):
-        from transformers import CLIPProcessor
-
-        processor = CLIPProcessor.from_pretrained(processor)
+        processor = load_processor(processor)
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"Teacher `{teacher.name}`: `model` is a {type(model).__name__}; give a CLIPModel, a Hub id or a local path."

@@ -263,14 +263,17 @@ class MMTARDTrainer(Trainer):
 
     @staticmethod
     def _freeze_towers(student: ZeroShotCLIP, train_text_tower: bool) -> None:
-        """Only the vision tower (and its projection) train, unless the text tower is unfrozen."""
-        base = student.base
-        text_parts = [base.text_model, getattr(base, "text_projection", None)]
-        for part in text_parts:
-            if part is not None and not train_text_tower:
-                part.requires_grad_(False)
-        if hasattr(base, "logit_scale") and isinstance(base.logit_scale, nn.Parameter):
-            base.logit_scale.requires_grad_(False)
+        """Only the vision tower (and its projection) train, unless the text tower is unfrozen.
+
+        The vision side is what the model's family names (`ModelFamily.vision_prefixes`); the logit scale (and
+        SigLIP's bias) never train.
+        """
+        base, family = student.base, student.family
+        for name, param in base.named_parameters():
+            if name in ("logit_scale", "logit_bias"):
+                param.requires_grad_(False)
+            elif not family.is_vision_parameter(name) and not train_text_tower:
+                param.requires_grad_(False)
 
     @staticmethod
     def _resolve_teachers(teachers: list, args: MMTARDConfig, student: ZeroShotCLIP) -> list[Teacher]:
@@ -765,7 +768,7 @@ def student_state_in_bundle(bundle: nn.Module, checkpoint_dir: str) -> dict[str,
 
 def load_student_weights(clip: nn.Module, checkpoint_dir: str) -> None:
     """Load the student's weights from a checkpoint written by `MMTARDTrainer._save` (safetensors only)."""
-    from .models import _base_clip as base_of
+    from .models import base_model as base_of
 
     adapter = os.path.join(checkpoint_dir, "adapter_model.safetensors")
     full = os.path.join(checkpoint_dir, "model.safetensors")

@@ -304,6 +304,6 @@ def test_errors_exit_with_a_message(tmp_path, local_data, capsys):
     assert main(base_args(model_dir, local_data, str(tmp_path / "a"), "--eps", "2")) == 1
     assert "pixel units" in capsys.readouterr().err
     assert main(base_args(str(tmp_path / "missing"), local_data, str(tmp_path / "b"))) == 1
-    assert "Could not load a CLIPModel" in capsys.readouterr().err  # offline, neither a folder nor a reachable id
+    assert "Could not load a model from" in capsys.readouterr().err  # offline, neither a folder nor a reachable id
     with pytest.raises(SystemExit):
         main(["--datasets", "cifar10"])  # no --models

@@ -369,10 +369,10 @@ def test_text_heads_cached_on_disk(tmp_path, zero_shot, digits, monkeypatch):
     }
     robust_eval.evaluate_robustness(path, **kwargs)
     assert len(os.listdir(tmp_path / "out" / "text_heads")) == 1
-    from mmt_ard import models
+    from mmt_ard.models import zero_shot
 
     def fail(*a, **k):
         raise AssertionError("text head recomputed")
 
-    monkeypatch.setattr(models, "build_text_head", fail)
+    monkeypatch.setattr(zero_shot, "build_text_head", fail)
     robust_eval.evaluate_robustness(path, resume=False, **kwargs)  # recomputes the numbers, not the head

@@ -11,7 +11,7 @@ from transformers import CLIPModel
 from mmt_ard import MMTARDTrainer, ZeroShotCLIP
 from mmt_ard.attacks import ce_inner_loss, pgd
 from mmt_ard.lora import adapter_parameter_names, apply_lora, merge_and_save, merge_checkpoint, unadapted_copy
-from mmt_ard.models import _base_clip
+from mmt_ard.models import base_model
 from mmt_ard.tiny import build_tiny_clip
 from mmt_ard.trainer import load_student_weights
 
@@ -94,7 +94,7 @@ def test_attack_sees_the_adapted_model(batch, class_names):
 def test_base_clip_and_unadapted_copy():
     model, _ = lora_student()
     randomize_adapters(model)
-    base = _base_clip(model)
+    base = base_model(model)
     assert type(base) is CLIPModel and base is model.get_base_model()
     copy = unadapted_copy(model)
     assert type(copy) is CLIPModel and not [n for n, _ in copy.named_modules() if "lora" in n]

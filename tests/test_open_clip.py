@@ -515,7 +515,7 @@ def test_hub_sources_download_config_and_weights(trained_open_clip_dir, monkeypa
     model, _ = load_clip("someone/digits-clip")  # no config.json: transformers fails, the open_clip config is found
     assert ("someone/digits-clip", "open_clip_config.json") in fetched
     assert model.config._name_or_path == "hf-hub:someone/digits-clip"
-    with pytest.raises(OSError, match="Could not load a CLIPModel"):
+    with pytest.raises(OSError, match="Could not load a model from `someone/not-there`"):
         load_clip("someone/not-there")
 
 

@@ -181,7 +181,7 @@ def load_training_data(sa: ScriptArguments, config: MMTARDConfig):
 
 def prepare_from_args(sa: ScriptArguments, config: MMTARDConfig) -> RunInputs:
     """The student, teachers and data the arguments name (Hub ids or local paths)."""
-    from ..models import load_clip
+    from ..models import base_model, family_of, load_clip
 
     given = {"robust": sa.robust_teacher, "clean": sa.clean_teacher}
     missing = [role for role in config.preset_required_roles if not given.get(role)]
@@ -205,7 +205,8 @@ def prepare_from_args(sa: ScriptArguments, config: MMTARDConfig) -> RunInputs:
         teachers.append(Teacher(model=model, role=role, processor=teacher_processor))
         teacher_models[f"{role} teacher"] = (model, teacher_processor)
         described[role] = (name_or_path, processor_id or name_or_path)
-    image_size = int(student.config.vision_config.image_size)
+    family, _ = family_of(student, processor)
+    image_size = family.pixel_layout(base_model(student), processor).size  # the data is decoded at the student's size
     collator = ImageClassificationCollator(
         image_size,
         class_names,

@@ -68,7 +68,14 @@ def _architecture(source: OpenCLIPSource, config: dict | None, state_dict: dict)
     return arch_from_state_dict(state_dict, quick_gelu=True)
 
 
-def _graft_vision(arch, source, config, state_dict, weights_path, reference):
+def _load_reference_clip(reference: str):
+    """The reference CLIP of a vision-only file, loaded with transformers (`load_open_clip`'s default)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    return CLIPModel.from_pretrained(reference), CLIPProcessor.from_pretrained(reference)
+
+
+def _graft_vision(arch, source, config, state_dict, weights_path, reference, load_reference):
     """A vision-only checkpoint on the text tower, projection, logit scale and processor of `reference`."""
     if reference is None:
         raise ValueError(
@@ -82,12 +89,10 @@ def _graft_vision(arch, source, config, state_dict, weights_path, reference):
             f"`{source.spec}` is vision-only: its reference must be the Hub id or path of a full CLIP (the one it was "
             f"fine-tuned from), not a {type(reference).__name__}."
         )
-    from ..models import load_clip
-
     # the activation is the reference's too: a vision-only file does not store it, and an architecture name would
     # mislead (RobustVLM loads its ViT-L/14 files onto `ViT-L-14` + `pretrained='openai'`, which open_clip runs with
     # QuickGELU whatever the name says)
-    base, processor = load_clip(reference)
+    base, processor = load_reference(reference)
     vision = base.config.vision_config
     want = vision_config_dict(arch)
     differ = {
@@ -114,7 +119,7 @@ def _graft_vision(arch, source, config, state_dict, weights_path, reference):
     return base, processor
 
 
-def load_open_clip(spec: str, reference=None, dtype: torch.dtype | None = None):
+def load_open_clip(spec: str, reference=None, dtype: torch.dtype | None = None, load_reference=None):
     """Load an open_clip / OpenAI-CLIP checkpoint as a transformers `(CLIPModel, CLIPProcessor)`.
 
     Args:
@@ -123,6 +128,8 @@ def load_open_clip(spec: str, reference=None, dtype: torch.dtype | None = None):
             tokenizer) or a processor / tokenizer object; for a vision-only file, the Hub id / path of the CLIP it
             was fine-tuned from (its text tower and processor complete the model).
         dtype: dtype of the returned model (default fp32).
+        load_reference: `reference -> (CLIPModel, processor)` for a vision-only file's reference (default: transformers'
+            `CLIPModel` / `CLIPProcessor.from_pretrained`; `mmt_ard.load_clip` passes its own loader).
 
     Returns:
         `(model, processor)`: a `CLIPModel` in eval mode whose `config._name_or_path` is `spec`, and a
@@ -147,7 +154,8 @@ def load_open_clip(spec: str, reference=None, dtype: torch.dtype | None = None):
             image_processor=build_image_processor(arch, (config or {}).get("preprocess_cfg")), tokenizer=tokenizer
         )
     else:
-        model, processor = _graft_vision(arch, source, config, state_dict, weights_path, reference)
+        loader = load_reference or _load_reference_clip
+        model, processor = _graft_vision(arch, source, config, state_dict, weights_path, reference, loader)
     model.config._name_or_path = spec
     if dtype is not None:
         model = model.to(dtype)

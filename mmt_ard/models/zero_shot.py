@@ -1,25 +1,25 @@
-"""Zero-shot CLIP wrapper: pixels in [0,1] in, zero-shot logits and image embeddings out.
+"""Zero-shot wrapper: pixels in [0,1] in, zero-shot logits and image embeddings out, for every model family.
 
-Every model in MMT-ARD (the student and each teacher) is seen through `ZeroShotCLIP`. It owns three things:
+Every model in MMT-ARD (the student and each teacher, CLIP, SigLIP or SigLIP 2) is seen through `ZeroShotCLIP`. It
+owns three things, and asks the model's family (`families.py`) how each is done for that kind of model:
 
 * the pixel pipeline: resize to the model's own input size and mean/std normalisation happen inside `forward`,
   differentiably, so attack budgets are always in [0,1] pixel units and teachers may use other sizes/statistics;
 * the text head `W in R^(C, D)`: L2-normalised mean over prompt templates of the model's own text embeddings of the
-  class names, built once per (class names, templates) and cached;
-* zero-shot logits `z = s * normalize(f(x)) @ W^T` with a fixed scale `s` (default 100) or the model's own.
+  class names (tokenized as the family's processor does), built once per (class names, templates) and cached;
+* zero-shot logits `z = s * normalize(f(x)) @ W^T` with a fixed scale `s` (default 100), or the model's own scale
+  (and, for SigLIP, its bias: `z = exp(t) * cos + b`).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .families import UnsupportedModelError, base_model, check_processor, describe_model, family_of
 
 
 @dataclass
@@ -50,48 +50,48 @@ def logits_of(output) -> torch.Tensor:
     return logits
 
 
-def _image_settings(clip: nn.Module, processor) -> tuple[int, tuple, tuple]:
-    """Input size, mean and std of a CLIP model, from its processor when there is one."""
-    size = clip.config.vision_config.image_size
-    mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    image_processor = getattr(processor, "image_processor", None)
-    if image_processor is not None:
-        mean = tuple(image_processor.image_mean or mean)
-        std = tuple(image_processor.image_std or std)
-    return int(size), tuple(float(m) for m in mean), tuple(float(s) for s in std)
-
-
 def _tokenizer_of(processor):
     tokenizer = getattr(processor, "tokenizer", None)
     return tokenizer if tokenizer is not None else processor
 
 
 class ZeroShotCLIP(nn.Module):
-    """A CLIP model used as a zero-shot classifier on pixels in [0,1].
+    """A CLIP-like model (CLIP, SigLIP, SigLIP 2) used as a zero-shot classifier on pixels in [0,1].
 
     Args:
-        clip: a transformers `CLIPModel` (or a peft model wrapping one).
-        processor: its `CLIPProcessor` (or a bare tokenizer); gives the tokenizer and the image mean/std.
-        logit_scale: the fixed scale `s` of the logits; `None` uses the model's own `logit_scale.exp()`.
-        image_size: input size the images are resized to; defaults to the vision config's `image_size`.
+        clip: a transformers `CLIPModel`, `SiglipModel` or `Siglip2Model` (or a peft model wrapping one); or a
+            vision-only tower of these families (`CLIPVisionModelWithProjection`, `SiglipVisionModel`,
+            `Siglip2VisionModel`), which classifies only with class embeddings given by `set_class_embeddings`.
+        processor: its processor (or a bare tokenizer); gives the tokenizer and the image mean/std. A processor of
+            another family than the model's is refused.
+        logit_scale: the fixed scale `s` of the logits; `None` uses the model's own scale (and SigLIP's bias).
+        image_size: input size the images are resized to; defaults to the vision tower's own.
+
+    Raises:
+        UnsupportedModelError: a model of no known family, or a processor of another family.
     """
 
     def __init__(self, clip: nn.Module, processor, logit_scale: float | None = 100.0, image_size: int | None = None):
         super().__init__()
-        base = _base_clip(clip)
-        if not hasattr(base, "get_text_features") or getattr(base, "text_model", None) is None:
-            raise ValueError(
-                f"`model` of type {type(base).__name__} has no text tower: MMT-ARD needs a full CLIP-like model "
-                "(image and text towers) so that zero-shot text heads can be built. Pass a `CLIPModel`."
-            )
+        base = base_model(clip)
         if processor is None:
-            raise ValueError("`processor` is None: pass the model's `CLIPProcessor` (or its tokenizer).")
+            raise ValueError(
+                f"`processor` is None for {describe_model(base)}: pass the model's processor (or its tokenizer); "
+                "`mmt_ard.load_clip(path)` returns both."
+            )
+        self.family, self.kind = family_of(base, processor)
+        check_processor(self.family, base, processor)
+        if self.kind == "vision" and logit_scale is None:
+            raise ValueError(
+                f"{describe_model(base)} is a vision-only tower: it has no logit scale of its own. Give a fixed "
+                "`logit_scale` (e.g. 100), or use the full model."
+            )
         self.clip = clip
         self.processor = processor
-        size, mean, std = _image_settings(base, processor)
-        self.image_size = int(image_size or size)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.layout = self.family.pixel_layout(base, processor, image_size)
+        self.image_size = self.layout.size
+        self.register_buffer("mean", torch.tensor(self.layout.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.layout.std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("text_head", torch.zeros(0), persistent=False)
         self.fixed_logit_scale = logit_scale
         self._head_key: tuple | None = None
@@ -99,18 +99,33 @@ class ZeroShotCLIP(nn.Module):
 
     @property
     def base(self) -> nn.Module:
-        """The plain `CLIPModel` under any peft wrapper."""
-        return _base_clip(self.clip)
+        """The plain transformers model under any peft wrapper."""
+        return base_model(self.clip)
 
     @property
     def embed_dim(self) -> int:
-        return int(self.base.config.projection_dim)
+        return self.family.embed_dim(self.base)
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.clip.parameters()).dtype
 
+    @property
+    def logit_mode(self) -> str:
+        """How the logits are scaled: `fixed 100` or `model scale` / `model scale + bias` (SigLIP)."""
+        if self.fixed_logit_scale is not None:
+            return f"fixed {self.fixed_logit_scale:g}"
+        return "model scale + bias" if self.family.logit_bias else "model scale"
+
     # ---- text head ----
+    def _require_text_tower(self) -> None:
+        if self.kind == "vision":
+            raise UnsupportedModelError(
+                f"{describe_model(self.base)} is a vision-only tower: it cannot embed class names. Load the full "
+                f"{self.family.title} model it belongs to, or give the class embeddings of that model with "
+                "`set_class_embeddings((C, D) tensor)`."
+            )
+
     @torch.no_grad()
     def set_classes(self, class_names: list[str], templates: list[str]) -> torch.Tensor:
         """Build (or reuse) the text head for these classes and templates; returns it, `(C, D)` fp32."""
@@ -121,12 +136,32 @@ class ZeroShotCLIP(nn.Module):
                 f"`prompt_templates`={templates!r}: each template needs one '{{}}' where the class name goes, "
                 "e.g. 'This is a photo of a {}'."
             )
+        self._require_text_tower()
         key = (tuple(class_names), tuple(templates))
         if key not in self._head_cache:
             self._head_cache[key] = build_text_head(self.base, _tokenizer_of(self.processor), class_names, templates)
         head = self._head_cache[key]
         self.text_head = head.to(self.mean.device)
         self._head_key = key
+        return self.text_head
+
+    @torch.no_grad()
+    def set_class_embeddings(self, class_embeddings: torch.Tensor) -> torch.Tensor:
+        """Use given class embeddings `(C, D)` as the text head (L2-normalised here); returns the head, fp32.
+
+        For vision-only towers, or for heads computed elsewhere (e.g. by the full model a tower came from).
+        """
+        if not torch.is_tensor(class_embeddings) or class_embeddings.dim() != 2:
+            raise ValueError(
+                f"`class_embeddings` must be a (C, D) tensor, got {getattr(class_embeddings, 'shape', class_embeddings)!r}."
+            )
+        if class_embeddings.shape[1] != self.embed_dim:
+            raise ValueError(
+                f"`class_embeddings` has D={class_embeddings.shape[1]} but {describe_model(self.base)} embeds images "
+                f"in {self.embed_dim} dimensions: compute them with the model this tower belongs to."
+            )
+        self.text_head = F.normalize(class_embeddings.detach().float(), dim=-1).to(self.mean.device)
+        self._head_key = None
         return self.text_head
 
     def refresh_text_head(self, grad: bool) -> torch.Tensor:
@@ -162,20 +197,23 @@ class ZeroShotCLIP(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """`(B, 3, H, W)` in [0,1] -> unnormalised image embeddings `(B, D)` in fp32."""
-        out = self.clip.get_image_features(pixel_values=self.preprocess(pixels))
-        feats = out.pooler_output if hasattr(out, "pooler_output") else out
-        return feats.float()
+        inputs = self.layout.model_inputs(self.preprocess(pixels))
+        return self.family.image_features(self.clip, inputs, self.kind).float()
 
     def logit_scale(self) -> torch.Tensor | float:
         if self.fixed_logit_scale is not None:
             return float(self.fixed_logit_scale)
-        return self.base.logit_scale.exp().float()
+        return self.family.logit_scale_and_bias(self.base)[0]
 
     def logits_from_embeds(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """`(B, D)` embeddings -> `(B, C)` zero-shot logits."""
         if self.text_head.numel() == 0:
             raise RuntimeError("No text head: call `set_classes(class_names, templates)` before the forward pass.")
-        return self.logit_scale() * F.normalize(image_embeds, dim=-1) @ self.text_head.t()
+        cos = F.normalize(image_embeds, dim=-1) @ self.text_head.t()  # (B, C)
+        if self.fixed_logit_scale is not None:
+            return float(self.fixed_logit_scale) * cos
+        scale, bias = self.family.logit_scale_and_bias(self.base)
+        return scale * cos + bias
 
     def forward(self, pixel_values: torch.Tensor, **unused) -> ZeroShotOutput:
         embeds = self.encode_image(pixel_values)  # (B, D)
@@ -184,22 +222,6 @@ class ZeroShotCLIP(nn.Module):
     def confidence(self, image_embeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Raw cosine similarity of each image to its ground-truth class text embedding, `(B,)`."""
         return (F.normalize(image_embeds, dim=-1) * self.text_head[labels]).sum(-1)
-
-
-def _base_clip(model: nn.Module) -> nn.Module:
-    """Strip peft wrappers: the `CLIPModel` under a `PeftModel` (or a bare peft tuner), adapters still injected.
-
-    A `PeftModel` forwards unknown attributes (`get_image_features`, `text_model`, ...) to the wrapped model, so the
-    wrapper is recognised by its `peft_config`, not by what it seems to have.
-    """
-    for _ in range(4):
-        if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):  # PeftModel
-            model = model.get_base_model()
-        elif hasattr(model, "peft_config") and isinstance(getattr(model, "model", None), nn.Module):  # LoraModel
-            model = model.model
-        else:
-            break
-    return model
 
 
 def build_text_head(clip: nn.Module, tokenizer, class_names: list[str], templates: list[str]) -> torch.Tensor:
@@ -215,69 +237,26 @@ def compute_text_head(clip: nn.Module, tokenizer, class_names: list[str], templa
     """Zero-shot classifier weights from class names and prompt templates (differentiable when grad is on).
 
     Args:
-        clip: a `CLIPModel` (its text tower and text projection are used).
+        clip: a full model of a known family (`CLIPModel`, `SiglipModel`, `Siglip2Model`); its text tower (and
+            projection) are used, with the family's tokenization (`ModelFamily.tokenize`).
         tokenizer: the model's own tokenizer.
-        class_names: `C` class names.
+        class_names: `C` class names (`_` read as a space).
         templates: `T` templates with one `{}` each.
 
     Returns:
         `(C, D)` fp32: per class, the L2-normalised mean over templates of L2-normalised text embeddings.
     """
+    family, _ = family_of(clip, tokenizer)
     device = next(clip.parameters()).device
     flags = {m: m.training for m in clip.modules()}
     clip.eval()
     heads = []
     for name in class_names:
         texts = [t.format(name.replace("_", " ")) for t in templates]
-        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        tokens = {k: v.to(device) for k, v in family.tokenize(tokenizer, texts, clip).items()}
         out = clip.get_text_features(**tokens)
         emb = (out.pooler_output if hasattr(out, "pooler_output") else out).float()  # (T, D)
         heads.append(F.normalize(F.normalize(emb, dim=-1).mean(0), dim=-1))
     for module, flag in flags.items():
         module.training = flag
     return torch.stack(heads)  # (C, D)
-
-
-def load_clip(name_or_path: str, processor_name_or_path=None, dtype: torch.dtype | None = None):
-    """Load a `CLIPModel` and its processor: a transformers model, or an open_clip / OpenAI-CLIP checkpoint.
-
-    Args:
-        name_or_path: Hub id (e.g. `openai/clip-vit-base-patch32`) or local path of a transformers CLIP; or an
-            open_clip checkpoint, converted without open_clip (`mmt_ard.convert.load_open_clip`): `hf-hub:org/name`,
-            a Hub repository or local folder holding `open_clip_config.json`, a weights file (`.pt`, `.bin`,
-            `.safetensors`, ...), optionally `ViT-B-32@path` to name the architecture of a file without config.
-        processor_name_or_path: where the processor lives when the model repository has none
-            (e.g. `LEAF-CLIP/CLIP-ViT-L-FARE2` takes `openai/clip-vit-large-patch14`'s), or a processor object, returned
-            as given. For an open_clip checkpoint: where its tokenizer comes from (default: OpenAI's CLIP tokenizer),
-            and for a vision-only file the CLIP it was fine-tuned from, whose text tower completes it.
-        dtype: optional dtype to load the weights in.
-    """
-    from transformers import CLIPModel, CLIPProcessor
-
-    from .convert import hub_repo_has_open_clip_config, is_open_clip_source, load_open_clip
-
-    if is_open_clip_source(name_or_path):
-        return load_open_clip(name_or_path, processor_name_or_path, dtype=dtype)
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    try:
-        model = CLIPModel.from_pretrained(name_or_path, **kwargs)
-    except OSError as err:
-        if not os.path.exists(name_or_path) and hub_repo_has_open_clip_config(name_or_path):
-            return load_open_clip(f"hf-hub:{name_or_path}", processor_name_or_path, dtype=dtype)
-        raise OSError(
-            f"Could not load a CLIPModel from `{name_or_path}`: give a Hub id reachable from this machine, a local "
-            "directory holding config.json and model.safetensors, or an open_clip checkpoint (`hf-hub:org/name`, a "
-            f"folder with open_clip_config.json, a weights file). ({err})"
-        ) from err
-    if processor_name_or_path is not None and not isinstance(processor_name_or_path, str):
-        return model, processor_name_or_path
-    try:
-        processor = CLIPProcessor.from_pretrained(processor_name_or_path or name_or_path)
-    except OSError as err:
-        raise OSError(
-            f"Could not load a processor from `{processor_name_or_path or name_or_path}`: this model repository has no "
-            "tokenizer/image-processor files; pass `processor=` (a Teacher field) or `--*_processor` naming the "
-            f"repository the model was fine-tuned from. ({err})"
-        ) from err
-    return model, processor
