@@ -1,4 +1,4 @@
-"""Tiny, seeded CLIP models and real offline data, built in-process.
+"""Tiny, seeded CLIP and SigLIP models and real offline data, built in-process.
 
 Used by the embedded default of `examples/run_mmt_ard.py`, the test suite and the CPU benchmarks: nothing here touches
 the network. The tokenizer is a word-level vocabulary built with the `tokenizers` library; the data is scikit-learn's
@@ -104,6 +104,103 @@ def build_tiny_clip(
         image_std=list(image_std),
     )
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return model, processor
+
+
+SIGLIP_VARIANTS = ("siglip", "siglip2", "siglip2-naflex")
+_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,'-"
+
+
+def build_siglip2_tokenizer(max_length: int = 64):
+    """SigLIP 2's own tokenizer class (`Siglip2Tokenizer`: Gemma-style BPE that lower-cases) on a character vocabulary."""
+    from transformers import Siglip2Tokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    vocab = {tok: i for i, tok in enumerate(specials + ["\u2581"] + list(_CHARS))}
+    return Siglip2Tokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def build_tiny_siglip(
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    image_size: int = 16,
+    patch_size: int = 4,
+    seed: int = 0,
+    words: list[str] | None = None,
+    variant: str = "siglip",
+    image_mean=(0.5, 0.5, 0.5),
+    image_std=(0.5, 0.5, 0.5),
+    tokenizer=None,
+):
+    """A seeded tiny SigLIP-family model and its processor, built as transformers users build them.
+
+    Args:
+        hidden: width of both towers (SigLIP's image and text embeddings are the towers' pooled outputs).
+        layers: depth of both towers.
+        heads: attention heads.
+        image_size: the vision tower's input size (NaFlex: the square whose patches fill `max_num_patches`).
+        patch_size: ViT patch size.
+        seed: initialisation seed (the global RNG is left as it was).
+        words: extra vocabulary (class names) of the word-level tokenizer (`siglip`).
+        variant: `siglip` (`SiglipModel`, word-level tokenizer padded to 16), `siglip2` (a fixed-resolution SigLIP 2
+            checkpoint: `SiglipModel` with `Siglip2Tokenizer`, 64 tokens), `siglip2-naflex` (`Siglip2Model`,
+            `Siglip2Processor`).
+        image_mean: per-channel mean of the processor.
+        image_std: per-channel std of the processor.
+        tokenizer: a tokenizer to use instead of the variant's (e.g. SigLIP's own `SiglipTokenizer`).
+
+    The logit scale and bias start where SigLIP's training starts (`log 10`, `-10`), not at zero.
+    """
+    import math
+
+    import transformers
+
+    if variant not in SIGLIP_VARIANTS:
+        raise ValueError(f"`variant`={variant!r}: use one of {list(SIGLIP_VARIANTS)}.")
+    if tokenizer is None:
+        tokenizer = build_tokenizer(words) if variant == "siglip" else build_siglip2_tokenizer()
+    text_cfg = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision_cfg = dict(
+        hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=heads
+    )
+    image_kw = dict(image_mean=list(image_mean), image_std=list(image_std))
+    if variant == "siglip2-naflex":
+        num_patches = (image_size // patch_size) ** 2
+        config = transformers.Siglip2Config(
+            text_config=text_cfg, vision_config=dict(vision_cfg, patch_size=patch_size, num_patches=num_patches)
+        )
+        model_class = transformers.Siglip2Model
+        image_processor = transformers.Siglip2ImageProcessorPil(
+            patch_size=patch_size, max_num_patches=num_patches, **image_kw
+        )
+        processor = transformers.Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    else:
+        config = transformers.SiglipConfig(
+            text_config=text_cfg, vision_config=dict(vision_cfg, image_size=image_size, patch_size=patch_size)
+        )
+        model_class = transformers.SiglipModel
+        image_processor = transformers.SiglipImageProcessorPil(
+            size={"height": image_size, "width": image_size}, **image_kw
+        )
+        processor = transformers.SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    model.eval()
     return model, processor
 
 

@@ -114,7 +114,6 @@ class ModelFamily:
         logit_bias: whether the logits carry the model's `logit_bias`.
         vision_prefixes: parameter-name prefixes of the vision side of a full model (the rest is the text side).
         compatible: names of other families whose processors this family's models accept.
-        embed_dim_from: `projection_dim` (a projection after the tower) or `hidden_size` (the tower's pooled output).
         naflex_classes: class names whose vision tower takes patchified NaFlex inputs.
         description: one line for docs and error messages.
     """
@@ -133,7 +132,6 @@ class ModelFamily:
     logit_bias: bool = False
     vision_prefixes: tuple[str, ...] = ("vision_model.",)
     compatible: tuple[str, ...] = ()
-    embed_dim_from: str = "projection_dim"
     naflex_classes: tuple[str, ...] = ()
     description: str = ""
 
@@ -231,9 +229,11 @@ class ModelFamily:
         return embeds if embeds is not None else out.pooler_output
 
     def embed_dim(self, model: nn.Module) -> int:
-        """Size of the image embeddings the logits are computed from."""
-        if self.embed_dim_from == "projection_dim":
-            return int(getattr(model.config, "projection_dim", None) or vision_config_of(model).projection_dim)
+        """Size of the image embeddings the logits are computed from: the visual projection's output where the
+        model has one (CLIP), else the vision tower's pooled width (SigLIP)."""
+        projection = getattr(model, "visual_projection", None)
+        if projection is not None:
+            return int(projection.out_features)
         return int(vision_config_of(model).hidden_size)
 
     # ---- logits ----
@@ -270,9 +270,9 @@ CLIP = ModelFamily(
     name="clip",
     title="CLIP",
     model_classes=("CLIPModel",),
-    vision_classes=("CLIPVisionModelWithProjection",),
+    vision_classes=("CLIPVisionModelWithProjection", "CLIPVisionModel"),
     model_types={"clip": "CLIPModel"},
-    vision_model_types={"clip_vision_model": "CLIPVisionModelWithProjection"},
+    vision_model_types={"clip_vision_model": "CLIPVisionModel"},
     processor_markers=("CLIP",),
     image_mean=OPENAI_CLIP_MEAN,
     image_std=OPENAI_CLIP_STD,
@@ -291,7 +291,6 @@ SIGLIP = ModelFamily(
     image_std=SIGLIP_STD,
     text_padding="max_length",
     logit_bias=True,
-    embed_dim_from="hidden_size",
     compatible=("siglip2",),
     description="Google's SigLIP (sigmoid loss), the tower of PaliGemma and LLaVA-OneVision",
 )
@@ -308,7 +307,6 @@ SIGLIP2 = ModelFamily(
     text_padding="max_length",
     lowercase=True,
     logit_bias=True,
-    embed_dim_from="hidden_size",
     compatible=("siglip",),
     naflex_classes=("Siglip2Model", "Siglip2VisionModel"),
     description=(

@@ -121,7 +121,7 @@ class ZeroShotCLIP(nn.Module):
     def _require_text_tower(self) -> None:
         if self.kind == "vision":
             raise UnsupportedModelError(
-                f"{describe_model(self.base)} is a vision-only tower: it cannot embed class names. Load the full "
+                f"{describe_model(self.base)} is a vision-only tower (no text tower): it cannot embed class names. Load the full "
                 f"{self.family.title} model it belongs to, or give the class embeddings of that model with "
                 "`set_class_embeddings((C, D) tensor)`."
             )
