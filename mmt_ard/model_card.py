@@ -5,6 +5,7 @@ from disk, the network or the trainer. `examples/run_mmt_ard.py` fills the dicti
 
 * `model_name`, `base_model` (id/path of the student before training, or a description), `base_model_id` (a Hub id
   for the front-matter, optional), `hub_model_id` (optional), `library_version` (optional);
+* `model_family`: `{"name", "title", "class"}` of the student (`family_summary`; CLIP when absent);
 * `teachers`: list of `{"name", "role", "model", "processor", "input", "match", "coef"}`;
 * `preset` and `settings`: every attack / loss / weighting field of the config (`MMTARD_SETTING_KEYS`);
 * `lora`: `None`, or `{"r", "alpha", "dropout", "target_modules", "saved"}` (`saved`: `merged` or `adapter`);
@@ -71,7 +72,13 @@ CITATION = """@article{li2025mmtard,
   year    = {2025}
 }"""
 
-DEFAULT_TAGS = ("mmt-ard", "adversarial-robustness", "distillation", "clip", "zero-shot-image-classification")
+DEFAULT_TAGS = ("mmt-ard", "adversarial-robustness", "distillation", "zero-shot-image-classification")
+CLIP_FAMILY = {"name": "clip", "title": "CLIP", "class": "CLIPModel"}
+
+
+def family_summary(zero_shot) -> dict:
+    """`{"name", "title", "class"}` of a `ZeroShotCLIP`'s model family, for results.json and the model card."""
+    return {"name": zero_shot.family.name, "title": zero_shot.family.title, "class": type(zero_shot.base).__name__}
 
 
 def format_eps(eps: float | None) -> str:
@@ -133,7 +140,9 @@ def front_matter(results: dict) -> str:
         "license: apache-2.0",
         "pipeline_tag: zero-shot-image-classification",
     ]
-    tags = list(DEFAULT_TAGS) + [t for t in results.get("tags", []) if t not in DEFAULT_TAGS]
+    family = results.get("model_family") or CLIP_FAMILY
+    tags = list(DEFAULT_TAGS) + [family["name"]]
+    tags += [t for t in results.get("tags", []) if t not in tags]
     if results.get("preset") and results["preset"] not in tags:
         tags.append(results["preset"])
     lines += _yaml_list("tags", tags)
@@ -185,10 +194,11 @@ def render_model_card(results: dict) -> str:
     training = results.get("training", {})
     robustness = results.get("robustness", {})
     lora = results.get("lora")
+    family = results.get("model_family") or CLIP_FAMILY
 
     parts = [front_matter(results), "", f"# {name}", ""]
     parts.append(
-        f"An adversarially robust CLIP image encoder trained with the `{preset}` preset of "
+        f"An adversarially robust {family['title']} image encoder trained with the `{preset}` preset of "
         "[mmt_ard](https://arxiv.org/abs/2511.17448) (multimodal multi-teacher adversarial robust distillation): "
         "the student is attacked with PGD during training and distilled from its teachers on clean and adversarial "
         "images. Pixels are in [0, 1] and normalisation happens inside the model, so attack budgets `eps` are in "
@@ -199,6 +209,7 @@ def render_model_card(results: dict) -> str:
         "## Models",
         "",
         f"- **Base model (student before training):** {_model_ref(results.get('base_model', '-'))}",
+        f"- **Model family:** {family['title']} (`{family['class']}`)",
     ]
     if lora:
         parts.append(
@@ -275,9 +286,10 @@ def render_model_card(results: dict) -> str:
         "## Usage",
         "",
         "```python",
-        "from transformers import CLIPModel, CLIPProcessor",
+        "from transformers import AutoModel, AutoProcessor",
         "",
-        f'model = CLIPModel.from_pretrained("{results.get("hub_model_id") or "path/to/this/folder"}")',
+        f'model = AutoModel.from_pretrained("{results.get("hub_model_id") or "path/to/this/folder"}")  # a {family["class"]}',
+        f'processor = AutoProcessor.from_pretrained("{results.get("hub_model_id") or "path/to/this/folder"}")',
         "# attack budgets apply to [0, 1] pixels; normalise with the processor's image_mean / image_std",
         "```",
         "",

@@ -20,7 +20,7 @@ import torch
 
 from ..config import MMTARDConfig
 from ..data import read_skip_logs
-from ..model_card import MMTARD_SETTING_KEYS, format_eps, robustness_table
+from ..model_card import MMTARD_SETTING_KEYS, family_summary, format_eps, robustness_table
 from ..precision import describe as describe_precision
 from ..trainer import MMTARDTrainer
 from .train_args import ScriptArguments
@@ -240,6 +240,7 @@ def collect_results(
         "model_name": os.path.basename(os.path.normpath(config.output_dir)),
         "base_model": inputs.descriptions["base_model"],
         "base_model_id": None if embedded else sa.student,
+        "model_family": family_summary(trainer.accelerator.unwrap_model(trainer.model).student),
         "hub_model_id": hub_model_id,
         "preset": config.preset,
         "tags": ["embedded-default"] if embedded else [],
