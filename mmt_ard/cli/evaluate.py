@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=False,
         default=None,
-        help="Hub ids, local CLIPModel folders, training run output_dirs, or open_clip / OpenAI-CLIP checkpoints "
+        help="Hub ids or local folders of CLIP, SigLIP or SigLIP 2 models, training run output_dirs, or open_clip / "
+        "OpenAI-CLIP checkpoints "
         "(hf-hub:org/name, a folder with open_clip_config.json, a weights file, ARCH@file; docs/open_clip.md).",
     )
     parser.add_argument(
@@ -85,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with {} for the class name, e.g. 'a photo of a {}'.",
     )
     parser.add_argument("--logit-scale", type=float, default=None, help="Fixed logit scale (protocol: 100).")
-    parser.add_argument("--model-logit-scale", action="store_true", help="Use each model's own logit scale.")
+    parser.add_argument(
+        "--model-logit-scale",
+        action="store_true",
+        help="Use each model's own logit scale (and SigLIP's bias) instead of the fixed one; results.json records "
+        "`logit_mode`.",
+    )
     parser.add_argument("--split", default=None, help="Dataset split.")
     parser.add_argument("--seed", type=int, default=None, help="Seed of the subset and of the random starts.")
     parser.add_argument("--batch-size", type=int, default=None, help="Images per attack batch.")
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.models:
         parser.error(
-            "--models is required (Hub ids, local CLIPModel folders, training run output_dirs, or open_clip checkpoints)."
+            "--models is required (Hub ids, local model folders, training run output_dirs, or open_clip checkpoints)."
         )
 
     from ..evaluation.protocols import get_protocol

@@ -52,7 +52,7 @@ def ensure_fp32(model: nn.Module, allow_cast: bool = True) -> nn.Module:
 
 
 def resolve_model_path(path: str) -> str:
-    """A CLIPModel folder, or the newest `checkpoint-*` of a training run's `output_dir` when it has no model."""
+    """A model folder, or the newest `checkpoint-*` of a training run's `output_dir` when it has no model."""
     if _has_model(path):
         return path
     checkpoints = [d for d in glob.glob(os.path.join(path, "checkpoint-*")) if _has_model(d)]
@@ -62,7 +62,7 @@ def resolve_model_path(path: str) -> str:
         return newest
     raise FileNotFoundError(
         f"{path!r} holds neither a model (config.json + model.safetensors) nor a `checkpoint-*` folder with one: give "
-        "a CLIPModel folder, a training run's output_dir, or a Hub id."
+        "a model folder (CLIP, SigLIP, SigLIP 2), a training run's output_dir, or a Hub id."
     )
 
 
@@ -81,12 +81,13 @@ def load_eval_model(
     device: str | torch.device | None = None,
     allow_cast: bool = True,
 ) -> ZeroShotCLIP:
-    """A `ZeroShotCLIP` in fp32 from a Hub id, a local CLIPModel folder, a run's output_dir or a module.
+    """A `ZeroShotCLIP` in fp32 from a Hub id, a local model folder, a run's output_dir or a module.
 
     Args:
-        model: Hub id, local path, `CLIPModel` (needs `processor`) or `ZeroShotCLIP`.
+        model: Hub id or local path of a CLIP, SigLIP or SigLIP 2 model (or an open_clip checkpoint), a training run's
+            output_dir, a model object (`CLIPModel`, `SiglipModel`, ...; needs `processor`) or a `ZeroShotCLIP`.
         processor: processor (or its Hub id / path) when the model's own folder has none.
-        logit_scale: fixed zero-shot scale, `None` for the model's own.
+        logit_scale: fixed zero-shot scale, `None` for the model's own (with SigLIP's bias).
         device: where to run (default: CUDA when available).
         allow_cast: cast a half-precision model to an fp32 copy instead of raising.
     """
@@ -100,15 +101,15 @@ def load_eval_model(
         zs = ZeroShotCLIP(clip, proc, logit_scale=logit_scale)
     elif isinstance(model, ZeroShotCLIP):
         zs = model
-    elif isinstance(model, nn.Module) and hasattr(model, "get_image_features"):
+    elif isinstance(model, nn.Module):
         if processor is None or isinstance(processor, str):
             raise ValueError(
-                "A `CLIPModel` object needs its `processor` (the CLIPProcessor object) to build text heads."
+                f"A `{type(model).__name__}` object needs its `processor` (the processor object) to build text heads."
             )
-        zs = ZeroShotCLIP(model, processor, logit_scale=logit_scale)
+        zs = ZeroShotCLIP(model, processor, logit_scale=logit_scale)  # refuses models of unknown families
     else:
         raise TypeError(
-            f"`model` of type {type(model).__name__}: pass a Hub id, a local path, a CLIPModel (+ processor) or a "
+            f"`model` of type {type(model).__name__}: pass a Hub id, a local path, a model object (+ processor) or a "
             "ZeroShotCLIP."
         )
     return ensure_fp32(zs, allow_cast).to(device)
@@ -343,7 +344,8 @@ def evaluate_robustness(
     """Robust zero-shot accuracy of models x datasets x budgets x attacks, with gradient-masking checks.
 
     Args:
-        models: one or a list of: Hub id, local CLIPModel folder, training run `output_dir`, or a `ZeroShotCLIP`.
+        models: one or a list of: Hub id or local folder of a CLIP / SigLIP / SigLIP 2 model, training run
+            `output_dir`, open_clip checkpoint, or a `ZeroShotCLIP`.
         datasets: names (`cifar10`), Hub ids, local paths (parquet / image folder), `EvalData` or a
             `{name: spec}` dict; default: the protocol's datasets.
         eps: budgets in [0,1] pixel units overriding the protocol's, e.g. `(2/255, 4/255)`.
@@ -447,6 +449,8 @@ def evaluate_robustness(
                 "model_source": _model_source(spec),
                 "dataset": d_name,
                 "dataset_source": source_id(d_spec),
+                "model_family": zero_shot.family.name,
+                "logit_mode": zero_shot.logit_mode,
                 "protocol": proto.name,
                 "protocol_summary": summary,
                 "protocol_fingerprint": proto.fingerprint(d_name),
