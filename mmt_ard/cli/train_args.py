@@ -92,14 +92,14 @@ class ScriptArguments:
         default=None, metadata={"help": "A .yaml/.yml/.json file of arguments; flags override it."}
     )
     student: str | None = field(
-        default=None, metadata={"help": "Student CLIPModel (Hub id or path). Unset: the offline embedded default."}
+        default=None, metadata={"help": "Student CLIP / SigLIP / SigLIP 2 model (Hub id or path). Unset: the offline embedded default."}
     )
     student_processor: str | None = field(default=None, metadata={"help": "Student processor id/path if elsewhere."})
-    robust_teacher: str | None = field(default=None, metadata={"help": "Robust teacher CLIPModel (Hub id or path)."})
+    robust_teacher: str | None = field(default=None, metadata={"help": "Robust teacher CLIP / SigLIP model (Hub id or path)."})
     robust_teacher_processor: str | None = field(
         default=None, metadata={"help": "Robust teacher's processor (e.g. openai/clip-vit-large-patch14 for FARE2)."}
     )
-    clean_teacher: str | None = field(default=None, metadata={"help": "Clean teacher CLIPModel (Hub id or path)."})
+    clean_teacher: str | None = field(default=None, metadata={"help": "Clean teacher CLIP / SigLIP model (Hub id or path)."})
     clean_teacher_processor: str | None = field(default=None, metadata={"help": "Clean teacher's processor id/path."})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the student's vision tower (0: full fine-tune)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
@@ -109,7 +109,7 @@ class ScriptArguments:
         metadata={"help": "Vision-tower module names given LoRA adapters."},
     )
     save_merged: bool = field(
-        default=False, metadata={"help": "With LoRA: save merged weights (plain CLIPModel) instead of the adapter."}
+        default=False, metadata={"help": "With LoRA: save merged weights (a plain model) instead of the adapter."}
     )
     dataset_name: str | None = field(
         default=None, metadata={"help": "Hub dataset id or local dir (image folder / parquet / arrow / save_to_disk)."}
