@@ -25,8 +25,9 @@ class Teacher:
     """A frozen teacher of the student.
 
     Args:
-        model: a `CLIPModel`, or a Hub id / local path loaded with `load_clip` (a transformers CLIP, or an open_clip /
-            OpenAI-CLIP checkpoint such as `hf-hub:chs20/fare2-clip`, converted).
+        model: a `CLIPModel`, `SiglipModel` or `Siglip2Model`, or a Hub id / local path loaded with `load_clip` (a
+            transformers CLIP or SigLIP, or an open_clip / OpenAI-CLIP checkpoint such as `hf-hub:chs20/fare2-clip`,
+            converted).
         role: `robust`, `clean` or `original`; fills the defaults below from the preset (any other name: give all).
         input: the images the teacher sees, `clean` or `adversarial`.
         match: the student output it is matched to, `clean` or `adversarial`.
@@ -34,7 +35,7 @@ class Teacher:
         kl: whether it has a KL term on logits.
         kl_direction: `teacher_student` (`KL(p_T || p_S)`) or `student_teacher`.
         feature_weight: `lambda_feat` of its feature term (0: none; a learned projection is added if dims differ).
-        processor: its `CLIPProcessor` (or a Hub id / path); loaded from `model` when it is a string and this is None.
+        processor: its processor (or a Hub id / path); loaded from `model` when it is a string and this is None.
             For an open_clip checkpoint: where its tokenizer comes from, or, for a vision-only file, the CLIP it was
             fine-tuned from (see `load_clip`).
         dtype: `fp32`, `bf16` or `fp16` (default: the config's `teacher_dtype`).
@@ -112,11 +113,13 @@ def build_teacher_module(
         processor = load_processor(processor)
     if not isinstance(model, nn.Module):
         raise TypeError(
-            f"Teacher `{teacher.name}`: `model` is a {type(model).__name__}; give a CLIPModel, a Hub id or a local path."
+            f"Teacher `{teacher.name}`: `model` is a {type(model).__name__}; give a model (CLIPModel, SiglipModel, "
+            "...), a Hub id or a local path."
         )
     if processor is None:
         raise ValueError(
-            f"Teacher `{teacher.name}`: no processor. Pass `Teacher(..., processor=...)` (a CLIPProcessor or its Hub id)."
+            f"Teacher `{teacher.name}`: no processor. Pass `Teacher(..., processor=...)` (the model's processor or its "
+            "Hub id)."
         )
     dtype = DTYPES[teacher.dtype]
     if device is None:

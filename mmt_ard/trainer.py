@@ -140,14 +140,14 @@ def robust_accuracy_metrics(eval_pred) -> dict[str, float]:
 
 
 class MMTARDTrainer(Trainer):
-    """Multimodal multi-teacher adversarial robust distillation of a CLIP student.
+    """Multimodal multi-teacher adversarial robust distillation of a CLIP-like student (CLIP, SigLIP, SigLIP 2).
 
     Args:
-        model: the student `CLIPModel` (or a peft model wrapping one).
+        model: the student `CLIPModel`, `SiglipModel` or `Siglip2Model` (or a peft model wrapping one).
         args: an `MMTARDConfig`.
         teachers: `Teacher` specs (or bare models / Hub ids, taken as `robust` then `clean`).
         class_names: class names of the labels; defaults to the train dataset's `labels` `ClassLabel`.
-        processing_class: the student's `CLIPProcessor` (tokenizer + image statistics; saved with the model).
+        processing_class: the student's processor (tokenizer + image statistics; saved with the model).
         **kwargs: everything else `transformers.Trainer` takes (`train_dataset`, `eval_dataset`, `callbacks`, ...).
     """
 
@@ -169,10 +169,10 @@ class MMTARDTrainer(Trainer):
                 f"`args` is a {type(args).__name__}: pass an `MMTARDConfig` (a TrainingArguments subclass)."
             )
         if model is None:
-            raise ValueError("`model` is None: pass the student `CLIPModel` (or a Hub id loaded with `load_clip`).")
+            raise ValueError("`model` is None: pass the student model (`load_clip(hub_id_or_path)` loads one).")
         if processing_class is None:
             raise ValueError(
-                "`processing_class` is None: pass the student's `CLIPProcessor` (its tokenizer builds the text head)."
+                "`processing_class` is None: pass the student's processor (its tokenizer builds the text head)."
             )
         self.class_names = self._resolve_class_names(class_names, kwargs.get("train_dataset"))
 
@@ -658,7 +658,8 @@ class MMTARDTrainer(Trainer):
         return staging if staging is not None else super()._get_output_dir(trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write the student as a plain `CLIPModel` (safetensors) + processor, and the trainer's own state."""
+        """Write the student as a plain model of its class (`CLIPModel`, `SiglipModel`, ...; safetensors) + processor,
+        and the trainer's own state."""
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
