@@ -195,6 +195,7 @@ def render_model_card(results: dict) -> str:
     robustness = results.get("robustness", {})
     lora = results.get("lora")
     family = results.get("model_family") or CLIP_FAMILY
+    where = results.get("hub_model_id") or "path/to/this/folder"
 
     parts = [front_matter(results), "", f"# {name}", ""]
     parts.append(
@@ -288,8 +289,8 @@ def render_model_card(results: dict) -> str:
         "```python",
         "from transformers import AutoModel, AutoProcessor",
         "",
-        f'model = AutoModel.from_pretrained("{results.get("hub_model_id") or "path/to/this/folder"}")  # a {family["class"]}',
-        f'processor = AutoProcessor.from_pretrained("{results.get("hub_model_id") or "path/to/this/folder"}")',
+        f'model = AutoModel.from_pretrained("{where}")  # a {family["class"]}',
+        f'processor = AutoProcessor.from_pretrained("{where}")',
         "# attack budgets apply to [0, 1] pixels; normalise with the processor's image_mean / image_std",
         "```",
         "",

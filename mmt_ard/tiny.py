@@ -112,7 +112,7 @@ _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,'-"
 
 
 def build_siglip2_tokenizer(max_length: int = 64):
-    """SigLIP 2's own tokenizer class (`Siglip2Tokenizer`: Gemma-style BPE that lower-cases) on a character vocabulary."""
+    """SigLIP 2's own tokenizer class (`Siglip2Tokenizer`: Gemma-style BPE, lower-casing) on a character vocabulary."""
     from transformers import Siglip2Tokenizer
 
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]

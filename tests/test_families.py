@@ -115,15 +115,17 @@ def test_a_saved_model_of_an_unknown_family_is_refused_by_load_clip(tmp_path):
     from transformers import ViTConfig, ViTModel
 
     folder = tmp_path / "vit"
-    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(
-        folder
-    )
+    ViTModel(
+        ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(folder)
     with pytest.raises(UnsupportedModelError) as err:
         load_clip(str(folder))
     assert "`vit`" in str(err.value) and str(folder) in str(err.value) and "SigLIP" in str(err.value)
 
 
-@pytest.mark.parametrize(("model_variant", "processor_variant"), [("clip", "siglip"), ("siglip", "clip"), ("clip", "siglip2")])
+@pytest.mark.parametrize(
+    ("model_variant", "processor_variant"), [("clip", "siglip"), ("siglip", "clip"), ("clip", "siglip2")]
+)
 def test_a_processor_of_another_family_is_refused(model_variant, processor_variant, tmp_path):
     model, _ = build(model_variant, str(tmp_path))
     _, other = build(processor_variant, str(tmp_path))

@@ -46,7 +46,9 @@ def assets(tmp_path_factory):
     student, processor = build_tiny_siglip(hidden=32, layers=1, image_size=16, patch_size=8, words=CLASSES)
     student.save_pretrained(root / "student")
     processor.save_pretrained(root / "student")
-    teacher, teacher_processor = build_tiny_clip(hidden=48, layers=1, image_size=16, patch_size=8, seed=1, words=CLASSES)
+    teacher, teacher_processor = build_tiny_clip(
+        hidden=48, layers=1, image_size=16, patch_size=8, seed=1, words=CLASSES
+    )
     teacher.save_pretrained(root / "teacher")
     teacher_processor.save_pretrained(root / "teacher")
     paths.update(student=str(root / "student"), teacher=str(root / "teacher"))
@@ -84,7 +86,9 @@ def test_siglip_student_trains_saves_resumes_and_evaluates(assets, tmp_path):
     trained = AutoModel.from_pretrained(str(out))
     assert type(trained) is SiglipModel
     initial = SiglipModel.from_pretrained(assets["student"])
-    vision = [not torch.equal(a, b) for a, b in zip(trained.vision_model.parameters(), initial.vision_model.parameters())]
+    vision = [
+        not torch.equal(a, b) for a, b in zip(trained.vision_model.parameters(), initial.vision_model.parameters())
+    ]
     assert any(vision)
     assert all(torch.equal(a, b) for a, b in zip(trained.text_model.parameters(), initial.text_model.parameters()))
     assert torch.equal(trained.logit_bias, initial.logit_bias)

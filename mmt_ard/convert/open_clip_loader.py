@@ -128,8 +128,8 @@ def load_open_clip(spec: str, reference=None, dtype: torch.dtype | None = None, 
             tokenizer) or a processor / tokenizer object; for a vision-only file, the Hub id / path of the CLIP it
             was fine-tuned from (its text tower and processor complete the model).
         dtype: dtype of the returned model (default fp32).
-        load_reference: `reference -> (CLIPModel, processor)` for a vision-only file's reference (default: transformers'
-            `CLIPModel` / `CLIPProcessor.from_pretrained`; `mmt_ard.load_clip` passes its own loader).
+        load_reference: `reference -> (CLIPModel, processor)` for a vision-only file's reference (default:
+            transformers' `CLIPModel` / `CLIPProcessor.from_pretrained`; `mmt_ard.load_clip` passes its own loader).
 
     Returns:
         `(model, processor)`: a `CLIPModel` in eval mode whose `config._name_or_path` is `spec`, and a

@@ -330,9 +330,7 @@ for _family in (CLIP, SIGLIP, SIGLIP2):
 
 def supported() -> str:
     """One line listing the supported families and their classes, for error messages."""
-    return "; ".join(
-        f"{f.title} ({', '.join(f.model_classes + f.vision_classes)})" for f in FAMILIES.values()
-    )
+    return "; ".join(f"{f.title} ({', '.join(f.model_classes + f.vision_classes)})" for f in FAMILIES.values())
 
 
 def processor_family(processor) -> ModelFamily | None:
@@ -386,7 +384,8 @@ def check_processor(family: ModelFamily, model: nn.Module, processor) -> None:
         return
     raise UnsupportedModelError(
         f"The model {describe_model(base_model(model))} is {family.title} but the processor "
-        f"{describe_processor(processor)} is {other.title}'s: its tokenizer and image statistics do not fit the model. "
+        f"{describe_processor(processor)} is {other.title}'s: its tokenizer and image statistics do not fit the "
+        "model. "
         "Pass the processor saved with the model (`mmt_ard.load_clip(path)` loads both, or "
         "`AutoProcessor.from_pretrained(path)`)."
     )
@@ -399,12 +398,13 @@ def family_for_config(config, where: str) -> tuple[ModelFamily, str, str]:
         UnsupportedModelError: a model type of no known family.
     """
     model_type = getattr(config, "model_type", None)
+    architectures = ", ".join(getattr(config, "architectures", None) or []) or "no architectures"
     for family in FAMILIES.values():
         if model_type in family.model_types:
             return family, "full", family.model_types[model_type]
         if model_type in family.vision_model_types:
             return family, "vision", family.vision_model_types[model_type]
     raise UnsupportedModelError(
-        f"`{where}` holds a `{model_type}` model ({', '.join(getattr(config, 'architectures', None) or []) or 'no architectures'}): "
+        f"`{where}` holds a `{model_type}` model ({architectures}): "
         f"no model family this library knows. Supported: {supported()}."
     )

@@ -108,9 +108,9 @@ def load_clip(name_or_path: str, processor_name_or_path=None, dtype: torch.dtype
             `open_clip_config.json`, a weights file (`.pt`, `.bin`, `.safetensors`, ...), optionally `ViT-B-32@path`
             to name the architecture of a file without config.
         processor_name_or_path: where the processor lives when the model repository has none
-            (e.g. `LEAF-CLIP/CLIP-ViT-L-FARE2` takes `openai/clip-vit-large-patch14`'s), or a processor object, returned
-            as given. For an open_clip checkpoint: where its tokenizer comes from (default: OpenAI's CLIP tokenizer),
-            and for a vision-only file the CLIP it was fine-tuned from, whose text tower completes it.
+            (e.g. `LEAF-CLIP/CLIP-ViT-L-FARE2` takes `openai/clip-vit-large-patch14`'s), or a processor object,
+            returned as given. For an open_clip checkpoint: where its tokenizer comes from (default: OpenAI's CLIP
+            tokenizer), and for a vision-only file the CLIP it was fine-tuned from, whose text tower completes it.
         dtype: optional dtype to load the weights in.
 
     Returns:

@@ -121,9 +121,9 @@ class ZeroShotCLIP(nn.Module):
     def _require_text_tower(self) -> None:
         if self.kind == "vision":
             raise UnsupportedModelError(
-                f"{describe_model(self.base)} is a vision-only tower (no text tower): it cannot embed class names. Load the full "
-                f"{self.family.title} model it belongs to, or give the class embeddings of that model with "
-                "`set_class_embeddings((C, D) tensor)`."
+                f"{describe_model(self.base)} is a vision-only tower (no text tower): it cannot embed class names. "
+                f"Load the full {self.family.title} model it belongs to, or give the class embeddings of that model "
+                "with `set_class_embeddings((C, D) tensor)`."
             )
 
     @torch.no_grad()
@@ -152,9 +152,8 @@ class ZeroShotCLIP(nn.Module):
         For vision-only towers, or for heads computed elsewhere (e.g. by the full model a tower came from).
         """
         if not torch.is_tensor(class_embeddings) or class_embeddings.dim() != 2:
-            raise ValueError(
-                f"`class_embeddings` must be a (C, D) tensor, got {getattr(class_embeddings, 'shape', class_embeddings)!r}."
-            )
+            got = getattr(class_embeddings, "shape", class_embeddings)
+            raise ValueError(f"`class_embeddings` must be a (C, D) tensor, got {got!r}.")
         if class_embeddings.shape[1] != self.embed_dim:
             raise ValueError(
                 f"`class_embeddings` has D={class_embeddings.shape[1]} but {describe_model(self.base)} embeds images "
