@@ -148,6 +148,40 @@ def ignore_scalar_parameters(plugin, model: nn.Module) -> list[str]:
     return [name for name, _ in scalars]
 
 
+def wrap_student_layers(plugin, model: nn.Module, layer_classes: tuple[str, ...], family: str) -> list[str]:
+    """The FSDP units of a transformer-based wrap: the student's own encoder layers unless the config names others.
+
+    The shipped `fsdp.yaml` names no layer class, so one config serves CLIP (`CLIPEncoderLayer`), SigLIP
+    (`SiglipEncoderLayer`) and SigLIP 2 students alike. Other wrap policies are left as they are.
+
+    Args:
+        plugin: the Accelerate `FullyShardedDataParallelPlugin`.
+        model: the module about to be sharded (the `StudentBundle`).
+        layer_classes: class names of the student family's encoder layers (`ModelFamily.encoder_layer_classes`).
+        family: the family's title, for the message.
+
+    Returns:
+        The layer class names the wrap uses (empty when the policy is not transformer-based).
+    """
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    if getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy) is not transformer_auto_wrap_policy:
+        return []
+    present = {type(m).__name__ for m in model.modules()}
+    names = plugin.transformer_cls_names_to_wrap
+    if not names:
+        plugin.transformer_cls_names_to_wrap = [n for n in layer_classes if n in present]
+        return list(plugin.transformer_cls_names_to_wrap)
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise ValueError(
+            f"`fsdp_transformer_layer_cls_to_wrap`={','.join(names)}: {missing} is not in the {family} student, whose "
+            f"layers are {[n for n in layer_classes if n in present]}. Name those, or leave the field out of the "
+            "Accelerate config (the student's own layers are wrapped)."
+        )
+    return list(names)
+
+
 def is_sharded(model: nn.Module) -> bool:
     """Whether `model` went through FSDP2's `fully_shard` (its parameters are DTensors held in shards)."""
     try:

@@ -42,6 +42,7 @@ from .distributed import (
     is_sharded,
     load_full_state_into_sharded,
     needs_global_batch,
+    wrap_student_layers,
 )
 from .losses import TeacherTerm, fused_distillation_loss
 from .memory import BatchSizeSearch
@@ -624,7 +625,10 @@ class MMTARDTrainer(Trainer):
         if self.is_fsdp_enabled and not sharded:
             # CLIP's 0-d `logit_scale` (frozen) stays whole on every rank: `fully_shard` refuses scalars, and does
             # not move what it ignores to the device, so the student goes there first
-            ignore_scalar_parameters(self.accelerator.state.fsdp_plugin, self.model)
+            plugin = self.accelerator.state.fsdp_plugin
+            ignore_scalar_parameters(plugin, self.model)
+            family = self.accelerator.unwrap_model(self.model).student.family
+            wrap_student_layers(plugin, self.model, family.encoder_layer_classes, family.title)
             self.model.to(self.args.device)
         return run_preemptible(
             self, super().train, resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs

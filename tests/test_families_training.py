@@ -142,3 +142,47 @@ def test_model_card_names_the_family_and_base_checkpoint():
     assert "**Model family:** SigLIP (`SiglipModel`)" in card
     assert "AutoModel.from_pretrained" in card and "CLIPModel" not in card
     assert "- siglip" in card.split("---")[1]  # a tag in the front-matter
+
+
+@pytest.mark.slow
+def test_siglip_student_under_fsdp_on_two_processes(tmp_path):
+    """The shipped fsdp.yaml names no layer class: the trainer wraps the SigLIP student's own encoder layers."""
+    import json
+    import os
+
+    from _launch import REPO, launch_two_processes
+    from transformers import SiglipModel
+
+    out = tmp_path / "fsdp"
+    result = launch_two_processes(
+        29671,
+        os.path.join(REPO, "tests", "fsdp_family_helper.py"),
+        str(out),
+        config_file=os.path.join(REPO, "examples", "accelerate_configs", "fsdp.yaml"),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["setup"] == "FSDP2, 2 processes"
+    assert report["wrapped"] == ["SiglipEncoderLayer"]
+    assert len(report["losses"]) == 2 and all(loss == loss for loss in report["losses"])
+    saved = SiglipModel.from_pretrained(out / "final")
+    initial = build("siglip")[0]
+    assert any(
+        not torch.equal(a, b) for a, b in zip(saved.vision_model.parameters(), initial.vision_model.parameters())
+    )
+    assert all(torch.equal(a, b) for a, b in zip(saved.text_model.parameters(), initial.text_model.parameters()))
+
+
+def test_fsdp_layer_class_of_another_family_is_named():
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from mmt_ard.distributed import wrap_student_layers
+
+    model = build("siglip")[0]
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=["CLIPEncoderLayer"]
+    )
+    with pytest.raises(ValueError, match=r"CLIPEncoderLayer.*SigLIP student.*SiglipEncoderLayer"):
+        wrap_student_layers(plugin, model, ("SiglipEncoderLayer",), "SigLIP")
+    plugin.transformer_cls_names_to_wrap = None
+    assert wrap_student_layers(plugin, model, ("SiglipEncoderLayer",), "SigLIP") == ["SiglipEncoderLayer"]

@@ -115,6 +115,7 @@ class ModelFamily:
         vision_prefixes: parameter-name prefixes of the vision side of a full model (the rest is the text side).
         compatible: names of other families whose processors this family's models accept.
         naflex_classes: class names whose vision tower takes patchified NaFlex inputs.
+        encoder_layer_classes: class names of the towers' transformer layers (the units FSDP shards).
         description: one line for docs and error messages.
     """
 
@@ -133,6 +134,7 @@ class ModelFamily:
     vision_prefixes: tuple[str, ...] = ("vision_model.",)
     compatible: tuple[str, ...] = ()
     naflex_classes: tuple[str, ...] = ()
+    encoder_layer_classes: tuple[str, ...] = ()
     description: str = ""
 
     # ---- identification ----
@@ -277,6 +279,7 @@ CLIP = ModelFamily(
     image_mean=OPENAI_CLIP_MEAN,
     image_std=OPENAI_CLIP_STD,
     vision_prefixes=("vision_model.", "visual_projection."),
+    encoder_layer_classes=("CLIPEncoderLayer",),
     description="OpenAI CLIP and its fine-tunes (FARE, TeCoA, ...), open_clip ViT checkpoints converted on load",
 )
 SIGLIP = ModelFamily(
@@ -292,6 +295,7 @@ SIGLIP = ModelFamily(
     text_padding="max_length",
     logit_bias=True,
     compatible=("siglip2",),
+    encoder_layer_classes=("SiglipEncoderLayer",),
     description="Google's SigLIP (sigmoid loss), the tower of PaliGemma and LLaVA-OneVision",
 )
 SIGLIP2 = ModelFamily(
@@ -309,6 +313,7 @@ SIGLIP2 = ModelFamily(
     logit_bias=True,
     compatible=("siglip",),
     naflex_classes=("Siglip2Model", "Siglip2VisionModel"),
+    encoder_layer_classes=("SiglipEncoderLayer", "Siglip2EncoderLayer"),
     description=(
         "SigLIP 2: fixed-resolution checkpoints (a `SiglipModel` with SigLIP 2's Gemma tokenizer) and NaFlex "
         "`Siglip2Model`s (square images, patchified)"
