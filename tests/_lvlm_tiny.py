@@ -4,6 +4,8 @@ a processor with a chat template), plus tiny CLIP / SigLIP students whose towers
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 
 import numpy as np
@@ -219,3 +221,81 @@ def synthetic_images(folder: str, n: int, size: int = 20, seed: int = 0) -> list
         Image.fromarray(img).save(os.path.join(folder, name))
         names.append(name)
     return names
+
+
+# ---- a tiny LLaVA that really captions and answers (coloured squares), for the evaluation tests ----
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+CAPTION_INSTRUCTION = "Provide a short caption for this image."
+VQA_INSTRUCTION = "{question}\nAnswer the question using a single word or phrase."
+QUESTION = "what color is the square ?"
+
+
+def square_images(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """`n` 16 px images of a red, green or blue square at a random place on white, `(n, 3, 16, 16)` in [0, 1], and
+    the colour names."""
+    g = torch.Generator().manual_seed(seed)
+    colors = torch.randint(0, len(COLORS), (n,), generator=g)
+    x = torch.ones(n, 3, 16, 16)
+    for i in range(n):
+        rgb = torch.tensor(list(COLORS.values())[colors[i]]) / 255.0
+        a = int(torch.randint(1, 6, (1,), generator=g))
+        s = int(torch.randint(6, 10, (1,), generator=g))
+        x[i, :, a : a + s, a : a + s] = rgb[:, None, None]
+    return x, [list(COLORS)[c] for c in colors]
+
+
+def caption_of(color: str) -> str:
+    return f"a {color} square on a white background"
+
+
+@functools.cache
+def trained_tiny_llava(steps: int = 150, seed: int = 0):
+    """A tiny LLaVA trained for ~5 s on CPU to caption the squares (`a red square on a white background`) and to
+    answer `what color is the square ?`; do not mutate (shared)."""
+    from mmt_ard.evaluation.lvlm import LVLMAdapter
+
+    model, processor = build_tiny_llava(image_size=16, seed=seed)
+    adapter = LVLMAdapter(model, processor)
+    caption_prompt = adapter.prompt(CAPTION_INSTRUCTION)
+    vqa_prompt = adapter.prompt(VQA_INSTRUCTION.format(question=QUESTION))
+    model.requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for step in range(steps):
+            x, names = square_images(16, seed=1000 + step)
+            texts = [caption_of(c) for c in names[:8]] + names[8:]
+            loss = adapter.loss(x, [caption_prompt] * 8 + [vqa_prompt] * 8, texts).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval().requires_grad_(False)
+    return model, processor
+
+
+def save_square_datasets(root: str, n: int = 6, seed: int = 0) -> tuple[str, str]:
+    """A captioning folder (COCO layout, 3 references per image) and a VQA folder (VQAv2 layout, 10 answers per
+    question, COCO-style file names) of square images; returns their paths."""
+    from PIL import Image
+
+    x, names = square_images(n, seed)
+    cap_dir, vqa_dir = os.path.join(root, "squares_captions"), os.path.join(root, "squares_vqa")
+    for d in (cap_dir, vqa_dir):
+        os.makedirs(os.path.join(d, "images"), exist_ok=True)
+    images, annotations, questions, answers = [], [], [], []
+    for i in range(n):
+        img = Image.fromarray((x[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        img.save(os.path.join(cap_dir, "images", f"{i}.png"))
+        img.save(os.path.join(vqa_dir, "images", f"COCO_val2014_{i:012d}.png"))
+        images.append({"id": i, "file_name": f"{i}.png"})
+        refs = [caption_of(names[i]), f"a {names[i]} square", f"a photo of a {names[i]} square on white"]
+        annotations += [{"image_id": i, "caption": r} for r in refs]
+        questions.append({"question_id": 100 + i, "image_id": i, "question": QUESTION})
+        answers.append({"question_id": 100 + i, "answers": [{"answer": names[i]}] * 9 + [{"answer": "red"}]})
+    with open(os.path.join(cap_dir, "captions.json"), "w") as f:
+        json.dump({"images": images, "annotations": annotations}, f)
+    with open(os.path.join(vqa_dir, "questions.json"), "w") as f:
+        json.dump({"questions": questions}, f)
+    with open(os.path.join(vqa_dir, "annotations.json"), "w") as f:
+        json.dump({"annotations": answers}, f)
+    return cap_dir, vqa_dir

@@ -21,7 +21,10 @@ def _eps_keys(results: list[dict]) -> list[str]:
 def markdown_table(results: list[dict]) -> str:
     """One row per (model, dataset): the clean and worst-case adversarial score per budget, and targeted success."""
     keys = _eps_keys(results)
-    targets = sorted({f"{t} @ {k}" for r in results for k, v in r.get("targeted", {}).items() for t in v})
+    targets = []
+    for k in keys:
+        for t in sorted({t for r in results for t in r.get("targeted", {}).get(k, {})}):
+            targets.append(f"{t} @ {k}")
     header = ["model", "dataset", "task", "metric", "n", "clean"] + keys + [f"targeted '{t}' success" for t in targets]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
@@ -30,7 +33,11 @@ def markdown_table(results: list[dict]) -> str:
         for t in targets:
             target, key = t.rsplit(" @ ", 1)
             v = r.get("targeted", {}).get(key, {}).get(target)
-            tg.append("-" if v is None else f"{100 * v['success_rate']:.1f}% (n={v['num_samples']})")
+            tg.append(
+                "-"
+                if v is None
+                else f"{100 * v['success_rate']:.1f}% (clean {100 * v.get('clean_rate', 0):.1f}%, n={v['num_samples']})"
+            )
         n = f"{r['num_samples']}/{r['dataset_size']}"
         lines.append(
             "| " + " | ".join([r["model"], r["dataset"], r["task"], r["metric"], n, f"{r['clean']:.1f}"] + adv + tg)
@@ -47,7 +54,8 @@ def markdown_report(report: dict) -> str:
         "",
         "Scores: CIDEr (x100) for captioning, VQA accuracy (%) for VQA; clean, then the per-sample worst case over "
         "the attacks at each L-inf budget (in pixel units of 1/255, before the processor's normalisation). Targeted: "
-        "share of samples whose reply contains the forced string.",
+        "share of samples whose reply contains the forced string (in brackets: the share whose clean reply already "
+        "does).",
         "",
         markdown_table(report["results"]),
         "",

@@ -191,7 +191,12 @@ def evaluate_lvlm_on_data(
     for key in eps_keys:
         for target in protocol.target_strings:
             hits = [records[i]["targeted"][key][target]["success"] for i in ids[:n_targeted]]
-            targeted.setdefault(key, {})[target] = {"success_rate": float(np.mean(hits)), "num_samples": len(hits)}
+            already = [target.lower() in records[i]["clean"].lower() for i in ids[:n_targeted]]
+            targeted.setdefault(key, {})[target] = {
+                "success_rate": float(np.mean(hits)),
+                "clean_rate": float(np.mean(already)),  # replies that contain the target without any attack
+                "num_samples": len(hits),
+            }
     elapsed = time.time() - start_time
     return {
         "task": data.task,
