@@ -467,6 +467,16 @@ def apgd_objective(
             with torch.no_grad():
                 return x, loss_fn(x).detach().float()
         x_best, best_loss, _, _ = _single_run(
-            None, x, None, None, eps=eps, norm=norm, loss="ce", n_iter=n_iter, rho=rho, x_start=x_start, loss_fn=loss_fn
+            None,
+            x,
+            None,
+            None,
+            eps=eps,
+            norm=norm,
+            loss="ce",
+            n_iter=n_iter,
+            rho=rho,
+            x_start=x_start,
+            loss_fn=loss_fn,
         )
     return x_best, best_loss

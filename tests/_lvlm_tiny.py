@@ -185,8 +185,17 @@ def build_tiny_siglip_student(image_size=16, patch_size=4, hidden=32, layers=2, 
     """A tiny `SiglipModel` and its image processor (mean = std = 0.5)."""
     import transformers as T
 
-    text = dict(vocab_size=64, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=1,
-                num_attention_heads=heads, max_position_embeddings=16, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    text = dict(
+        vocab_size=64,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        max_position_embeddings=16,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    )
     config = T.SiglipConfig(vision_config=_vision_kw(image_size, patch_size, hidden, layers, heads), text_config=text)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -133,7 +133,7 @@ def test_apgd_objective_maximises_any_per_sample_objective():
     x_adv, best = apgd_objective(loss_fn, x, eps=0.1, n_iter=20)
     assert torch.allclose(x_adv, x + 0.1, atol=1e-6) and torch.allclose(best, loss_fn(x_adv))
     x0, l0 = apgd_objective(loss_fn, x, eps=0.0, n_iter=5)
-    assert torch.equal(x0, x)
+    assert torch.equal(x0, x) and torch.allclose(l0, loss_fn(x))
 
 
 # ---- metrics, hand-checked ----
@@ -149,13 +149,13 @@ def test_cider_hand_checked():
 
 def test_python_ptb_tokenization():
     assert ptb_tokenize("A dog's toy.") == "a dog 's toy"
-    assert ptb_tokenize('A man (in red) is riding a bike, fast!') == "a man in red is riding a bike fast"
+    assert ptb_tokenize("A man (in red) is riding a bike, fast!") == "a man in red is riding a bike fast"
     assert ptb_tokenize("It isn't 3.5 m long...") == "it is n't 3.5 m long"
     assert ptb_tokenize("black-and-white photo -- old") == "black-and-white photo old"
 
 
 def test_vqa_accuracy_rule():
-    ten = lambda *groups: [a for n, a in groups for _ in range(n)]  # noqa: E731
+    ten = lambda *groups: [a for n, a in groups for _ in range(n)]
     assert vqa_accuracy("yes", ten((10, "yes"))) == 1.0
     assert vqa_accuracy("yes", ten((3, "yes"), (7, "no"))) == pytest.approx(0.9)  # 3 x 2/3 + 7 x 1, over 10
     assert vqa_accuracy("yes", ten((2, "yes"), (8, "no"))) == pytest.approx(0.6)
@@ -171,21 +171,34 @@ def test_data_layouts(tmp_path):
     cap_dir, vqa_dir = save_square_datasets(str(tmp_path), n=5)
     caps = load_lvlm_data(cap_dir, num_samples=3, seed=1)
     assert caps.task == "captioning" and caps.layout == "coco-captions" and len(caps) == 3 and caps.dataset_size == 5
-    assert [s.sample_id for s in caps.samples] == [s.sample_id for s in load_lvlm_data(cap_dir, num_samples=3, seed=1).samples]
+    assert [s.sample_id for s in caps.samples] == [
+        s.sample_id for s in load_lvlm_data(cap_dir, num_samples=3, seed=1).samples
+    ]
     assert all(len(s.references) == 3 and os.path.isfile(s.image_path) for s in caps.samples)
     vqa = load_lvlm_data(vqa_dir, num_samples=None)
     assert vqa.task == "vqa" and vqa.layout == "vqav2" and len(vqa) == 5
     by_id = {s.sample_id: s for s in vqa.samples}
     assert by_id["100"].image_path.endswith("COCO_val2014_000000000000.png") and by_id["100"].question == QUESTION
     # Karpathy and TextVQA layouts
-    karpathy = {"images": [{"filename": "0.png", "filepath": "images", "split": "test", "cocoid": 7,
-                            "sentences": [{"raw": "a red square"}]},
-                           {"filename": "1.png", "filepath": "images", "split": "train", "sentences": [{"raw": "x"}]}]}
+    karpathy = {
+        "images": [
+            {
+                "filename": "0.png",
+                "filepath": "images",
+                "split": "test",
+                "cocoid": 7,
+                "sentences": [{"raw": "a red square"}],
+            },
+            {"filename": "1.png", "filepath": "images", "split": "train", "sentences": [{"raw": "x"}]},
+        ]
+    }
     path = os.path.join(cap_dir, "dataset_coco.json")
     json.dump(karpathy, open(path, "w"))
     k = load_lvlm_data(path)
     assert k.layout == "karpathy" and [s.sample_id for s in k.samples] == ["7"]
-    textvqa = {"data": [{"question_id": 1, "image_id": "COCO_val2014_000000000002", "question": "q", "answers": ["a"] * 10}]}
+    textvqa = {
+        "data": [{"question_id": 1, "image_id": "COCO_val2014_000000000002", "question": "q", "answers": ["a"] * 10}]
+    }
     tpath = os.path.join(vqa_dir, "textvqa.json")
     json.dump(textvqa, open(tpath, "w"))
     t = load_lvlm_data(tpath)
@@ -208,15 +221,29 @@ def folders(tmp_path_factory):
     return root, lvlm, cap_dir, vqa_dir
 
 
-SETTINGS = dict(eps=(4 / 255, EPS), n_iter=6, max_references=2, batch_size=3, num_samples=6,
-                target_strings=("blue",), targeted_n_iter=6, targeted_num_samples=3)
+SETTINGS = dict(
+    eps=(4 / 255, EPS),
+    n_iter=6,
+    max_references=2,
+    batch_size=3,
+    num_samples=6,
+    target_strings=("blue",),
+    targeted_n_iter=6,
+    targeted_num_samples=3,
+)
 
 
 def test_evaluate_lvlm_end_to_end_and_resume(folders, tmp_path, monkeypatch):
-    root, lvlm, cap_dir, vqa_dir = folders
+    _, lvlm, cap_dir, vqa_dir = folders
     out = str(tmp_path / "full")
-    report = evaluate_lvlm([lvlm], [cap_dir, f"vqa={vqa_dir}"], output_dir=out, progress=False, verbose=False,
-                           protocol=LVLMProtocol(**SETTINGS))
+    report = evaluate_lvlm(
+        [lvlm],
+        [cap_dir, f"vqa={vqa_dir}"],
+        output_dir=out,
+        progress=False,
+        verbose=False,
+        protocol=LVLMProtocol(**SETTINGS),
+    )
     by = {r["dataset"]: r for r in report["results"]}
     cap, vqa = by["squares_captions"], by["vqa"]
     assert cap["metric"] == "CIDEr" and vqa["metric"] == "VQA accuracy"
@@ -233,7 +260,9 @@ def test_evaluate_lvlm_end_to_end_and_resume(folders, tmp_path, monkeypatch):
         assert os.path.isfile(os.path.join(out, name))
     md = open(os.path.join(out, "results.md")).read()
     assert "| tiny-llava | squares_captions | captioning | CIDEr | 6/6 |" in md
-    full_states = {f: json.load(open(os.path.join(out, "lvlm_state", f))) for f in os.listdir(os.path.join(out, "lvlm_state"))}
+    full_states = {
+        f: json.load(open(os.path.join(out, "lvlm_state", f))) for f in os.listdir(os.path.join(out, "lvlm_state"))
+    }
 
     # an interrupted run resumes at the batch it stopped in and ends with the same replies and numbers
     out2 = str(tmp_path / "interrupted")
@@ -248,8 +277,14 @@ def test_evaluate_lvlm_end_to_end_and_resume(folders, tmp_path, monkeypatch):
 
     monkeypatch.setattr(LVLMAdapter, "generate", crashing)
     with pytest.raises(KeyboardInterrupt):
-        evaluate_lvlm([lvlm], [cap_dir, f"vqa={vqa_dir}"], output_dir=out2, progress=False, verbose=False,
-                      protocol=LVLMProtocol(**SETTINGS))
+        evaluate_lvlm(
+            [lvlm],
+            [cap_dir, f"vqa={vqa_dir}"],
+            output_dir=out2,
+            progress=False,
+            verbose=False,
+            protocol=LVLMProtocol(**SETTINGS),
+        )
     monkeypatch.setattr(LVLMAdapter, "generate", original)
     partial = json.load(open(os.path.join(out2, "lvlm_state", "tiny-llava__squares_captions.json")))
     assert 0 < len(partial["samples"]) < 6
@@ -260,12 +295,20 @@ def test_evaluate_lvlm_end_to_end_and_resume(folders, tmp_path, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(LVLMAdapter, "generate", counting)
-    report2 = evaluate_lvlm([lvlm], [cap_dir, f"vqa={vqa_dir}"], output_dir=out2, progress=False, verbose=False,
-                            protocol=LVLMProtocol(**SETTINGS))
+    report2 = evaluate_lvlm(
+        [lvlm],
+        [cap_dir, f"vqa={vqa_dir}"],
+        output_dir=out2,
+        progress=False,
+        verbose=False,
+        protocol=LVLMProtocol(**SETTINGS),
+    )
     assert 0 < generated["n"] < calls["n"] + 40  # the finished batch was not redone
     for f, state in full_states.items():
         assert json.load(open(os.path.join(out2, "lvlm_state", f))) == state
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time_s", "seconds_per_sample", "model_source")} for r in rs]  # noqa: E731
+    strip = lambda rs: [
+        {k: v for k, v in r.items() if k not in ("time_s", "seconds_per_sample", "model_source")} for r in rs
+    ]
     assert strip(report2["results"]) == strip(report["results"])
     # a finished pair under the same protocol is skipped; another protocol is recomputed
     generated["n"] = 0
@@ -274,10 +317,28 @@ def test_evaluate_lvlm_end_to_end_and_resume(folders, tmp_path, monkeypatch):
 
 
 def test_cli(folders, tmp_path, capsys):
-    root, lvlm, cap_dir, vqa_dir = folders
+    _, lvlm, cap_dir, _ = folders
     out = str(tmp_path / "cli")
-    argv = ["--models", lvlm, "--datasets", cap_dir, "--output-dir", out, "--eps", "8/255", "--n-iter", "2",
-            "--max-references", "1", "--num-samples", "3", "--batch-size", "3", "--no-refine", "--no-progress"]
+    argv = [
+        "--models",
+        lvlm,
+        "--datasets",
+        cap_dir,
+        "--output-dir",
+        out,
+        "--eps",
+        "8/255",
+        "--n-iter",
+        "2",
+        "--max-references",
+        "1",
+        "--num-samples",
+        "3",
+        "--batch-size",
+        "3",
+        "--no-refine",
+        "--no-progress",
+    ]
     assert eval_main(argv) == 0
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["protocol"]["eps_255"] == ["8/255"] and results["results"][0]["num_samples"] == 3

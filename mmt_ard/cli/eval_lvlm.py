@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Defaults follow RobustVLM.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--models", nargs="+", required=True, help="LVLM folders or Hub ids (LlavaForConditionalGeneration).")
+    parser.add_argument(
+        "--models", nargs="+", required=True, help="LVLM folders or Hub ids (LlavaForConditionalGeneration)."
+    )
     parser.add_argument(
         "--datasets",
         nargs="+",
@@ -43,12 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, default=d.num_samples, help="Samples per dataset (seeded subset).")
     parser.add_argument("--all-samples", action="store_true", help="Use every sample (no subset).")
     parser.add_argument("--seed", type=int, default=d.seed, help="Seed of the subset and of the random starts.")
-    parser.add_argument("--max-references", type=int, default=d.max_references, help="Attacks per sample, one per reference.")
-    parser.add_argument("--vqa-extra-targets", nargs="*", default=list(d.vqa_extra_targets), help="VQA: strings forced within the worst case.")
+    parser.add_argument(
+        "--max-references", type=int, default=d.max_references, help="Attacks per sample, one per reference."
+    )
+    parser.add_argument(
+        "--vqa-extra-targets",
+        nargs="*",
+        default=list(d.vqa_extra_targets),
+        help="VQA: strings forced within the worst case.",
+    )
     parser.add_argument("--no-refine", action="store_true", help="Skip the last APGD from each sample's worst image.")
     parser.add_argument("--target-strings", nargs="*", default=[], help="Targeted attacks forcing these strings.")
-    parser.add_argument("--targeted-n-iter", type=int, default=d.targeted_n_iter, help="APGD iterations of targeted attacks.")
-    parser.add_argument("--targeted-num-samples", type=int, default=d.targeted_num_samples, help="Samples targeted attacks run on.")
+    parser.add_argument(
+        "--targeted-n-iter", type=int, default=d.targeted_n_iter, help="APGD iterations of targeted attacks."
+    )
+    parser.add_argument(
+        "--targeted-num-samples", type=int, default=d.targeted_num_samples, help="Samples targeted attacks run on."
+    )
     parser.add_argument("--caption-prompt", default=d.caption_prompt, help="Captioning instruction.")
     parser.add_argument("--vqa-prompt", default=d.vqa_prompt, help="VQA instruction with {question}.")
     parser.add_argument("--caption-max-new-tokens", type=int, default=d.caption_max_new_tokens, help="Caption length.")

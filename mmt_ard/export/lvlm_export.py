@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .families import LVLMFamily, TowerKind, lvlm_family, tower_kind_of
 from .model_card import read_front_matter, render_lvlm_card
@@ -100,7 +100,11 @@ def lvlm_normalization(folder: str, kind: TowerKind) -> tuple[tuple, tuple, str]
     try:
         processor = AutoImageProcessor.from_pretrained(folder)
     except (OSError, ValueError, KeyError):
-        return kind.default_mean, kind.default_std, f"the {kind.name.upper()} default (the LVLM has no image processor)"
+        return (
+            kind.default_mean,
+            kind.default_std,
+            f"the {kind.name.upper()} default (the LVLM has no image processor)",
+        )
     mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
     if mean is None or std is None:
         return kind.default_mean, kind.default_std, f"the {kind.name.upper()} default (its processor gives none)"
@@ -175,7 +179,9 @@ def export_to_lvlm(
     prefix = find_tower_prefix(layout, into)
     lvlm_positions = layout[prefix + POSITION].shape[0] if prefix + POSITION in layout else None
     student_positions = st.state_dict[POSITION].shape[0] if POSITION in st.state_dict else None
-    student_desc = f"{st.kind.name.upper()} " + describe_tower(st.vision_config, student_positions, st.kind.has_class_token)
+    student_desc = f"{st.kind.name.upper()} " + describe_tower(
+        st.vision_config, student_positions, st.kind.has_class_token
+    )
     lvlm_desc = f"{kind.name.upper()} " + describe_tower(vision_config, lvlm_positions, kind.has_class_token)
     if st.kind.name != kind.name:
         raise ExportError(
@@ -204,7 +210,7 @@ def export_to_lvlm(
     # ---- the log lines and the model card say what happens to the tower ----
     image_size = config_value(vision_config, "image_size")
     grid = None if lvlm_positions is None else (lvlm_positions - (1 if kind.has_class_token else 0)) ** 0.5
-    grid = None if grid is None else int(round(grid))
+    grid = None if grid is None else round(grid)
     say(f"student {st.source!r}" + (f" (weights from {st.path!r})" if st.path and st.path != st.source else ""))
     say(f"LVLM {into!r}: {family.architecture}, {lvlm_desc}; tower tensors under `{prefix}`")
     if plan.resized:

@@ -71,11 +71,13 @@ def render_lvlm_card(info: dict) -> str:
         "",
         f"# {name}",
         "",
-        f"The vision-language model {_ref(info.get('lvlm'))} (`{arch}`) with its vision tower replaced by the "
-        f"adversarially robust image encoder {_ref(info.get('student'))}, exported with "
-        f"[mmt_ard](https://arxiv.org/abs/2511.17448) `mmt-ard-export`. Only the vision tower's weights changed: "
-        "the projector, the language model, the config, the processor, the tokenizer, the chat template and the "
-        "generation config are the base model's own, byte for byte.",
+        (
+            f"The vision-language model {_ref(info.get('lvlm'))} (`{arch}`) with its vision tower replaced by the "
+            f"adversarially robust image encoder {_ref(info.get('student'))}, exported with "
+            f"[mmt_ard](https://arxiv.org/abs/2511.17448) `mmt-ard-export`. Only the vision tower's weights changed: "
+            "the projector, the language model, the config, the processor, the tokenizer, the chat template and the "
+            "generation config are the base model's own, byte for byte."
+        ),
         "",
         "## What was done to the tower",
         "",
@@ -83,20 +85,28 @@ def render_lvlm_card(info: dict) -> str:
     parts += [f"- {line}" for line in info.get("changes", [])] or ["- the student's tensors were copied as they are"]
     provenance = info.get("provenance") or {}
     parts += ["", "## The robust student", ""]
-    parts.append(f"- **Student:** {_ref(info.get('student'))}" + (
-        f" (weights read from `{info['student_path']}`)" if info.get("student_path") and info["student_path"] != info.get("student") else ""
-    ))
+    parts.append(
+        f"- **Student:** {_ref(info.get('student'))}"
+        + (
+            f" (weights read from `{info['student_path']}`)"
+            if info.get("student_path") and info["student_path"] != info.get("student")
+            else ""
+        )
+    )
     if provenance:
         parts.append(f"- **Trained with preset:** `{provenance.get('preset', '-')}`")
         parts.append(f"- **Student before training:** {_ref(provenance.get('base_model'))}")
         teachers = provenance.get("teachers") or []
         if teachers:
             parts.append(
-                "- **Teachers:** "
-                + ", ".join(f"{t.get('role', '-')}: {_ref(t.get('model'))}" for t in teachers)
+                "- **Teachers:** " + ", ".join(f"{t.get('role', '-')}: {_ref(t.get('model'))}" for t in teachers)
             )
         robustness = provenance.get("robustness") or {}
-        parts += ["", f"Robustness of the student as a zero-shot classifier (protocol: {robustness.get('protocol', '-')}):", ""]
+        parts += [
+            "",
+            f"Robustness of the student as a zero-shot classifier (protocol: {robustness.get('protocol', '-')}):",
+            "",
+        ]
         parts.append(robustness_table(robustness))
     else:
         parts.append(
@@ -107,12 +117,16 @@ def render_lvlm_card(info: dict) -> str:
         "",
         "## Robustness of this LVLM",
         "",
-        "Measure it with `mmt-ard-eval-lvlm` (APGD on the language model's loss of the reference captions/answers, "
-        "L-inf 2/255 and 4/255, CIDEr and VQA accuracy; see the mmt_ard documentation, docs/lvlm.md):",
+        (
+            "Measure it with `mmt-ard-eval-lvlm` (APGD on the language model's loss of the reference captions/answers, "
+            "L-inf 2/255 and 4/255, CIDEr and VQA accuracy; see the mmt_ard documentation, docs/lvlm.md):"
+        ),
         "",
         "```bash",
-        f"mmt-ard-eval-lvlm --models {info.get('hub_model_id') or 'path/to/this/folder'} "
-        "--datasets data/coco_val --output-dir eval_lvlm",
+        (
+            f"mmt-ard-eval-lvlm --models {info.get('hub_model_id') or 'path/to/this/folder'} "
+            "--datasets data/coco_val --output-dir eval_lvlm"
+        ),
         "```",
         "",
         "## License",

@@ -55,7 +55,9 @@ class TensorInfo:
     @property
     def torch_dtype(self) -> torch.dtype:
         if self.dtype not in DTYPES:
-            raise ValueError(f"Tensor dtype {self.dtype!r} is not supported by the export (supported: {list(DTYPES)}).")
+            raise ValueError(
+                f"Tensor dtype {self.dtype!r} is not supported by the export (supported: {list(DTYPES)})."
+            )
         return DTYPES[self.dtype]
 
 
@@ -79,7 +81,9 @@ def checkpoint_files(folder: str) -> list[str]:
         return sorted(set(weight_map.values()))
     if os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
         return [WEIGHTS_NAME]
-    legacy = [f for f in ("pytorch_model.bin", "pytorch_model.bin.index.json") if os.path.isfile(os.path.join(folder, f))]
+    legacy = [
+        f for f in ("pytorch_model.bin", "pytorch_model.bin.index.json") if os.path.isfile(os.path.join(folder, f))
+    ]
     if legacy:
         raise ValueError(
             f"The LVLM folder {folder!r} holds {legacy[0]} (PyTorch pickles): the export rewrites safetensors "

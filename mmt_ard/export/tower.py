@@ -112,9 +112,9 @@ def fold_normalization(
     state = dict(state)
     weight = state[PATCH_WEIGHT].double()  # (D, C, p, p)
     a = torch.tensor(lvlm_std, dtype=torch.float64) / torch.tensor(student_std, dtype=torch.float64)  # (C,)
-    b = (torch.tensor(lvlm_mean, dtype=torch.float64) - torch.tensor(student_mean, dtype=torch.float64)) / torch.tensor(
-        student_std, dtype=torch.float64
-    )  # (C,)
+    b = (
+        torch.tensor(lvlm_mean, dtype=torch.float64) - torch.tensor(student_mean, dtype=torch.float64)
+    ) / torch.tensor(student_std, dtype=torch.float64)  # (C,)
     k = (weight * b[None, :, None, None]).sum(dim=(1, 2, 3))  # (D,)
     state[PATCH_WEIGHT] = (weight * a[None, :, None, None]).float()
     if PATCH_BIAS in state:

@@ -12,8 +12,8 @@ sample (`sample_start`), so a sample's attack does not depend on the batch it is
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -19,10 +19,30 @@ import re
 import numpy as np
 
 # pycocoevalcap's PTBTokenizer drops these tokens after tokenizing (brackets become -LRB- etc. and go too)
-PTB_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+PTB_PUNCTUATION = {
+    "''",
+    "'",
+    "``",
+    "`",
+    "-LRB-",
+    "-RRB-",
+    "-LCB-",
+    "-RCB-",
+    ".",
+    "?",
+    "!",
+    ",",
+    ":",
+    "-",
+    "--",
+    "...",
+    ";",
+}
 _BRACKETS = "()[]{}"
 _CLITICS = re.compile(r"(?<=[a-z0-9])('s|'re|'ve|'ll|'d|'m|n't)\b")
-_SPLIT = re.compile(r"(\.\.\.|--|[,;:!?\"()\[\]{}]|(?<![0-9])\.|\.(?![0-9])|(?<=\s)'(?!(?:s|re|ve|ll|d|m)\b)|'(?=\s|$))")
+_SPLIT = re.compile(
+    r"(\.\.\.|--|[,;:!?\"()\[\]{}]|(?<![0-9])\.|\.(?![0-9])|(?<=\s)'(?!(?:s|re|ve|ll|d|m)\b)|'(?=\s|$))"
+)
 
 
 def ptb_tokenize(text: str) -> str:

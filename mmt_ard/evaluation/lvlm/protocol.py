@@ -68,8 +68,14 @@ class LVLMProtocol:
         for e in self.eps:
             if not 0.0 <= e <= 1.0:
                 raise ValueError(f"`eps`={e!r}: budgets are in [0, 1] pixel units, e.g. 2/255 (not 2).")
-        for name in ("n_iter", "max_references", "batch_size", "targeted_n_iter", "caption_max_new_tokens",
-                     "vqa_max_new_tokens"):
+        for name in (
+            "n_iter",
+            "max_references",
+            "batch_size",
+            "targeted_n_iter",
+            "caption_max_new_tokens",
+            "vqa_max_new_tokens",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}`={value!r}: must be an int >= 1.")

@@ -40,7 +40,8 @@ def markdown_table(results: list[dict]) -> str:
             )
         n = f"{r['num_samples']}/{r['dataset_size']}"
         lines.append(
-            "| " + " | ".join([r["model"], r["dataset"], r["task"], r["metric"], n, f"{r['clean']:.1f}"] + adv + tg)
+            "| "
+            + " | ".join([r["model"], r["dataset"], r["task"], r["metric"], n, f"{r['clean']:.1f}"] + adv + tg)
             + " |"
         )
     return "\n".join(lines)
@@ -52,10 +53,12 @@ def markdown_report(report: dict) -> str:
         "",
         f"**{report['protocol_summary']}**",
         "",
-        "Scores: CIDEr (x100) for captioning, VQA accuracy (%) for VQA; clean, then the per-sample worst case over "
-        "the attacks at each L-inf budget (in pixel units of 1/255, before the processor's normalisation). Targeted: "
-        "share of samples whose reply contains the forced string (in brackets: the share whose clean reply already "
-        "does).",
+        (
+            "Scores: CIDEr (x100) for captioning, VQA accuracy (%) for VQA; clean, then the per-sample worst case "
+            "over the attacks at each L-inf budget (in pixel units of 1/255, before the processor's normalisation). "
+            "Targeted: share of samples whose reply contains the forced string (in brackets: the share whose clean "
+            "reply already does)."
+        ),
         "",
         markdown_table(report["results"]),
         "",

@@ -131,7 +131,7 @@ def evaluate_lvlm_on_data(
                 [s.references for s in samples],
                 clean,
                 clean_scores,
-                lambda local, replies: score([pos[j] for j in local], replies),
+                lambda local, replies, pos=pos: score([pos[j] for j in local], replies),
                 eps=eps,
                 n_iter=protocol.n_iter,
                 seed=protocol.seed,
@@ -153,7 +153,9 @@ def evaluate_lvlm_on_data(
         targeted_pos = [j for j, i in enumerate(pos) if i < n_targeted]
         for target in protocol.target_strings if targeted_pos else ():
             for eps, key in zip(protocol.eps, eps_keys):
-                todo = [j for j in targeted_pos if target not in records[samples[j].sample_id]["targeted"].get(key, {})]
+                todo = [
+                    j for j in targeted_pos if target not in records[samples[j].sample_id]["targeted"].get(key, {})
+                ]
                 if not todo:
                     continue
                 replies, success = targeted_batch(
@@ -307,8 +309,10 @@ def evaluate_lvlm(
             m_source = f"{type(spec).__name__}#{m_index}"
         adapter = None
         for d_name, d_spec in named:
-            data = d_spec if isinstance(d_spec, LVLMTaskData) else load_lvlm_data(
-                d_spec, name=d_name, num_samples=proto.num_samples, seed=proto.seed
+            data = (
+                d_spec
+                if isinstance(d_spec, LVLMTaskData)
+                else load_lvlm_data(d_spec, name=d_name, num_samples=proto.num_samples, seed=proto.seed)
             )
             fingerprint = proto.fingerprint(m_source, data.source)
             done = records.get((m_name, data.name))
@@ -319,7 +323,9 @@ def evaluate_lvlm(
             if adapter is None:
                 adapter = _adapter(spec, device, dtype, gradient_checkpointing)
             state_path = (
-                os.path.join(output_dir, STATE_DIR, f"{_safe(m_name)}__{_safe(data.name)}.json") if output_dir else None
+                os.path.join(output_dir, STATE_DIR, f"{_safe(m_name)}__{_safe(data.name)}.json")
+                if output_dir
+                else None
             )
             if state_path and not resume and os.path.exists(state_path):
                 os.remove(state_path)
@@ -355,7 +361,9 @@ def _adapter(spec, device, dtype, gradient_checkpointing) -> LVLMAdapter:
         model, processor = spec
         return LVLMAdapter(model.to(device), processor, gradient_checkpointing=gradient_checkpointing)
     if not isinstance(spec, str):
-        raise TypeError(f"model of type {type(spec).__name__}: pass a folder, a Hub id, (model, processor) or an adapter.")
+        raise TypeError(
+            f"model of type {type(spec).__name__}: pass a folder, a Hub id, (model, processor) or an adapter."
+        )
     model, processor = load_lvlm(spec, dtype=dtype, device=device)
     return LVLMAdapter(model, processor, gradient_checkpointing=gradient_checkpointing)
 
