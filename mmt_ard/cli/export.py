@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--student-processor", default=None, help="The student's processor when its folder has none.")
     parser.add_argument(
         "--adjust-normalization",
+        "--adjust-normalisation",
+        dest="adjust_normalization",
         action="store_true",
         help="If the student's image mean/std differ from the LVLM processor's, rewrite the patch embedding so the "
         "tower computes the student's function on the LVLM's inputs (exact). Without it such a student is refused.",

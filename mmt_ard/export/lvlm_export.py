@@ -220,6 +220,8 @@ def export_to_lvlm(
             + (", class position kept" if kind.has_class_token else "")
             + f"); the LVLM's image size ({image_size} px) and its {dst * dst} patch tokens per image are unchanged"
         )
+    if "default" in st.normalization_source or "default" in lvlm_norm_source:
+        say(f"image normalisation: the student's from {st.normalization_source}, the LVLM's from {lvlm_norm_source}")
     if normalization == "adjusted":
         say(
             f"adjusted the patch embedding for the LVLM's normalisation (mean {_fmt(lvlm_mean)}, std {_fmt(lvlm_std)}; "
