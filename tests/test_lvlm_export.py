@@ -384,3 +384,55 @@ def test_commands_run_as_modules():
         )
         assert proc.returncode == 0, proc.stderr
         assert "--output-dir" in proc.stdout
+
+
+def test_push_to_hub_uploads_the_complete_folder_with_its_card(work, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, exist_ok, private):
+            calls["private"] = private
+            return type("Repo", (), {"repo_id": repo_id, "url": f"https://huggingface.co/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls["files"] = sorted(os.listdir(folder_path))
+            calls["card"] = open(os.path.join(folder_path, "README.md")).read()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    out = str(tmp_path / "out")
+    argv = ["--student", work["student"], "--into", work["llava16"], "--output-dir", out]
+    assert export_main([*argv, "--push-to-hub", "you/robust-llava", "--hub-private"]) == 0
+    assert calls["private"] is True and "model.safetensors" in calls["files"] and "config.json" in calls["files"]
+    assert (
+        "you/robust-llava" in calls["card"]
+        and "pushed to https://huggingface.co/you/robust-llava" in capsys.readouterr().out
+    )
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(FakeApi, "create_repo", offline)
+    out2 = str(tmp_path / "out2")
+    assert (
+        export_main(
+            [
+                "--student",
+                work["student"],
+                "--into",
+                work["llava16"],
+                "--output-dir",
+                out2,
+                "--push-to-hub",
+                "you/robust-llava",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Could not push" in err[0] and "hf upload" in err[0]
+    assert os.path.isfile(os.path.join(out2, "model.safetensors"))  # the export itself is complete
