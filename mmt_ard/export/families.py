@@ -58,14 +58,11 @@ class LVLMFamily:
         architecture: the transformers class name, as in `config.json`'s `architectures`.
         towers: tower kinds this class is known to hold.
         description: what it is, for messages and docs.
-        default_feature_layer: the hidden state the LVLM feeds its projector when its config has no
-            `vision_feature_layer` (PaliGemma uses the tower's last hidden state).
     """
 
     architecture: str
     towers: tuple[str, ...]
     description: str
-    default_feature_layer: int = -1
 
     @property
     def model_class(self):

@@ -232,7 +232,7 @@ def export_to_lvlm(
     dtypes = sorted({info.dtype for info in plan.infos.values()})
     say(f"{len(plan.tensors)} tower tensors written in the checkpoint's dtype ({', '.join(dtypes)})")
 
-    changes = [line for line in notes[2:]]
+    changes = notes[2:]  # what was done to the tower (the first two lines name the student and the LVLM)
     card = render_lvlm_card(
         {
             "name": os.path.basename(os.path.abspath(output_dir)),

@@ -79,7 +79,14 @@ def _tower_of(model: nn.Module) -> tuple[nn.Module, object]:
 def student_from_model(
     model: nn.Module, processor=None, source: str = "<model object>", path: str | None = None
 ) -> StudentTower:
-    """A `StudentTower` from a loaded `CLIPModel`, `SiglipModel` or vision-only model (and its processor)."""
+    """A `StudentTower` from a loaded `CLIPModel`, `SiglipModel` or vision-only model (and its processor).
+
+    Args:
+        model: the loaded model (a peft wrapper is looked through).
+        processor: its processor or image processor (None: the family's default normalisation).
+        source: what the user gave, for messages.
+        path: the folder the weights came from, if any.
+    """
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
         raise TypeError(
             f"`student` of type {type(model).__name__}: pass a Hub id, a folder, a training run's output_dir, an "
@@ -88,7 +95,7 @@ def student_from_model(
     base = model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
     kind = tower_kind_of(getattr(base.config, "model_type", None), f"The student {source!r}")
     tower, vision_config = _tower_of(base)
-    mean, std, norm_source = _normalization(processor, kind, source)
+    mean, std, norm_source = _normalization(processor, kind, path or source)
     state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in tower.state_dict().items()}
     return StudentTower(state, vision_config, kind, mean, std, norm_source, source, path)
 
@@ -160,7 +167,6 @@ def load_student(spec, processor=None) -> StudentTower:
             "their vision-only classes), a training run's output_dir, or an open_clip checkpoint."
         )
     student = student_from_model(model, proc, source=spec, path=where if os.path.exists(where) else None)
-    student.normalization_source = student.normalization_source.replace(f"of {spec}", f"of {where}")
     student.provenance = provenance
     return student
 

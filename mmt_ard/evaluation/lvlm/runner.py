@@ -298,10 +298,7 @@ def evaluate_lvlm(
         if output_dir:
             write_lvlm_reports(report, output_dir)
 
-    named = []
-    for i, spec in enumerate(datasets):
-        name, path = _parse_dataset(spec)
-        named.append((name, path))
+    named = [_parse_dataset(spec) for spec in datasets]
     for m_index, spec in enumerate(models):
         m_name = model_names[m_index] if model_names else _model_name(spec, m_index)
         m_source = os.path.abspath(spec) if isinstance(spec, str) and os.path.exists(spec) else str(spec)
