@@ -436,3 +436,37 @@ def test_push_to_hub_uploads_the_complete_folder_with_its_card(work, tmp_path, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Could not push" in err[0] and "hf upload" in err[0]
     assert os.path.isfile(os.path.join(out2, "model.safetensors"))  # the export itself is complete
+
+
+def test_open_clip_checkpoint_as_student(work, tmp_path):
+    """FARE/TeCoA releases are open_clip checkpoints: `load_clip` converts them, the export takes the result."""
+    from test_open_clip import write_as_open_clip
+
+    clip, processor = build_tiny_clip(**{**STUDENT_KW, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "seed": 11})
+    student = write_as_open_clip(clip, processor, tmp_path / "open-clip-student", True)
+    out = str(tmp_path / "out")
+    export_to_lvlm(student, work["llava16"], out, log=None)
+    model, info = _load("LlavaForConditionalGeneration", out)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours = model.model.vision_tower(x, output_hidden_states=True).hidden_states
+        theirs = clip.vision_model(x, output_hidden_states=True).hidden_states
+    assert max((a - b).abs().max().item() for a, b in zip(ours, theirs)) < 1e-5
+
+
+def test_siglip_student_at_larger_resolution(tmp_path):
+    """SigLIP has no class position: the whole grid is resized, and the tower computes what the student computes
+    with transformers' own position interpolation."""
+    siglip, image_processor = build_tiny_siglip_student()
+    student = save(str(tmp_path / "siglip"), siglip, image_processor)
+    model, lvlm_image_processor, tokenizer = build_tiny_siglip_lvlm("paligemma", image_size=24)
+    lvlm = save(str(tmp_path / "pali24"), model, lvlm_image_processor, tokenizer)
+    report = export_to_lvlm(student, lvlm, str(tmp_path / "out"), log=None)
+    assert report.resized_from == 4 and report.grid == 6
+    loaded, _ = _load("PaliGemmaForConditionalGeneration", str(tmp_path / "out"))
+    x = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = loaded.model.vision_tower(x).last_hidden_state
+        theirs = siglip.vision_model(x, interpolate_pos_encoding=True).last_hidden_state
+    assert (ours - theirs).abs().max().item() < 1e-5

@@ -64,13 +64,6 @@ class LVLMFamily:
     towers: tuple[str, ...]
     description: str
 
-    @property
-    def model_class(self):
-        """The transformers class, imported on demand."""
-        import transformers
-
-        return getattr(transformers, self.architecture)
-
 
 LVLM_FAMILIES: dict[str, LVLMFamily] = {
     f.architecture: f
