@@ -233,6 +233,7 @@ SETTINGS = dict(
 )
 
 
+@pytest.mark.slow
 def test_evaluate_lvlm_end_to_end_and_resume(folders, tmp_path, monkeypatch):
     _, lvlm, cap_dir, vqa_dir = folders
     out = str(tmp_path / "full")

@@ -377,6 +377,7 @@ def test_license_of_the_base_card_is_kept(work, tmp_path):
     assert "license: llama2" in card.split("---")[1]
 
 
+@pytest.mark.slow
 def test_commands_run_as_modules():
     for module in ("mmt_ard.cli.export", "mmt_ard.cli.eval_lvlm"):
         proc = subprocess.run(
