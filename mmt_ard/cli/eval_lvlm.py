@@ -122,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             resume=not args.no_resume,
             progress=not args.no_progress,
         )
-    except (ValueError, TypeError, OSError, RuntimeError) as err:  # user errors: one line; --debug: the traceback
+    except (
+        ValueError,
+        TypeError,
+        OSError,
+        RuntimeError,
+        ImportError,
+    ) as err:  # user errors: one line; --debug: the traceback
         if args.debug:
             raise
         print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)

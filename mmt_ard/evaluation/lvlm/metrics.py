@@ -59,7 +59,12 @@ def cider_scores(predictions: list[str], references: list[list[str]]) -> np.ndar
 
     The corpus CIDEr is the mean of these scores (as `pycocoevalcap.cider.Cider.compute_score` returns it).
     """
-    from pycocoevalcap.cider.cider_scorer import CiderScorer
+    try:
+        from pycocoevalcap.cider.cider_scorer import CiderScorer
+    except ImportError as err:
+        raise ImportError(
+            'CIDEr needs pycocoevalcap: `pip install "mmt_ard[lvlm]"` (or `pip install pycocoevalcap`).'
+        ) from err
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} reference sets.")
