@@ -1,6 +1,7 @@
 """MMT-ARD: multimodal multi-teacher adversarial robust distillation for CLIP-like models."""
 
 from .config import MMTARDConfig
+from .export import export_to_lvlm
 from .models import ZeroShotCLIP, build_text_head, load_clip
 from .presets import PRESETS
 from .teachers import Teacher
@@ -18,6 +19,7 @@ __all__ = [
     "WEIGHTINGS",
     "ZeroShotCLIP",
     "build_text_head",
+    "export_to_lvlm",
     "load_clip",
     "make_weighting",
 ]

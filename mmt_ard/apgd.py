@@ -42,7 +42,7 @@ from torch import nn
 
 from .models import logits_of
 
-__all__ = ["apgd", "apgd_ce", "apgd_t", "apgd_worst_case"]
+__all__ = ["apgd", "apgd_ce", "apgd_objective", "apgd_t", "apgd_worst_case"]
 
 _NORMS = ("linf", "l2")
 _LOSSES = ("ce", "dlr", "dlr-targeted")
@@ -92,20 +92,30 @@ def _random_start(x0, eps, norm, gen, idx, full_shape):
     return (x0 + noise[idx.to(noise.device)].to(x0.device)).clamp(0.0, 1.0)
 
 
-def _single_run(model, x0, y, target, *, eps, norm, loss, n_iter, rho, x_start):
-    """One APGD run on a sub-batch. Returns (x_best, best_loss, x_fool, fooled)."""
+def _single_run(model, x0, y, target, *, eps, norm, loss, n_iter, rho, x_start, loss_fn=None):
+    """One APGD run on a sub-batch. Returns (x_best, best_loss, x_fool, fooled).
+
+    ``loss_fn`` (optional) replaces the classifier objective: a per-sample loss ``x_adv (n, 3, H, W) -> (n,)`` to
+    maximise (``model``, ``y``, ``target`` and ``loss`` are then unused). Such an objective has no notion of a fooled
+    sample, so ``fooled`` stays all False and every iteration runs.
+    """
     n = x0.shape[0]
     shape = (n,) + (1,) * (x0.dim() - 1)  # broadcast per-sample scalars to (n, 1, 1, 1)
 
     def loss_and_grad(x_adv):
         x_adv = x_adv.detach().requires_grad_(True)
-        logits = logits_of(model(x_adv)).float()  # (n, C)
-        if loss == "ce":
-            per_sample = F.cross_entropy(logits, y, reduction="none")  # (n,)
+        if loss_fn is not None:
+            per_sample = loss_fn(x_adv).float()  # (n,)
+            fooled = torch.zeros(n, dtype=torch.bool, device=x0.device)
         else:
-            per_sample = _dlr_loss(logits, y, target)  # (n,)
+            logits = logits_of(model(x_adv)).float()  # (n, C)
+            if loss == "ce":
+                per_sample = F.cross_entropy(logits, y, reduction="none")  # (n,)
+            else:
+                per_sample = _dlr_loss(logits, y, target)  # (n,)
+            fooled = logits.argmax(1) != y
         (grad,) = torch.autograd.grad(per_sample.sum(), [x_adv])
-        return per_sample.detach(), grad.detach(), logits.argmax(1) != y
+        return per_sample.detach(), grad.detach(), fooled
 
     x_cur = x_start
     cur_loss, grad, fooled = loss_and_grad(x_cur)
@@ -412,3 +422,61 @@ def apgd_worst_case(
         return x_adv, robust
 
     return _run_safely(run, model, x)
+
+
+def apgd_objective(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    n_iter: int = 100,
+    rho: float = 0.75,
+    x_start: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """APGD (the same step-size schedule, momentum and checkpoints) maximising any per-sample objective.
+
+    For models that are not classifiers, e.g. the language-model loss of a vision-language model: pass a callable
+    that maps pixels to one loss per sample. To force an output (a targeted attack), maximise its negative loss.
+
+    Args:
+        loss_fn: ``x_adv (B, 3, H, W) in [0, 1] -> (B,)`` losses to maximise, differentiable w.r.t. ``x_adv``.
+            It runs with gradients enabled; the caller owns the model's mode and precision.
+        x: clean images (B, 3, H, W) in [0, 1]; cast to float32 (the attack state stays fp32).
+        eps: perturbation budget in pixel units (as in :func:`apgd`); ``eps == 0`` returns ``x``.
+        norm: ``"linf"`` or ``"l2"``.
+        n_iter: iterations (>= 1).
+        rho: step-size halving threshold on the fraction of successful steps.
+        x_start: where the run starts (e.g. a seeded random point, or a previous attack's best point); projected
+            onto the eps-ball around ``x`` and [0, 1]. Default: ``x`` itself.
+
+    Returns:
+        ``(x_best, best_loss)``: per sample the highest-loss point visited (B, 3, H, W) float32 in [0, 1] and within
+        the budget, and its loss (B,).
+    """
+    x = x.detach().float().clone()
+    _validate(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), eps, norm, "ce", n_iter, 1, 1, rho)
+    eps = float(eps)
+    if x_start is None:
+        x_start = x.clone()
+    elif x_start.shape != x.shape:
+        raise ValueError(f"x_start has shape {tuple(x_start.shape)}: it must match x, {tuple(x.shape)}.")
+    x_start = _project(x_start.detach().float().to(x.device), x, eps, norm)
+    with torch.inference_mode(False), torch.enable_grad():
+        if eps == 0.0:
+            with torch.no_grad():
+                return x, loss_fn(x).detach().float()
+        x_best, best_loss, _, _ = _single_run(
+            None,
+            x,
+            None,
+            None,
+            eps=eps,
+            norm=norm,
+            loss="ce",
+            n_iter=n_iter,
+            rho=rho,
+            x_start=x_start,
+            loss_fn=loss_fn,
+        )
+    return x_best, best_loss

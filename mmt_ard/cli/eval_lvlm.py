@@ -1,0 +1,141 @@
+"""`mmt-ard-eval-lvlm`: robustness of vision-language models themselves, RobustVLM's protocol (the command; the
+library is `mmt_ard.evaluation.lvlm`).
+
+Example (LLaVA-1.5 with its own and with a robust tower, COCO captions and VQAv2 subsets, one 80 GB GPU):
+
+    mmt-ard-eval-lvlm --models llava-hf/llava-1.5-7b-hf llava-1.5-7b-mmt-ard \\
+        --datasets coco=data/coco_val vqav2=data/vqav2_val --output-dir eval_lvlm --gradient-checkpointing
+
+Writes `results.json`, `results.md` and `robustness.png` into `--output-dir`, and per-sample replies under
+`lvlm_state/`; rerunning resumes where it stopped and skips finished (model, dataset) pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROG = "mmt-ard-eval-lvlm"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..evaluation.lvlm.protocol import LVLMProtocol
+
+    d = LVLMProtocol()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Clean and adversarial captioning (CIDEr) and VQA (VQA accuracy) scores of LVLMs under APGD on "
+        "the language model's loss of the references (per-sample worst case), and targeted-attack success rates. "
+        "Defaults follow RobustVLM.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--models", nargs="+", required=True, help="LVLM folders or Hub ids (LlavaForConditionalGeneration)."
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        required=True,
+        help="[name=]folder or json file: COCO captions / Karpathy json, or VQAv2 questions.json + annotations.json, "
+        "or TextVQA json (docs/lvlm.md, Data).",
+    )
+    parser.add_argument("--output-dir", default="eval_lvlm", help="Where results.json/.md, the plot and the state go.")
+    parser.add_argument("--eps", nargs="+", default=None, help="L-inf budgets, e.g. --eps 2/255 4/255 (default).")
+    parser.add_argument("--n-iter", type=int, default=d.n_iter, help="APGD iterations per attack.")
+    parser.add_argument("--num-samples", type=int, default=d.num_samples, help="Samples per dataset (seeded subset).")
+    parser.add_argument("--all-samples", action="store_true", help="Use every sample (no subset).")
+    parser.add_argument("--seed", type=int, default=d.seed, help="Seed of the subset and of the random starts.")
+    parser.add_argument(
+        "--max-references", type=int, default=d.max_references, help="Attacks per sample, one per reference."
+    )
+    parser.add_argument(
+        "--vqa-extra-targets",
+        nargs="*",
+        default=list(d.vqa_extra_targets),
+        help="VQA: strings forced within the worst case.",
+    )
+    parser.add_argument("--no-refine", action="store_true", help="Skip the last APGD from each sample's worst image.")
+    parser.add_argument("--target-strings", nargs="*", default=[], help="Targeted attacks forcing these strings.")
+    parser.add_argument(
+        "--targeted-n-iter", type=int, default=d.targeted_n_iter, help="APGD iterations of targeted attacks."
+    )
+    parser.add_argument(
+        "--targeted-num-samples", type=int, default=d.targeted_num_samples, help="Samples targeted attacks run on."
+    )
+    parser.add_argument("--caption-prompt", default=d.caption_prompt, help="Captioning instruction.")
+    parser.add_argument("--vqa-prompt", default=d.vqa_prompt, help="VQA instruction with {question}.")
+    parser.add_argument("--caption-max-new-tokens", type=int, default=d.caption_max_new_tokens, help="Caption length.")
+    parser.add_argument("--vqa-max-new-tokens", type=int, default=d.vqa_max_new_tokens, help="Answer length.")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="Samples per attack batch.")
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        default=None,
+        help="Weights' dtype (default: bfloat16 on CUDA, float32 on CPU); the attack state is fp32 always.",
+    )
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="Recompute activations (less memory).")
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available).")
+    parser.add_argument("--no-resume", action="store_true", help="Recompute everything.")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    parser.add_argument("--debug", action="store_true", help="Show full tracebacks.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .evaluate import parse_eps
+
+        eps = [e for text in args.eps for e in parse_eps(text)] if args.eps else None
+    except argparse.ArgumentTypeError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        from ..evaluation.lvlm import LVLMProtocol, evaluate_lvlm
+
+        fields = dict(
+            n_iter=args.n_iter,
+            num_samples=None if args.all_samples else args.num_samples,
+            seed=args.seed,
+            max_references=args.max_references,
+            vqa_extra_targets=tuple(args.vqa_extra_targets),
+            refine=not args.no_refine,
+            target_strings=tuple(args.target_strings),
+            targeted_n_iter=args.targeted_n_iter,
+            targeted_num_samples=args.targeted_num_samples,
+            caption_prompt=args.caption_prompt,
+            vqa_prompt=args.vqa_prompt,
+            caption_max_new_tokens=args.caption_max_new_tokens,
+            vqa_max_new_tokens=args.vqa_max_new_tokens,
+            batch_size=args.batch_size,
+        )
+        if eps is not None:
+            fields["eps"] = tuple(eps)
+        evaluate_lvlm(
+            args.models,
+            args.datasets,
+            protocol=LVLMProtocol(**fields),
+            output_dir=args.output_dir,
+            device=args.device,
+            dtype=args.dtype,
+            gradient_checkpointing=args.gradient_checkpointing,
+            resume=not args.no_resume,
+            progress=not args.no_progress,
+        )
+    except (
+        ValueError,
+        TypeError,
+        OSError,
+        RuntimeError,
+        ImportError,
+    ) as err:  # user errors: one line; --debug: the traceback
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    print(f"[{PROG}] wrote {args.output_dir}/results.json, results.md, robustness.png")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
