@@ -242,7 +242,7 @@ def test_siglip_student_into_siglip_tower_lvlms(tmp_path, kind):
     _assert_non_tower_bit_equal(original, loaded)
     # a CLIP student does not go into a SigLIP tower
     clip_dir, _ = _student(tmp_path / "clip")
-    with pytest.raises(ExportError, match="SIGLIP tower"):
+    with pytest.raises(ExportError, match="SigLIP tower"):
         export_to_lvlm(clip_dir, lvlm, str(tmp_path / "refused"), log=None)
     assert not os.path.exists(tmp_path / "refused")
 

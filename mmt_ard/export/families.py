@@ -2,52 +2,20 @@
 
 An LVLM family is named by the `architectures[0]` of its `config.json`. Every supported family keeps its image
 encoder in a `vision_tower` submodule that is a plain transformers vision model (`CLIPVisionModel` or
-`SiglipVisionModel`); the tower's kind comes from `config.vision_config.model_type`.
+`SiglipVisionModel`); the tower's model family (`mmt_ard.models.families`) comes from
+`config.vision_config.model_type`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class TowerKind:
-    """A kind of ViT image tower.
-
-    Args:
-        name: `clip` or `siglip`.
-        model_type: `model_type` of its vision config.
-        has_class_token: whether the first row of the position embedding belongs to a class token (CLIP) or every
-            row is a grid position (SigLIP).
-        default_mean: image mean when a processor says nothing.
-        default_std: image std when a processor says nothing.
-    """
-
-    name: str
-    model_type: str
-    has_class_token: bool
-    default_mean: tuple[float, float, float]
-    default_std: tuple[float, float, float]
+from ..models.families import CLIP, SIGLIP, ModelFamily
 
 
-TOWER_KINDS = {
-    "clip": TowerKind(
-        "clip",
-        "clip_vision_model",
-        True,
-        (0.48145466, 0.4578275, 0.40821073),
-        (0.26862954, 0.26130258, 0.27577711),
-    ),
-    "siglip": TowerKind("siglip", "siglip_vision_model", False, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
-
-# model_type of a full model or a vision-only model -> tower kind
-MODEL_TYPE_TO_KIND = {
-    "clip": "clip",
-    "clip_vision_model": "clip",
-    "siglip": "siglip",
-    "siglip_vision_model": "siglip",
-}
+# the towers an LVLM holds as a plain `CLIPVisionModel` / `SiglipVisionModel` (fixed-resolution SigLIP 2 checkpoints
+# are `siglip` models): the model families of `mmt_ard.models` whose weights map onto them
+EXPORTABLE_FAMILIES = (CLIP, SIGLIP)
 
 
 @dataclass(frozen=True)
@@ -93,16 +61,10 @@ def lvlm_family(config: dict, where: str) -> LVLMFamily:
     )
 
 
-def tower_kind_of(model_type: str | None, what: str) -> TowerKind:
-    """The tower kind of a `model_type` (a full CLIP/SigLIP model or a vision-only one)."""
-    kind = MODEL_TYPE_TO_KIND.get(model_type or "")
-    if kind is None:
-        raise ValueError(
-            f"{what} has model_type={model_type!r}: the exportable towers are CLIP ({', '.join(_types('clip'))}) and "
-            f"SigLIP ({', '.join(_types('siglip'))})."
-        )
-    return TOWER_KINDS[kind]
-
-
-def _types(kind: str) -> list[str]:
-    return [t for t, k in MODEL_TYPE_TO_KIND.items() if k == kind]
+def tower_family_of(model_type: str | None, what: str) -> ModelFamily:
+    """The model family of a tower from a `model_type` (a full CLIP/SigLIP model or a vision-only one)."""
+    for family in EXPORTABLE_FAMILIES:
+        if model_type in family.model_types or model_type in family.vision_model_types:
+            return family
+    known = "; ".join(f"{f.title} ({', '.join([*f.model_types, *f.vision_model_types])})" for f in EXPORTABLE_FAMILIES)
+    raise ValueError(f"{what} has model_type={model_type!r}: the exportable towers are {known}.")

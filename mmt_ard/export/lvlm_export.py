@@ -14,7 +14,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .families import LVLMFamily, TowerKind, lvlm_family, tower_kind_of
+from ..models.families import ModelFamily
+from .families import LVLMFamily, lvlm_family, tower_family_of
 from .model_card import read_front_matter, render_lvlm_card
 from .safetensors_io import overwrite_tensors, read_tensor, tensor_layout
 from .students import StudentTower, load_student
@@ -93,7 +94,7 @@ def _read_config(folder: str, where: str) -> dict:
         raise FileNotFoundError(f"`--into` {where!r} has no config.json: is it a transformers LVLM folder?") from err
 
 
-def lvlm_normalization(folder: str, kind: TowerKind) -> tuple[tuple, tuple, str]:
+def lvlm_normalization(folder: str, kind: ModelFamily) -> tuple[tuple, tuple, str]:
     """Image mean/std of the LVLM's image processor (its family's default when it has none)."""
     from transformers import AutoImageProcessor
 
@@ -101,13 +102,13 @@ def lvlm_normalization(folder: str, kind: TowerKind) -> tuple[tuple, tuple, str]
         processor = AutoImageProcessor.from_pretrained(folder)
     except (OSError, ValueError, KeyError):
         return (
-            kind.default_mean,
-            kind.default_std,
-            f"the {kind.name.upper()} default (the LVLM has no image processor)",
+            kind.image_mean,
+            kind.image_std,
+            f"the {kind.title} default (the LVLM has no image processor)",
         )
     mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
     if mean is None or std is None:
-        return kind.default_mean, kind.default_std, f"the {kind.name.upper()} default (its processor gives none)"
+        return kind.image_mean, kind.image_std, f"the {kind.title} default (its processor gives none)"
     return tuple(float(m) for m in mean), tuple(float(s) for s in std), "the LVLM's image processor"
 
 
@@ -168,7 +169,7 @@ def export_to_lvlm(
     config = _read_config(lvlm_dir, into)
     family: LVLMFamily = lvlm_family(config, into)
     vision_config = config.get("vision_config") or {}
-    kind = tower_kind_of(vision_config.get("model_type"), f"The vision tower of {into!r}")
+    kind = tower_family_of(vision_config.get("model_type"), f"The vision tower of {into!r}")
     if kind.name not in family.towers:
         raise ExportError(f"{family.architecture} with a {kind.name} tower is not supported (known: {family.towers}).")
     sources = [lvlm_dir] + ([student] if isinstance(student, str) and os.path.exists(student) else [])
@@ -179,14 +180,12 @@ def export_to_lvlm(
     prefix = find_tower_prefix(layout, into)
     lvlm_positions = layout[prefix + POSITION].shape[0] if prefix + POSITION in layout else None
     student_positions = st.state_dict[POSITION].shape[0] if POSITION in st.state_dict else None
-    student_desc = f"{st.kind.name.upper()} " + describe_tower(
-        st.vision_config, student_positions, st.kind.has_class_token
-    )
-    lvlm_desc = f"{kind.name.upper()} " + describe_tower(vision_config, lvlm_positions, kind.has_class_token)
+    student_desc = f"{st.kind.title} " + describe_tower(st.vision_config, student_positions, st.kind.class_token)
+    lvlm_desc = f"{kind.title} " + describe_tower(vision_config, lvlm_positions, kind.class_token)
     if st.kind.name != kind.name:
         raise ExportError(
-            f"The student is a {st.kind.name.upper()} tower ({student_desc}) but {family.architecture} {into!r} holds a "
-            f"{kind.name.upper()} tower ({lvlm_desc}): give a {kind.name.upper()} student. Nothing was written."
+            f"The student is a {st.kind.title} tower ({student_desc}) but {family.architecture} {into!r} holds a "
+            f"{kind.title} tower ({lvlm_desc}): give a {kind.title} student. Nothing was written."
         )
     check_architecture(st.vision_config, vision_config, student_desc, lvlm_desc)
 
@@ -209,7 +208,7 @@ def export_to_lvlm(
 
     # ---- the log lines and the model card say what happens to the tower ----
     image_size = config_value(vision_config, "image_size")
-    grid = None if lvlm_positions is None else (lvlm_positions - (1 if kind.has_class_token else 0)) ** 0.5
+    grid = None if lvlm_positions is None else (lvlm_positions - (1 if kind.class_token else 0)) ** 0.5
     grid = None if grid is None else round(grid)
     say(f"student {st.source!r}" + (f" (weights from {st.path!r})" if st.path and st.path != st.source else ""))
     say(f"LVLM {into!r}: {family.architecture}, {lvlm_desc}; tower tensors under `{prefix}`")
@@ -217,7 +216,7 @@ def export_to_lvlm(
         src, dst = plan.resized
         say(
             f"resized the student's position embeddings from a {src}x{src} to a {dst}x{dst} grid (bicubic"
-            + (", class position kept" if kind.has_class_token else "")
+            + (", class position kept" if kind.class_token else "")
             + f"); the LVLM's image size ({image_size} px) and its {dst * dst} patch tokens per image are unchanged"
         )
     if "default" in st.normalization_source or "default" in lvlm_norm_source:

@@ -2,8 +2,9 @@
 training run's `output_dir` or an open_clip checkpoint.
 
 `load_student` is the one place that knows how students are read; it returns the tower's tensors, its vision
-config and its image normalisation, nothing else. CLIP students (and open_clip checkpoints, FARE/TeCoA releases)
-go through `mmt_ard.load_clip`; a folder whose config says `siglip` through `SiglipModel.from_pretrained`.
+config and its image normalisation, nothing else. transformers checkpoints (CLIP, SigLIP, full or vision-only) are
+read with the class their config's `model_type` names in the model families (`mmt_ard.models.families`), with only
+their image processor; open_clip checkpoints (FARE/TeCoA releases) go through `mmt_ard.load_clip`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .families import TowerKind, tower_kind_of
+from ..models.families import ModelFamily
+from .families import tower_family_of
 
 
 @dataclass
@@ -38,7 +40,7 @@ class StudentTower:
 
     state_dict: dict[str, torch.Tensor]
     vision_config: object
-    kind: TowerKind
+    kind: ModelFamily
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
     normalization_source: str
@@ -55,12 +57,12 @@ def _read_json(path: str) -> dict | None:
         return None
 
 
-def _normalization(processor, kind: TowerKind, where: str) -> tuple[tuple, tuple, str]:
+def _normalization(processor, kind: ModelFamily, where: str) -> tuple[tuple, tuple, str]:
     image_processor = getattr(processor, "image_processor", processor)
     mean = getattr(image_processor, "image_mean", None)
     std = getattr(image_processor, "image_std", None)
     if mean is None or std is None:
-        return kind.default_mean, kind.default_std, f"the {kind.name.upper()} default (no image processor found)"
+        return kind.image_mean, kind.image_std, f"the {kind.title} default (no image processor found)"
     return tuple(float(m) for m in mean), tuple(float(s) for s in std), f"the image processor of {where}"
 
 
@@ -93,7 +95,7 @@ def student_from_model(
             "open_clip checkpoint, or a loaded CLIPModel / SiglipModel."
         )
     base = model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
-    kind = tower_kind_of(getattr(base.config, "model_type", None), f"The student {source!r}")
+    kind = tower_family_of(getattr(base.config, "model_type", None), f"The student {source!r}")
     tower, vision_config = _tower_of(base)
     mean, std, norm_source = _normalization(processor, kind, path or source)
     state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in tower.state_dict().items()}
@@ -129,6 +131,7 @@ def load_student(spec, processor=None) -> StudentTower:
         return student_from_model(spec, processor)
     from ..convert import is_open_clip_source
     from ..evaluation.robust_eval import resolve_model_path
+    from ..models import load_clip
 
     run_dir = spec if os.path.isdir(spec) else None
     path = spec
@@ -143,29 +146,15 @@ def load_student(spec, processor=None) -> StudentTower:
             provenance = results
     model_type = _model_type(path)
     where = path if os.path.exists(path) else spec
-    if model_type in ("siglip", "siglip_vision_model", "clip_vision_model"):
+    if model_type is None:  # an open_clip checkpoint (or nothing loadable: `load_clip` says which)
+        model, proc = load_clip(path, processor, dtype=torch.float32)
+    else:  # a transformers checkpoint of a family the export knows: the tower and the image processor suffice
         import transformers
 
-        cls = {
-            "siglip": transformers.SiglipModel,
-            "siglip_vision_model": transformers.SiglipVisionModel,
-            "clip_vision_model": transformers.CLIPVisionModel,
-        }[model_type]
-        model = cls.from_pretrained(path, dtype=torch.float32)
+        family = tower_family_of(model_type, f"`--student` {spec!r}")
+        class_name = family.model_types.get(model_type) or family.vision_model_types[model_type]
+        model = getattr(transformers, class_name).from_pretrained(path, dtype=torch.float32)
         proc = _load_image_processor(processor, path)
-    elif model_type == "clip" and processor is None and os.path.isdir(path) and not _has_processor_files(path):
-        from transformers import CLIPModel
-
-        model, proc = CLIPModel.from_pretrained(path, dtype=torch.float32), None
-    elif model_type is None or model_type == "clip":
-        from .. import load_clip
-
-        model, proc = load_clip(path, processor, dtype=torch.float32)
-    else:
-        raise ValueError(
-            f"`--student` {spec!r} is a {model_type!r} model: give a CLIP or SigLIP model (CLIPModel, SiglipModel, or "
-            "their vision-only classes), a training run's output_dir, or an open_clip checkpoint."
-        )
     student = student_from_model(model, proc, source=spec, path=where if os.path.exists(where) else None)
     student.provenance = provenance
     return student

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .families import TowerKind
+from ..models.families import ModelFamily
 from .position import grid_side, resize_position_embedding
 from .safetensors_io import TensorInfo
 
@@ -94,7 +94,7 @@ def find_tower_prefix(layout: dict[str, TensorInfo], where: str) -> str:
 
 def fold_normalization(
     state: dict[str, torch.Tensor],
-    kind: TowerKind,
+    kind: ModelFamily,
     student_mean,
     student_std,
     lvlm_mean,
@@ -121,7 +121,7 @@ def fold_normalization(
         state[PATCH_BIAS] = (state[PATCH_BIAS].double() + k).float()
     else:
         position = state[POSITION].double().clone()  # (P, D)
-        start = 1 if kind.has_class_token else 0
+        start = 1 if kind.class_token else 0
         position[start:] += k
         state[POSITION] = position.float()
     return state
@@ -151,7 +151,7 @@ def plan_tower(
     student_state: dict[str, torch.Tensor],
     layout: dict[str, TensorInfo],
     prefix: str,
-    kind: TowerKind,
+    kind: ModelFamily,
     student_desc: str,
     lvlm_desc: str,
 ) -> TowerPlan:
@@ -169,9 +169,9 @@ def plan_tower(
             continue
         tensor = student_state[rel]
         if rel == POSITION and tuple(tensor.shape) != info.shape and tensor.shape[1:] == info.shape[1:]:
-            src = grid_side(tensor.shape[0], kind.has_class_token, "student's position embedding")
-            dst = grid_side(info.shape[0], kind.has_class_token, "LVLM's position embedding")
-            tensor = resize_position_embedding(tensor, info.shape[0], kind.has_class_token)
+            src = grid_side(tensor.shape[0], kind.class_token, "student's position embedding")
+            dst = grid_side(info.shape[0], kind.class_token, "LVLM's position embedding")
+            tensor = resize_position_embedding(tensor, info.shape[0], kind.class_token)
             resized = (src, dst)
         if tuple(tensor.shape) != info.shape:
             problems.append(f"`{rel}`: student {list(tensor.shape)} vs LVLM {list(info.shape)}")

@@ -116,6 +116,8 @@ class ModelFamily:
         compatible: names of other families whose processors this family's models accept.
         naflex_classes: class names whose vision tower takes patchified NaFlex inputs.
         encoder_layer_classes: class names of the towers' transformer layers (the units FSDP shards).
+        class_token: whether the vision tower's first position belongs to a class token (CLIP) or every position is
+            a grid cell (SigLIP's attention-pooled towers).
         description: one line for docs and error messages.
     """
 
@@ -135,6 +137,7 @@ class ModelFamily:
     compatible: tuple[str, ...] = ()
     naflex_classes: tuple[str, ...] = ()
     encoder_layer_classes: tuple[str, ...] = ()
+    class_token: bool = True
     description: str = ""
 
     # ---- identification ----
@@ -296,6 +299,7 @@ SIGLIP = ModelFamily(
     logit_bias=True,
     compatible=("siglip2",),
     encoder_layer_classes=("SiglipEncoderLayer",),
+    class_token=False,
     description="Google's SigLIP (sigmoid loss), the tower of PaliGemma and LLaVA-OneVision",
 )
 SIGLIP2 = ModelFamily(
@@ -314,6 +318,7 @@ SIGLIP2 = ModelFamily(
     compatible=("siglip",),
     naflex_classes=("Siglip2Model", "Siglip2VisionModel"),
     encoder_layer_classes=("SiglipEncoderLayer", "Siglip2EncoderLayer"),
+    class_token=False,
     description=(
         "SigLIP 2: fixed-resolution checkpoints (a `SiglipModel` with SigLIP 2's Gemma tokenizer) and NaFlex "
         "`Siglip2Model`s (square images, patchified)"
