@@ -24,6 +24,8 @@ logger = logging.get_logger(__name__)
 
 TEACHER_DTYPES = ("fp32", "bf16", "fp16")
 BAD_SAMPLE_POLICIES = ("raise", "skip")
+# `TrainingArguments` counts that must be at least 1 (checked before anything reads them)
+POSITIVE_COUNTS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
 
 # the kind of every field this config owns (see `validation.check_field`; "?": None allowed), checked right after the
 # preset fills the unset ones and before anything (TrainingArguments included) reads them
@@ -200,6 +202,10 @@ class MMTARDConfig(TrainingArguments):
         for name in ("learning_rate", "weight_decay", "warmup_steps"):  # before TrainingArguments reads them
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}`={getattr(self, name)} is negative: use a value >= 0.")
+        for name in POSITIVE_COUNTS:  # a 0 would fail deep inside the DataLoader, after the models are loaded
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}`={value!r} must be a whole number >= 1.")
         self._apply_precision()
         self.preset_roles = preset["roles"]
         self.preset_required_roles = tuple(preset["required_roles"])

@@ -1,0 +1,40 @@
+"""What `mmt-ard-train` checks before it loads or writes anything: every flag is used, every name can be found, the
+output folder holds no other run, the checkpoint to resume exists.
+
+>>> check_run(script_args, config, explicit)   # a UsageError (exit status 2) on the first problem
+"""
+
+from __future__ import annotations
+
+from ..config import MMTARDConfig
+from .names import check_data_files, check_dataset_name, check_files, check_model_name
+from .run_dir import check_output_dir, resume_value
+from .train_args import ScriptArguments, parse_eps
+from .train_flags import check_flags_used
+
+
+def check_run(sa: ScriptArguments, config: MMTARDConfig, explicit: set[str] | frozenset = frozenset()) -> None:
+    """Refuse a run whose flags would be ignored, whose models or data cannot be found, or whose `output_dir` holds
+    another run. Normalises `config.resume_from_checkpoint` (`true` -> True, `none` -> None).
+
+    Args:
+        sa: the script arguments.
+        config: the run's config.
+        explicit: the options set by a flag or the config file (`parse_args`); only those can be refused as unused.
+    """
+    check_flags_used(sa, config, set(explicit))
+    for text in sa.eval_eps or []:
+        parse_eps(text)  # a ValueError naming the budget, before anything is loaded
+    if sa.student is not None:
+        check_model_name("--student", sa.student)
+        check_model_name("--student_processor", sa.student_processor, "processor")
+        for role in ("robust", "clean"):
+            check_model_name(f"--{role}_teacher", getattr(sa, f"{role}_teacher"))
+            check_model_name(f"--{role}_teacher_processor", getattr(sa, f"{role}_teacher_processor"), "processor")
+        check_data_files("--train_files", sa.train_files)
+        check_data_files("--eval_files", sa.eval_files)
+        check_files("--class_names_file", sa.class_names_file)
+        if sa.dataset_name:
+            check_dataset_name("--dataset_name", sa.dataset_name)
+    config.resume_from_checkpoint = resume_value(config.resume_from_checkpoint)
+    check_output_dir(config.output_dir, config.resume_from_checkpoint, sa.overwrite_output_dir)
