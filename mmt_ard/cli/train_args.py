@@ -210,10 +210,7 @@ class TrainArgumentParser(HfArgumentParser):
         if rest:
             raise self.unknown_options([r for r in rest if r.startswith("-")] or rest)
         script_args, config = parsed
-        script_args.config = config_path
-        if config.save_strategy == "no" and explicit & set(STEP_SAVING_OPTIONS):
-            given = sorted(explicit & set(STEP_SAVING_OPTIONS))
-            logger.warning("%s given with `save_strategy='no'`: no checkpoint will be written.", given)
+        script_args.config = config_path  # (`save_steps` with an explicit `save_strategy="no"`: refused by check_run)
         return script_args, config, explicit
 
 
