@@ -206,7 +206,12 @@ def check_names(args: argparse.Namespace, datasets: list[str]) -> None:
             try:
                 resolve_model_path(model)
             except FileNotFoundError as err:
-                raise UsageError("--models", model, "holds no model", str(err).split(": ", 1)[-1]) from err
+                raise UsageError(
+                    "--models",
+                    model,
+                    "holds neither a model (config.json + model.safetensors) nor a checkpoint-* folder with one",
+                    "Give a CLIPModel folder, a training run's output_dir, or a Hub id.",
+                ) from err
     check_model_name("--processor", args.processor, "processor")
     for spec in datasets:
         if os.path.isfile(spec):
