@@ -769,7 +769,7 @@ class ImageClassificationCollator:
                 image = self._image(example)
             except KeyError:
                 raise
-            except Exception as err:  # decoding errors come as OSError, ValueError, SyntaxError, DecompressionBombError
+            except Exception as err:  # noqa: BLE001 - decoding fails with OSError, ValueError, SyntaxError, ...
                 name = self._sample_name(example, position)
                 reason = bad_sample(self.bad_samples, name, err, COLLATOR_FIX)
                 self._record_skip(example, name, reason)

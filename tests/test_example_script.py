@@ -4,6 +4,7 @@ in-process through `examples/run_mmt_ard.py`'s imports, and as the script and th
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import shutil
@@ -122,7 +123,7 @@ def base_args(assets, out, *extra) -> list[str]:
         "true",
         *extra,
     ]
-    no_eval = any(a == "--eval_split" and b == "none" for a, b in zip(extra, extra[1:]))
+    no_eval = any(a == "--eval_split" and b == "none" for a, b in itertools.pairwise(extra))
     return drop(argv, "--eval_files") if no_eval else argv
 
 

@@ -89,7 +89,9 @@ def workspace(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        status = train_cli.cli(train_args("finished", "--max_steps", "2", "--save_steps", "1", "--save_strategy", "steps"))
+        status = train_cli.cli(
+            train_args("finished", "--max_steps", "2", "--save_steps", "1", "--save_strategy", "steps")
+        )
     finally:
         os.chdir(cwd)
     assert status == 0 and (root / "finished" / "checkpoint-2" / "trainer_state.json").is_file()
@@ -145,6 +147,7 @@ class Case:
 
 T, E = "train", "eval"
 NEW = "new_run"  # an output folder that does not exist
+# fmt: off
 CASES = [
     # -- flags a run would ignore --
     Case("data flag without --student", T, ["--train_files", "nosuch.parquet", "--output_dir", NEW], 2,
@@ -215,6 +218,20 @@ CASES = [
     Case("streaming without max_steps", T, train_args(NEW, "--streaming", "--max_steps", "-1"), 2, ["--max_steps"]),
     Case("eval budget out of range", T, train_args(NEW, "--eval_split", "test", "--eval_files", "eval.parquet",
                                                    "--eval_eps", "300/255"), 2, ["'300/255'", "[0, 1]"]),
+    Case("seed out of range", T, train_args(NEW, "--seed", "-1"), 2, ["`seed`=-1"]),
+    Case("negative data workers", T, train_args(NEW, "--dataloader_num_workers", "-1"), 2,
+         ["`dataloader_num_workers`=-1"]),
+    Case("nothing to train", T, train_args(NEW, "--max_steps", "-1", "--num_train_epochs", "0"), 2,
+         ["`num_train_epochs`=0.0"]),
+    Case("negative LoRA rank", T, train_args(NEW, "--lora_r", "-1"), 2, ["--lora_r=-1"]),
+    Case("zero threads", T, train_args(NEW, "--num_threads", "0"), 2, ["--num_threads=0"]),
+    Case("zero training samples", T, train_args(NEW, "--max_train_samples", "0"), 2, ["--max_train_samples=0"]),
+    Case("evaluation file that does not exist", T, train_args(NEW, "--eval_split", "test", "--eval_files",
+                                                              "nosuch.parquet"), 2, ["--eval_files='nosuch.parquet'"]),
+    Case("class-names file that does not exist", T, train_args(NEW, "--class_names_file", "nosuch.txt"), 2,
+         ["--class_names_file='nosuch.txt'"]),
+    Case("dataset folder that does not exist", T, train_args(NEW, "---train_files", "--dataset_name", "./nosuch"), 2,
+         ["--dataset_name='./nosuch'"]),
     Case("unknown option", T, train_args(NEW, "--max_stepz", "3"), 2, ["--max_stepz", "--max_steps"]),
     Case("value of the wrong type", T, train_args(NEW, "--max_steps", "abc"), 2, ["'abc'", "--max_steps"]),
     Case("config file with an unknown key", T, ["unknown_key.yaml"], 2, ["'unknown_key.yaml'", "attack_epss"]),
@@ -248,6 +265,8 @@ CASES = [
     Case("no --models", E, ["--datasets", "eval.parquet"], 2, ["--models"]),
     Case("class-names JSON that does not exist", E, eval_args(NEW, "--class-names-json", "nosuch.json"), 2,
          ["--class-names-json='nosuch.json'"]),
+    Case("class-names JSON that is not JSON", E, eval_args(NEW, "--class-names-json", "broken.yaml"), 2,
+         ["'broken.yaml'", "not valid JSON"]),
     Case("output-dir is a file", E, eval_args("afile"), 2, ["--output-dir='afile'"]),
     Case("zero samples", E, eval_args(NEW, "--num-samples", "0"), 2, ["`num_samples`=0"]),
     Case("prompt without a slot", E, eval_args(NEW, "--templates", "a photo"), 2, ["'a photo'"]),
@@ -256,9 +275,17 @@ CASES = [
     Case("truncated image", E, eval_args(NEW, "--datasets", "evalbad.parquet", "--num-samples", "12"), 1,
          ["evalbad.parquet", f"row {BAD_ROW}", "--bad-samples skip"], creates=True),
 ]
+# fmt: on
 if not torch.cuda.is_available():
-    CASES.append(Case("cuda on a CPU-only torch", E, eval_args(NEW, "--device", "cuda"), 2,
-                      ["--device='cuda'", "not available", "cpu"]))
+    CASES.append(
+        Case(
+            "cuda on a CPU-only torch",
+            E,
+            eval_args(NEW, "--device", "cuda"),
+            2,
+            ["--device='cuda'", "not available", "cpu"],
+        )
+    )
 
 
 def snapshot(root) -> dict[str, tuple]:
@@ -319,11 +346,22 @@ def test_every_listed_case_is_in_the_table():
     """The cases of the issue this table was written for, by name (the table may hold more)."""
     ids = {c.id for c in CASES}
     listed = {
-        "data flag without --student", "hub dataset without --student", "finished run in output_dir",
-        "unknown preset", "learning rate nan", "batch size 0", "missing label column", "too few class names",
-        "output_dir is a file", "resume without any checkpoint", "a file that is not parquet",
-        "student neither folder nor Hub id", "teacher neither folder nor Hub id", "device that does not exist",
-        "truncated image", "preempted",
+        "data flag without --student",
+        "hub dataset without --student",
+        "finished run in output_dir",
+        "unknown preset",
+        "learning rate nan",
+        "batch size 0",
+        "missing label column",
+        "too few class names",
+        "output_dir is a file",
+        "resume without any checkpoint",
+        "a file that is not parquet",
+        "student neither folder nor Hub id",
+        "teacher neither folder nor Hub id",
+        "device that does not exist",
+        "truncated image",
+        "preempted",
     }
     assert listed <= ids, listed - ids
 
@@ -367,7 +405,12 @@ def test_console_processes_exit_with_the_status(workspace):
     env.pop("MMT_ARD_DEBUG", None)
     proc = subprocess.run(
         [sys.executable, "-m", "mmt_ard.cli.train", *train_args(NEW, "--student", "nosuch-model")],
-        capture_output=True, text=True, timeout=300, cwd=workspace, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=workspace,
+        env=env,
+        check=False,
     )
     assert proc.returncode == EXIT_USAGE, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -380,8 +423,10 @@ def test_overwrite_output_dir_starts_over(workspace, tmp_path, monkeypatch):
     shutil.copytree(workspace / "finished", run)
     (run / "notes.txt").write_text("mine")
     monkeypatch.chdir(workspace)
-    assert train_cli.cli(train_args(str(run), "--overwrite_output_dir", "--save_strategy", "steps", "--save_steps",
-                                    "1")) == 0
+    assert (
+        train_cli.cli(train_args(str(run), "--overwrite_output_dir", "--save_strategy", "steps", "--save_steps", "1"))
+        == 0
+    )
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1"]  # the old checkpoint-2 is gone
     assert (run / "notes.txt").read_text() == "mine"  # files the library does not write stay
     assert json.loads((run / "results.json").read_text())["training"]["steps"] == 1
@@ -435,3 +480,40 @@ def test_bad_image_in_a_folder_is_named_by_its_file(tmp_path):
         load_eval_data(str(tmp_path / "digits"), image_size=16, num_samples=None)
     data = load_eval_data(str(tmp_path / "digits"), image_size=16, num_samples=None, bad_samples="skip")
     assert len(data) == 6 and len(data.skipped) == 1 and data.dataset_size == 7
+
+
+@pytest.mark.parametrize(
+    "outcome, expected",
+    [("missing", "the Hub has no such repository"), ("unreachable", "the Hub cannot be reached"), ("found", None)],
+)
+def test_hub_names_online(monkeypatch, outcome, expected):
+    """Online (offline mode off), a name that is not cached is looked up on the Hub: missing or unreachable is
+    refused naming the value and saying that offline mode is off."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from mmt_ard.cli.errors import UsageError
+    from mmt_ard.cli.names import check_model_name
+
+    class Missing(RepositoryNotFoundError):
+        def __init__(self):
+            Exception.__init__(self, "404 Client Error")
+
+    def model_info(self, repo_id, **kwargs):
+        if outcome == "missing":
+            raise Missing()
+        if outcome == "unreachable":
+            raise ConnectionError("Name or service not known")
+        return object()
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    if expected is None:
+        check_model_name("--student", "someone/model")
+        return
+    with pytest.raises(UsageError) as err:
+        check_model_name("--student", "someone/model")
+    message = str(err.value)
+    assert "--student='someone/model'" in message and expected in message and "offline mode is off" in message

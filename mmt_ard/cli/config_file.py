@@ -26,8 +26,10 @@ def read_config_file(path: str) -> dict:
         try:
             values = json.load(f) if path.lower().endswith(".json") else yaml.safe_load(f)
         except (ValueError, yaml.YAMLError) as err:
-            raise ValueError(f"Config file {path!r} is not valid {'JSON' if path.lower().endswith('.json') else 'YAML'}: "
-                             f"{' '.join(str(err).split())}") from err
+            raise ValueError(
+                f"Config file {path!r} is not valid {'JSON' if path.lower().endswith('.json') else 'YAML'}: "
+                f"{' '.join(str(err).split())}"
+            ) from err
     if values is None:
         return {}
     if not isinstance(values, dict):

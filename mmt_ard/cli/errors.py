@@ -42,7 +42,14 @@ DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MMT_ARD_DEBUG"
 
 # raised before the run starts, these are mistakes in the command line or the configuration (exit 2)
-CONFIGURATION_ERRORS = (ValueError, TypeError, LookupError, OSError, argparse.ArgumentError, argparse.ArgumentTypeError)
+CONFIGURATION_ERRORS = (
+    ValueError,
+    TypeError,
+    LookupError,
+    OSError,
+    argparse.ArgumentError,
+    argparse.ArgumentTypeError,
+)
 
 
 class CommandError(Exception):
@@ -196,6 +203,11 @@ def error_line(prog: str, err: BaseException, phase: str = "setup") -> str:
     return f"{prog}: error: {message}"
 
 
+def _first_process() -> bool:
+    """Whether this is the first (or only) process of a launch (`RANK` unset or 0)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
     """Run `main(argv)` behind the error path and return the exit status (never raises, except under `--debug`
     nothing changes but the printed traceback).
@@ -217,10 +229,13 @@ def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[s
             print(f"{prog}: {one_line(str(err))}", file=sys.stderr)
         return code
     except BaseException as err:  # noqa: BLE001 - the one place where every error of a command ends
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        print(error_line(prog, err, context.phase), file=sys.stderr)
-        return exit_code_for(err, context.phase)
+        code = exit_code_for(err, context.phase)
+        # a configuration error is the same on every process of a launch: only the first one says it
+        if debug or code != EXIT_USAGE or _first_process():
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            print(error_line(prog, err, context.phase), file=sys.stderr)
+        return code
     finally:
         _ACTIVE.pop()
         sys.stderr.flush()

@@ -196,6 +196,7 @@ def check_names(args: argparse.Namespace, datasets: list[str]) -> None:
     import os
 
     from ..convert import is_open_clip_source
+    from ..evaluation.datasets import load_user_meta
     from ..evaluation.robust_eval import resolve_model_path
     from ..known_datasets import HUB_IDS, known_dataset
 
@@ -219,6 +220,7 @@ def check_names(args: argparse.Namespace, datasets: list[str]) -> None:
         key = None if os.path.exists(spec) else known_dataset(spec)
         check_dataset_name("--datasets", spec, HUB_IDS.get(key) if key else None, sorted(HUB_IDS))
     check_files("--class-names-json", args.class_names_json)
+    load_user_meta(args.class_names_json)  # its structure, now: a ValueError naming the file
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise UsageError("--output-dir", args.output_dir, "is a file, not a folder", "Give a folder path.")
 

@@ -20,7 +20,19 @@ from .errors import UsageError
 
 # `owner/name` or a legacy single name, as the Hub spells them
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-_FILE_SUFFIXES = (".parquet", ".arrow", ".json", ".yaml", ".yml", ".txt", ".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_FILE_SUFFIXES = (
+    ".parquet",
+    ".arrow",
+    ".json",
+    ".yaml",
+    ".yml",
+    ".txt",
+    ".pt",
+    ".pth",
+    ".bin",
+    ".safetensors",
+    ".ckpt",
+)
 
 
 def offline_mode() -> bool:
@@ -170,7 +182,9 @@ def check_files(what: str, paths) -> None:
         return
     for path in [paths] if isinstance(paths, str) else list(paths):
         if os.path.isdir(path):
-            raise UsageError(what, path, "is a folder, not a file", "Give files here (a folder goes to --dataset_name).")
+            raise UsageError(
+                what, path, "is a folder, not a file", "Give files here (a folder goes to --dataset_name)."
+            )
         if not os.path.isfile(path):
             raise UsageError(what, path, "no such file", "Check the path.")
 
@@ -182,7 +196,9 @@ def check_data_files(what: str, paths) -> None:
     for path in [paths] if isinstance(paths, str) else list(paths or []):
         readable = _data_file_error(path)
         if readable:
-            raise UsageError(what, path, f"cannot be read ({readable})", "Give a file written by pyarrow or `datasets`.")
+            raise UsageError(
+                what, path, f"cannot be read ({readable})", "Give a file written by pyarrow or `datasets`."
+            )
 
 
 def _data_file_error(path: str) -> str | None:

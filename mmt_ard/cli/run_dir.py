@@ -143,8 +143,12 @@ def check_output_dir(output_dir: str, resume, overwrite: bool) -> None:
     if not os.path.isdir(parent):
         raise UsageError(what, output_dir, f"cannot be created: {parent!r} is a file", "Give another folder path.")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(what, output_dir, f"cannot be written: no write permission on {parent!r}", "Give a folder "
-                         "you can write to.")
+        raise UsageError(
+            what,
+            output_dir,
+            f"cannot be written: no write permission on {parent!r}",
+            "Give a folder you can write to.",
+        )
     if resume is not None and overwrite:
         raise UsageError(
             "--resume_from_checkpoint",
@@ -180,8 +184,12 @@ def check_resume(output_dir: str, resume) -> str:
             )
         return found
     if not os.path.isdir(resume):
-        raise UsageError(what, resume, "no such checkpoint folder", "Give a checkpoint-N folder, or true for the "
-                         "newest complete one in --output_dir.")
+        raise UsageError(
+            what,
+            resume,
+            "no such checkpoint folder",
+            "Give a checkpoint-N folder, or true for the newest complete one in --output_dir.",
+        )
     if not is_complete_checkpoint(resume):
         raise UsageError(
             what,

@@ -27,7 +27,14 @@ from ..model_card import save_model_card
 from ..trainer import MMTARDTrainer
 from .errors import run_command, running
 from .publish import HubPushError, push_to_hub, save_student
-from .run_dir import RunSettingsCallback, check_resume, clear_run, run_settings, warn_settings_changes, write_run_settings
+from .run_dir import (
+    RunSettingsCallback,
+    check_resume,
+    clear_run,
+    run_settings,
+    warn_settings_changes,
+    write_run_settings,
+)
 from .train_args import ScriptArguments, make_parser, parse_args, parse_eps
 from .train_checks import check_run
 from .train_inputs import load_run_inputs

@@ -1,8 +1,9 @@
 """Every flag of `mmt-ard-train` is used or refused: the rules that say when a flag given would do nothing.
 
 A flag "given" is one set on the command line or in the config file (`explicit` of `parse_args`); defaults are never
-refused, nor a boolean flag given as False (it asks for nothing). Each `FlagRule` names flags and the condition under which the run would ignore them; `check_flags_used`
-raises a `UsageError` naming the flags given (with their values), why they would be ignored and what to do.
+refused, nor a boolean flag given as False (it asks for nothing). Each `FlagRule` names flags and the condition under
+which the run would ignore them; `check_flags_used` raises a `UsageError` naming the flags given (with their values),
+why they would be ignored and what to do.
 
 >>> check_flags_used(script_args, config, explicit)   # before anything is loaded
 """
@@ -36,7 +37,13 @@ MODEL_AND_DATA_FLAGS = (
     "streaming",
     "dataset_cache_dir",
 )
-EMBEDDED_FLAGS = ("quick", "embedded_cache_dir", "embedded_clean_steps", "embedded_robust_steps", "embedded_student_steps")
+EMBEDDED_FLAGS = (
+    "quick",
+    "embedded_cache_dir",
+    "embedded_clean_steps",
+    "embedded_robust_steps",
+    "embedded_student_steps",
+)
 LORA_FLAGS = ("lora_alpha", "lora_dropout", "lora_target_modules", "save_merged")
 EVALUATION_FLAGS = ("eval_eps", "max_eval_samples", "eval_before_training", "eval_teachers")
 HUB_FLAGS = ("hub_model_id", "hub_token", "hub_private_repo", "hub_strategy", "hub_revision", "hub_always_push")
@@ -155,9 +162,9 @@ RULES: tuple[FlagRule, ...] = (
     ),
     FlagRule(
         ("eval_split",),
-        lambda sa, config: sa.student is not None
-        and sa.eval_split.lower() != "none"
-        and not (sa.eval_files or sa.dataset_name),
+        lambda sa, config: (
+            sa.student is not None and sa.eval_split.lower() != "none" and not (sa.eval_files or sa.dataset_name)
+        ),
         "no evaluation data to take a split of (neither --eval_files nor --dataset_name)",
         "Give --eval_files or --dataset_name, or leave --eval_split out.",
     ),
@@ -257,4 +264,6 @@ def check_flags_used(sa: ScriptArguments, config: MMTARDConfig, explicit: set[st
     """Raise a `UsageError` for the first rule broken: the flags given, why the run would ignore them, the fix."""
     for rule, given in unused_flags(sa, config, explicit):
         fill = {"preset": config.preset, "weighting": config.weighting, "missing": missing_models(sa, config)}
-        raise UsageError("", None, f"{given_text(given, sa, config)}: {rule.why.format(**fill)}", rule.fix.format(**fill))
+        raise UsageError(
+            "", None, f"{given_text(given, sa, config)}: {rule.why.format(**fill)}", rule.fix.format(**fill)
+        )

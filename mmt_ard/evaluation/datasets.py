@@ -138,7 +138,10 @@ def load_user_meta(path: str | None) -> dict[str, dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"`class_names_json`={path!r} does not exist: give a JSON file path.")
     with open(path) as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except ValueError as err:
+            raise ValueError(f"`class_names_json`={path!r} is not valid JSON ({err}).") from err
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(
             f'{path}: expected {{"<dataset>": {{"classnames": [...], "templates": [...]}}}}, got '

@@ -99,8 +99,10 @@ def skipped_note(results: list[dict]) -> list[str]:
     if not skipped:
         return []
     lines = [
-        "**Skipped rows** (`--bad-samples skip`: unreadable images or labels outside the class names). Accuracies "
-        "are over the rows evaluated (`n`), without them:",
+        (
+            "**Skipped rows** (`--bad-samples skip`: unreadable images or labels outside the class names). "
+            "Accuracies are over the rows evaluated (`n`), without them:"
+        ),
         "",
     ]
     for r in skipped:
