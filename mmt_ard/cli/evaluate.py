@@ -15,6 +15,7 @@ by the gradient-masking checks with `--fail-on-flag` (see `mmt_ard.cli.errors`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from fractions import Fraction
 
@@ -193,8 +194,6 @@ def main(argv: list[str]) -> int:
 
 def check_names(args: argparse.Namespace, datasets: list[str]) -> None:
     """Every model, processor, dataset, file and device the command line names exists (before anything loads)."""
-    import os
-
     from ..convert import is_open_clip_source
     from ..evaluation.datasets import load_user_meta
     from ..evaluation.robust_eval import resolve_model_path

@@ -249,7 +249,7 @@ def check_device(what: str, value) -> None:
     import torch
 
     available = available_devices()
-    fix = f"Use one of {', '.join(available)}."
+    fix = f"Devices available here: {', '.join(available)}."
     try:
         device = torch.device(str(value))
     except (RuntimeError, ValueError, TypeError) as err:

@@ -135,6 +135,8 @@ def check_output_dir(output_dir: str, resume, overwrite: bool) -> None:
     """Refuse an `output_dir` that is a file, cannot be created, or holds another run that neither
     `--resume_from_checkpoint` nor `--overwrite_output_dir` says what to do with; check the checkpoint to resume."""
     what = "--output_dir"
+    if not str(output_dir).strip():
+        raise UsageError(what, output_dir, "is empty", "Give a folder path (it is created if needed).")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UsageError(what, output_dir, "is a file, not a folder", "Give a folder path (it is created if needed).")
     parent = os.path.abspath(output_dir)

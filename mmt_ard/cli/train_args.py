@@ -169,7 +169,10 @@ class TrainArgumentParser(HfArgumentParser):
     included (with the nearest known one)."""
 
     def __init__(self, prog: str | None = None):
-        super().__init__((ScriptArguments, MMTARDConfig), prog=prog, description=DESCRIPTION, epilog=EPILOG)
+        # no abbreviations: every option given is known by its full name (what `check_flags_used` checks)
+        super().__init__(
+            (ScriptArguments, MMTARDConfig), prog=prog, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False
+        )
 
     def error(self, message: str):
         raise plain_usage_error(f"{message.rstrip('.')} (see --help)")
