@@ -78,6 +78,8 @@ def workspace(tmp_path_factory):
     (root / "classes.txt").write_text("\n".join(CLASSES))
     (root / "afile").write_text("a plain file")
     (root / "emptydir").mkdir()
+    (root / "project").mkdir()
+    (root / "project" / "README.md").write_text("a user's own readme")
     (root / "unknown_key.yaml").write_text("attack_epss: 0.1\n")
     (root / "broken.yaml").write_text("max_steps: [1, 2\n")
     for name, hidden, seed in (("student", 32, 0), ("teacher", 48, 1)):
@@ -178,6 +180,9 @@ CASES = [
     Case("finished run in output_dir", T, train_args("finished", "--seed", "7"), 2,
          ["--output_dir='finished'", "checkpoint-2", "model.safetensors", "--resume_from_checkpoint",
           "--overwrite_output_dir"]),
+    Case("overwrite refused by a later check", T, train_args("finished", "--overwrite_output_dir", "--label_column",
+                                                              "nope"), 2, ["['nope']"]),
+    Case("folder with files a run writes", T, train_args("project"), 2, ["--output_dir='project'", "README.md"]),
     Case("output_dir is a file", T, train_args("afile"), 2, ["--output_dir='afile'", "is a file"]),
     Case("output_dir under a file", T, train_args("afile/run"), 2, ["--output_dir='afile/run'"]),
     Case("resume from a missing checkpoint", T, train_args(NEW, "--resume_from_checkpoint", "finished/checkpoint-9"),

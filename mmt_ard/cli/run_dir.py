@@ -2,8 +2,8 @@
 settings (`mmt_ard_run.json`) and what changed since a checkpoint was made.
 
 What marks a run (`RUN_FILES`, `checkpoint-*` folders): the student's weights, the trainer's saved config and state,
-`results.json`, `mmt_ard_run.json`, `preempted.json`. A folder holding none of them (empty, or only other files)
-is free. Each checkpoint holds the run's `MMTARDConfig` (`mmt_ard_config.json`, written by `MMTARDTrainer`) and the
+`results.json`, `mmt_ard_run.json`, `preempted.json`. A folder holding none of them, nor any other file a run writes
+(`README.md`, `config.json`, tokenizer files: `RUN_OUTPUT_PATTERNS`), is free. Each checkpoint holds the run's `MMTARDConfig` (`mmt_ard_config.json`, written by `MMTARDTrainer`) and the
 command's own arguments (`mmt_ard_run.json`, written by `RunSettingsCallback`); `settings_changes` compares them
 with a resumed run's.
 """
@@ -109,6 +109,18 @@ def run_contents(output_dir: str) -> list[str]:
     return found
 
 
+def files_a_run_writes(output_dir: str) -> list[str]:
+    """Files in `output_dir` that a run would write over (`RUN_OUTPUT_PATTERNS`: `README.md`, `config.json`, ...)."""
+    if not os.path.isdir(output_dir):
+        return []
+    return sorted(
+        name
+        for name in os.listdir(output_dir)
+        if os.path.isfile(os.path.join(output_dir, name))
+        and any(fnmatch.fnmatch(name, p) for p in RUN_OUTPUT_PATTERNS)
+    )
+
+
 def _summary(found: list[str]) -> str:
     checkpoints = [f for f in found if f.startswith("checkpoint-")]
     files = [f for f in found if not f.startswith("checkpoint-")]
@@ -161,14 +173,24 @@ def check_output_dir(output_dir: str, resume, overwrite: bool) -> None:
     if resume is not None:
         check_resume(output_dir, resume)
         return
+    if overwrite:
+        return
     found = run_contents(output_dir)
-    if found and not overwrite:
+    if found:
         raise UsageError(
             what,
             output_dir,
             f"holds another run ({_summary(found)})",
             "Continue it with --resume_from_checkpoint true (or a checkpoint-N path), start over in it with "
             "--overwrite_output_dir (its run files are deleted), or pick another --output_dir.",
+        )
+    clobbered = files_a_run_writes(output_dir)
+    if clobbered:
+        raise UsageError(
+            what,
+            output_dir,
+            f"holds files a run writes and would replace ({', '.join(clobbered[:5])})",
+            "Pick another --output_dir, or give --overwrite_output_dir to replace them.",
         )
 
 
