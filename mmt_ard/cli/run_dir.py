@@ -124,7 +124,8 @@ def files_a_run_writes(output_dir: str) -> list[str]:
 def _summary(found: list[str]) -> str:
     checkpoints = [f for f in found if f.startswith("checkpoint-")]
     files = [f for f in found if not f.startswith("checkpoint-")]
-    parts = files[:4] + ([f"{len(files) - 4} more files"] if len(files) > 4 else [])
+    more = len(files) - 4
+    parts = files[:4] + ([f"{more} more file{'s' if more > 1 else ''}"] if more > 0 else [])
     if checkpoints:
         parts.append(f"{len(checkpoints)} checkpoint(s) up to {checkpoints[-1]}")
     return ", ".join(parts)
