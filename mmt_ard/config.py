@@ -24,6 +24,13 @@ logger = logging.get_logger(__name__)
 
 TEACHER_DTYPES = ("fp32", "bf16", "fp16")
 BAD_SAMPLE_POLICIES = ("raise", "skip")
+# `TrainingArguments` counts and their least valid value (checked before anything reads them)
+COUNT_MINIMUMS = {
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "dataloader_num_workers": 0,
+}
 
 # the kind of every field this config owns (see `validation.check_field`; "?": None allowed), checked right after the
 # preset fills the unset ones and before anything (TrainingArguments included) reads them
@@ -200,6 +207,17 @@ class MMTARDConfig(TrainingArguments):
         for name in ("learning_rate", "weight_decay", "warmup_steps"):  # before TrainingArguments reads them
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}`={getattr(self, name)} is negative: use a value >= 0.")
+        for name, low in COUNT_MINIMUMS.items():  # a bad count fails deep inside torch, after the models are loaded
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}`={value!r} must be a whole number >= {low}.")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"`seed`={self.seed} must be in [0, 2**32 - 1] (numpy's seed range).")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(
+                f"`num_train_epochs`={self.num_train_epochs} with `max_steps`={self.max_steps}: nothing would be "
+                "trained. Give a positive `num_train_epochs` or `max_steps`."
+            )
         self._apply_precision()
         self.preset_roles = preset["roles"]
         self.preset_required_roles = tuple(preset["required_roles"])

@@ -30,7 +30,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,10 +47,49 @@ ID_COLUMN = "sample_id"
 # columns kept to name a sample in error messages
 NAME_COLUMNS = ("filename", "file_name", "path", "image_path", "id")
 _LOGGED_SKIPS = 10
+COLLATOR_FIX = "Fix or remove it, or set `bad_samples='skip'` to drop such samples (they are counted and logged)"
 
 
 class BadSampleError(ValueError):
     """A sample whose image cannot be decoded or whose label is not a class (with `bad_samples='raise'`)."""
+
+
+def bad_sample_policy(value: str, field_name: str = "bad_samples") -> str:
+    """`raise` or `skip` from a user's value (`error` is evaluation's word for `raise`)."""
+    policy = {"error": "raise"}.get(value, value) if isinstance(value, str) else value
+    if policy not in BAD_SAMPLE_POLICIES:
+        raise ValueError(f"`{field_name}`={value!r}: use 'error' (or 'raise') to stop on a bad sample, or 'skip'.")
+    return policy
+
+
+def bad_sample(policy: str, name: str, err: BaseException, fix: str) -> str:
+    """The reason a sample is bad (`"OSError: image file is truncated"`); raises a `BadSampleError` naming the sample
+    (`name`), the reason and `fix` when `policy` is `raise`."""
+    reason = f"{type(err).__name__}: {err}"
+    if policy == "raise":
+        raise BadSampleError(f"Bad sample {name}: {reason}. {fix.rstrip('.')}.") from err
+    return reason
+
+
+def label_id(value, class_names: Sequence[str], name_to_id: dict[str, int] | None = None) -> int:
+    """A label (an id, a numeric string or a class name) as an id in `[0, len(class_names))`; a `ValueError` saying
+    why not."""
+    if torch.is_tensor(value) or isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        names = name_to_id if name_to_id is not None else {n: i for i, n in enumerate(class_names)}
+        if value in names:
+            return names[value]
+        if not value.lstrip("-").isdigit():
+            raise ValueError(f"label {value!r} is not one of the {len(class_names)} class names")
+        value = int(value)
+    is_integral = isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not is_integral:
+        raise ValueError(f"label {value!r} is not a class id")
+    value = int(value)
+    if not 0 <= value < len(class_names):
+        raise ValueError(f"label {value} is outside the {len(class_names)} classes [0, {len(class_names) - 1}]")
+    return value
 
 
 # ---- loading ----
@@ -79,6 +118,19 @@ def _pick_split(available: dict, split: str, where: str, any_split: bool) -> tup
     )
 
 
+def _unreadable_file(files: Sequence[str], builder: str) -> str:
+    """The first of `files` whose parquet footer cannot be read (all of them, joined, when none or not parquet)."""
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        for path in files:
+            try:
+                pq.read_metadata(path)
+            except Exception:  # noqa: BLE001 - any reason it cannot be read
+                return path
+    return ", ".join(files)
+
+
 def _data_files_by_split(root: str) -> dict[str, list[str]]:
     """The `.parquet`/`.arrow` files under the folder `root`, grouped into splits by their names as `datasets` does
     (`test-00000-of-00001.parquet`, `train/x.parquet`, `data_validation.arrow`; no split in any name: all `train`).
@@ -105,9 +157,15 @@ def _load(source, split: str, config_name, streaming: bool, cache_dir, any_split
         if missing:
             raise FileNotFoundError(f"Data files {missing} do not exist.")
         builder = _data_file_builder(files)
-        loaded = datasets.load_dataset(
-            builder, data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir
-        )
+        try:
+            loaded = datasets.load_dataset(
+                builder, data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir
+            )
+        except Exception as err:  # pyarrow's ArrowInvalid, datasets' DatasetGenerationError, OSError
+            raise ValueError(
+                f"Data file {_unreadable_file(files, builder)!r} cannot be read as {builder} ({type(err).__name__}: "
+                f"{' '.join(str(err).split())}): give {builder} files written by pyarrow or `datasets`."
+            ) from err
         return loaded, builder, files
     if not isinstance(source, str) or not source:
         raise ValueError(f"`dataset_name`={source!r}: give a Hub dataset id, a local directory or data files.")
@@ -304,6 +362,31 @@ def class_names_with_source(
     return names, origin
 
 
+def check_labels_in_classes(dataset, label_column: str, class_names: Sequence[str], described: str) -> None:
+    """Every label of a map-style `dataset` is a class id or name of `class_names` (one pass over the label column;
+    streams are not read ahead: their bad labels are bad samples). A `ValueError` naming `described` (where the
+    names came from), the number of names and the labels outside them."""
+    if not hasattr(dataset, "unique") or not hasattr(dataset, "__len__"):
+        return
+    try:
+        values = dataset.unique(label_column)
+    except (KeyError, ValueError, TypeError):
+        return  # a column `find_columns` already vetted but `unique` cannot hash: the collator checks each sample
+    name_to_id = {str(n): i for i, n in enumerate(class_names)}
+    outside = []
+    for value in values:
+        try:
+            label_id(value, class_names, name_to_id)
+        except ValueError:
+            outside.append(value)
+    if outside:
+        shown = sorted(outside, key=str)[:10]
+        raise ValueError(
+            f"{described} gives {len(class_names)} class names but column {label_column!r} holds labels {shown} "
+            f"outside them: give one name per class, in label-id order."
+        )
+
+
 def resolve_class_names(
     dataset,
     label_column: str = "label",
@@ -343,6 +426,7 @@ class ImageSource:
         templates: prompt templates the data came with (a clip-benchmark repository's), or None.
         format: `parquet`, `arrow`, `imagefolder` or `hub`.
         location: the absolute path (of the folder, or the first data file) or `hub:<id>`.
+        files: the data files read (parquet / arrow), in order; empty for image folders and Hub datasets.
     """
 
     dataset: object
@@ -355,6 +439,7 @@ class ImageSource:
     templates: list[str] | None
     format: str
     location: str
+    files: list[str] = field(default_factory=list)
 
 
 def open_image_source(
@@ -404,7 +489,9 @@ def open_image_source(
     if fmt == "imagefolder" and origin == "ClassLabel":
         origin = "folder names"
     location = f"hub:{first}" if fmt == "hub" else os.path.abspath(first)
-    return ImageSource(dataset, name, image_column, label_column, names, origin, known, templates, fmt, location)
+    return ImageSource(
+        dataset, name, image_column, label_column, names, origin, known, templates, fmt, location, list(files)
+    )
 
 
 def _clip_benchmark_files(hub_id: str) -> tuple[list[str] | None, list[str] | None]:
@@ -658,23 +745,7 @@ class ImageClassificationCollator:
         return name
 
     def _label(self, value) -> int:
-        if torch.is_tensor(value) or isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, str):
-            if value in self.name_to_id:
-                return self.name_to_id[value]
-            if not value.lstrip("-").isdigit():
-                raise ValueError(f"label {value!r} is not one of the {len(self.class_names)} class names")
-            value = int(value)
-        is_integral = isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())
-        if isinstance(value, bool) or not is_integral:
-            raise ValueError(f"label {value!r} is not a class id")
-        value = int(value)
-        if not 0 <= value < len(self.class_names):
-            raise ValueError(
-                f"label {value} is outside the {len(self.class_names)} classes [0, {len(self.class_names) - 1}]"
-            )
-        return value
+        return label_id(value, self.class_names, self.name_to_id)
 
     def _image(self, example: dict):
         if self.image_column in example:
@@ -698,16 +769,9 @@ class ImageClassificationCollator:
                 image = self._image(example)
             except KeyError:
                 raise
-            except (
-                Exception
-            ) as err:  # decoding errors come as OSError, ValueError, SyntaxError, DecompressionBombError
-                reason = f"{type(err).__name__}: {err}"
+            except Exception as err:  # noqa: BLE001 - decoding fails with OSError, ValueError, SyntaxError, ...
                 name = self._sample_name(example, position)
-                if self.bad_samples == "raise":
-                    raise BadSampleError(
-                        f"Bad sample {name}: {reason}. Fix or remove it, or set `bad_samples='skip'` to drop such "
-                        "samples (they are counted and logged)."
-                    ) from err
+                reason = bad_sample(self.bad_samples, name, err, COLLATOR_FIX)
                 self._record_skip(example, name, reason)
                 last_bad = f"{name}: {reason}"
                 continue

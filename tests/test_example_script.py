@@ -4,6 +4,7 @@ in-process through `examples/run_mmt_ard.py`'s imports, and as the script and th
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import shutil
@@ -77,8 +78,15 @@ def run(argv: list[str]) -> dict:
     return run_mmt_ard.main(*run_mmt_ard.parse_args(argv))
 
 
+def drop(argv: list[str], flag: str) -> list[str]:
+    """`argv` without `flag` and its value."""
+    i = argv.index(flag)
+    return argv[:i] + argv[i + 2 :]
+
+
 def base_args(assets, out, *extra) -> list[str]:
-    return [
+    """A tiny real run; with `--eval_split none` in `extra`, without `--eval_files` (which it would ignore)."""
+    argv = [
         "--student",
         assets["student"],
         "--robust_teacher",
@@ -115,6 +123,8 @@ def base_args(assets, out, *extra) -> list[str]:
         "true",
         *extra,
     ]
+    no_eval = any(a == "--eval_split" and b == "none" for a, b in itertools.pairwise(extra))
+    return drop(argv, "--eval_files") if no_eval else argv
 
 
 class TestArguments:
@@ -374,23 +384,22 @@ class TestEndToEnd:
 
         # datasets sleeps 5 s whenever a shuffled parquet stream is closed (an Arrow thread-shutdown workaround)
         monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
-        results = run(
-            base_args(
-                assets,
-                tmp_path / "stream",
-                "--streaming",
-                "--max_eval_samples",
-                "10",
-                "--eval_before_training",
-                "false",
-                "--preset",
-                "single-teacher",
-            )
+        argv = base_args(
+            assets,
+            tmp_path / "stream",
+            "--streaming",
+            "--max_eval_samples",
+            "10",
+            "--eval_before_training",
+            "false",
+            "--preset",
+            "single-teacher",
         )
+        results = run(drop(argv, "--clean_teacher"))  # single-teacher has no clean teacher (it would be refused)
         assert results["dataset"]["num_train"] == "streamed" and results["training"]["steps"] == 2
         (row,) = results["robustness"]["rows"]
         assert row["model"] == "student (after)" and row["num_clean"] == 10
-        assert [t["role"] for t in results["teachers"]] == ["robust"]  # single-teacher: --clean_teacher is ignored
+        assert [t["role"] for t in results["teachers"]] == ["robust"]
 
     def test_bad_samples_policy(self, assets, tmp_path):
         args = ["--train_files", assets["bad"], "--eval_split", "none", "--max_steps", "2"]

@@ -344,9 +344,10 @@ def test_cli(folders, tmp_path, capsys):
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["protocol"]["eps_255"] == ["8/255"] and results["results"][0]["num_samples"] == 3
     capsys.readouterr()
-    assert eval_main(["--models", lvlm, "--datasets", str(tmp_path / "missing"), "--output-dir", out]) == 1
+    assert eval_main(["--models", lvlm, "--datasets", str(tmp_path / "missing"), "--output-dir", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mmt-ard-eval-lvlm: error: ") and "does not exist" in err[0]
+    assert len(err) == 1 and err[0].startswith("mmt-ard-eval-lvlm: error: ") and "no such file or folder" in err[0]
+    assert "missing" in err[0]
 
 
 def test_unsupported_lvlm_for_evaluation(tmp_path, capsys):

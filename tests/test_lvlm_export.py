@@ -268,9 +268,9 @@ def test_refusals_name_both_shapes_and_write_nothing(work, tmp_path, change, wor
     for w in words:
         assert w in str(err.value)
     assert not os.path.exists(out) and _no_staging_left(tmp_path)
-    # the command: one line on stderr, exit status 1, no traceback
+    # the command: one line on stderr, exit status 2 (refused before anything is written), no traceback
     capsys.readouterr()
-    assert export_main(["--student", student, "--into", work["llava16"], "--output-dir", out]) == 1
+    assert export_main(["--student", student, "--into", work["llava16"], "--output-dir", out]) == 2
     stderr = capsys.readouterr().err.strip().splitlines()
     assert len(stderr) == 1 and stderr[0].startswith("mmt-ard-export: error: ") and words[0] in stderr[0], stderr
     assert not os.path.exists(out)
@@ -322,7 +322,7 @@ def test_existing_output_dir_refused_unless_overwrite(work, tmp_path):
 def test_unsupported_lvlm_class_lists_the_supported_ones(work, tmp_path, capsys):
     clip_as_lvlm = work["student"]  # a CLIPModel folder is no LVLM
     out = str(tmp_path / "out")
-    assert export_main(["--student", work["student"], "--into", clip_as_lvlm, "--output-dir", out]) == 1
+    assert export_main(["--student", work["student"], "--into", clip_as_lvlm, "--output-dir", out]) == 2
     err = capsys.readouterr().err
     assert "CLIPModel" in err and "LlavaForConditionalGeneration" in err and "PaliGemmaForConditionalGeneration" in err
     assert not os.path.exists(out)

@@ -4,4 +4,15 @@
   with a model card, push it. Its arguments (`train_args.py`), inputs (`train_inputs.py`) and report
   (`train_report.py`) are small modules a Python user can call one by one.
 * `mmt-ard-eval` (`evaluate.py`): robust zero-shot evaluation with `mmt_ard.evaluation`.
+
+Every command reports user errors the same way (`errors.py`): one line `<command>: error: <what>=<value>: <why>.
+<fix>` on stderr, exit status 2 for a wrong command line or configuration, 1 for a failure while running, 75 for
+preemption, the traceback only with `--debug` / `MMT_ARD_DEBUG=1`. A command adopts it with one call:
+
+    @command("mmt-ard-x")                 # main(argv) -> exit status, never raises
+    def main(argv):
+        args = one_line_errors(parser).parse_args(argv)   # argparse's errors: one line too
+        check_model_name("--model", args.model)            # names.py: models, datasets, files, devices
+        running()                                          # checks done: later errors are run-time failures
+        ...
 """

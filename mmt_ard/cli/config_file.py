@@ -20,13 +20,16 @@ def read_config_file(path: str) -> dict:
         raise ValueError(f"Config file {path!r}: use a {'/'.join(CONFIG_EXTENSIONS)} file.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Config file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        if path.lower().endswith(".json"):
-            values = json.load(f)
-        else:
-            import yaml
+    import yaml
 
-            values = yaml.safe_load(f)
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = json.load(f) if path.lower().endswith(".json") else yaml.safe_load(f)
+        except (ValueError, yaml.YAMLError) as err:
+            raise ValueError(
+                f"Config file {path!r} is not valid {'JSON' if path.lower().endswith('.json') else 'YAML'}: "
+                f"{' '.join(str(err).split())}"
+            ) from err
     if values is None:
         return {}
     if not isinstance(values, dict):

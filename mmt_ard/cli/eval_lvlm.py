@@ -13,7 +13,11 @@ Writes `results.json`, `results.md` and `robustness.png` into `--output-dir`, an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from .errors import UsageError, add_debug_flag, command, one_line_errors, running
+from .names import check_device, check_model_name
 
 PROG = "mmt-ard-eval-lvlm"
 
@@ -77,62 +81,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available).")
     parser.add_argument("--no-resume", action="store_true", help="Recompute everything.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
-    parser.add_argument("--debug", action="store_true", help="Show full tracebacks.")
-    return parser
+    add_debug_flag(parser)
+    return one_line_errors(parser)
 
 
-def main(argv: list[str] | None = None) -> int:
+@command(PROG)
+def main(argv: list[str]) -> int:
+    """`mmt-ard-eval-lvlm ARGV`; returns the exit status (errors are one line on stderr, see `mmt_ard.cli.errors`)."""
     args = build_parser().parse_args(argv)
-    try:
-        from .evaluate import parse_eps
+    from ..evaluation.lvlm import LVLMProtocol, evaluate_lvlm
+    from .evaluate import parse_eps
 
-        eps = [e for text in args.eps for e in parse_eps(text)] if args.eps else None
-    except argparse.ArgumentTypeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    try:
-        from ..evaluation.lvlm import LVLMProtocol, evaluate_lvlm
-
-        fields = dict(
-            n_iter=args.n_iter,
-            num_samples=None if args.all_samples else args.num_samples,
-            seed=args.seed,
-            max_references=args.max_references,
-            vqa_extra_targets=tuple(args.vqa_extra_targets),
-            refine=not args.no_refine,
-            target_strings=tuple(args.target_strings),
-            targeted_n_iter=args.targeted_n_iter,
-            targeted_num_samples=args.targeted_num_samples,
-            caption_prompt=args.caption_prompt,
-            vqa_prompt=args.vqa_prompt,
-            caption_max_new_tokens=args.caption_max_new_tokens,
-            vqa_max_new_tokens=args.vqa_max_new_tokens,
-            batch_size=args.batch_size,
-        )
-        if eps is not None:
-            fields["eps"] = tuple(eps)
-        evaluate_lvlm(
-            args.models,
-            args.datasets,
-            protocol=LVLMProtocol(**fields),
-            output_dir=args.output_dir,
-            device=args.device,
-            dtype=args.dtype,
-            gradient_checkpointing=args.gradient_checkpointing,
-            resume=not args.no_resume,
-            progress=not args.no_progress,
-        )
-    except (
-        ValueError,
-        TypeError,
-        OSError,
-        RuntimeError,
-        ImportError,
-    ) as err:  # user errors: one line; --debug: the traceback
-        if args.debug:
-            raise
-        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+    eps = [e for text in args.eps for e in parse_eps(text)] if args.eps else None
+    fields = dict(
+        n_iter=args.n_iter,
+        num_samples=None if args.all_samples else args.num_samples,
+        seed=args.seed,
+        max_references=args.max_references,
+        vqa_extra_targets=tuple(args.vqa_extra_targets),
+        refine=not args.no_refine,
+        target_strings=tuple(args.target_strings),
+        targeted_n_iter=args.targeted_n_iter,
+        targeted_num_samples=args.targeted_num_samples,
+        caption_prompt=args.caption_prompt,
+        vqa_prompt=args.vqa_prompt,
+        caption_max_new_tokens=args.caption_max_new_tokens,
+        vqa_max_new_tokens=args.vqa_max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    if eps is not None:
+        fields["eps"] = tuple(eps)
+    protocol = LVLMProtocol(**fields)
+    check_device("--device", args.device)
+    for model in args.models:
+        check_model_name("--models", model)
+    for spec in args.datasets:
+        path = spec.split("=", 1)[1] if "=" in spec and not os.path.exists(spec) else spec
+        if not os.path.exists(path):
+            raise UsageError("--datasets", spec, "no such file or folder", "Give a [name=]folder or json file.")
+    running()  # the checks are done: from here on an error is a failure of the run (exit status 1)
+    evaluate_lvlm(
+        args.models,
+        args.datasets,
+        protocol=protocol,
+        output_dir=args.output_dir,
+        device=args.device,
+        dtype=args.dtype,
+        gradient_checkpointing=args.gradient_checkpointing,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+    )
     print(f"[{PROG}] wrote {args.output_dir}/results.json, results.md, robustness.png")
     return 0
 

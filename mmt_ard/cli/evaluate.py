@@ -7,16 +7,25 @@ Example (the MMT-ARD / FARE protocol on two local sets, resumable):
         --datasets data/cifar10_test.parquet data/pets --protocol robustvlm --output-dir eval/robustvlm
 
 Writes `results.json`, `results.md` and `robustness.png` into `--output-dir`; rerunning skips the (model, dataset)
-pairs already finished under the same protocol.
+pairs already finished under the same protocol. Exit status: 0 done, 1 a failure while running (e.g. an unreadable
+image with `--bad-samples error`), 2 a wrong command line (one line on stderr, nothing evaluated), 3 a result flagged
+by the gradient-masking checks with `--fail-on-flag` (see `mmt_ard.cli.errors`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from fractions import Fraction
 
 from ..evaluation.protocols import ATTACKS, NORMS, PROTOCOLS, TEMPLATE_MODES
+from .errors import UsageError, add_debug_flag, command, one_line_errors, running
+from .names import check_data_files, check_dataset_name, check_device, check_files, check_model_name
+
+PROG = "mmt-ard-eval"
+EXIT_FLAGGED = 3  # --fail-on-flag and a result failed a gradient-masking check
+BAD_SAMPLE_CHOICES = ("error", "skip")
 
 
 def parse_eps(text: str) -> list[float]:
@@ -45,7 +54,7 @@ def parse_templates(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     protocols = "; ".join(f"{name}: {p.description}" for name, p in PROTOCOLS.items())
     parser = argparse.ArgumentParser(
-        prog="mmt-ard-eval",
+        prog=PROG,
         description="Robust zero-shot accuracy (PGD, APGD-CE, APGD-T; per-image worst case) with gradient-masking "
         "checks. Every unset option takes the protocol's value.",
         epilog=f"Protocols: {protocols}",
@@ -104,14 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--processor", default=None, help="Processor id/path for models whose folder has none.")
     parser.add_argument("--output-dir", default="robust_eval", help="Where results.json/.md and the plot go.")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available).")
+    parser.add_argument(
+        "--bad-samples",
+        choices=BAD_SAMPLE_CHOICES,
+        default="error",
+        help="An unreadable image or a label outside the class names: stop naming the dataset file and row (error), "
+        "or leave the row out and count it in results.json / results.md (skip).",
+    )
     parser.add_argument("--no-resume", action="store_true", help="Recompute finished (model, dataset) pairs.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
-    parser.add_argument("--fail-on-flag", action="store_true", help="Exit with status 2 when a result is flagged.")
+    parser.add_argument(
+        "--fail-on-flag", action="store_true", help=f"Exit with status {EXIT_FLAGGED} when a result is flagged."
+    )
     parser.add_argument("--list-protocols", action="store_true", help="Print the protocol presets and exit.")
-    return parser
+    add_debug_flag(parser)
+    return one_line_errors(parser)
 
 
-def main(argv: list[str] | None = None) -> int:
+@command(PROG)
+def main(argv: list[str]) -> int:
+    """`mmt-ard-eval ARGV`; returns the exit status (errors are one line on stderr, see `mmt_ard.cli.errors`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_protocols:
@@ -127,11 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..evaluation.protocols import get_protocol
     from ..evaluation.robust_eval import evaluate_robustness
 
-    try:
-        eps = [e for text in args.eps for e in parse_eps(text)] if args.eps else None
-        step = parse_eps(args.pgd_step_size)[0] if args.pgd_step_size else None
-    except argparse.ArgumentTypeError as err:
-        parser.error(str(err))
+    eps = [e for text in args.eps for e in parse_eps(text)] if args.eps else None
+    step = parse_eps(args.pgd_step_size)[0] if args.pgd_step_size else None
     overrides = {
         "norm": args.norm,
         "n_iter": args.n_iter,
@@ -150,37 +168,66 @@ def main(argv: list[str] | None = None) -> int:
         overrides["cascade"] = False
     if args.no_checks:
         overrides["checks"] = False
-    try:
-        protocol = get_protocol(
-            args.protocol, eps=eps, attacks=args.attacks, num_samples=args.num_samples, **overrides
-        )
-        if args.all_samples:
-            protocol.num_samples, protocol.dataset_num_samples = None, {}
-            protocol.modified = tuple(sorted(set(protocol.modified) | {"num_samples"}))
-        if args.model_logit_scale:
-            protocol.logit_scale = None
-            protocol.modified = tuple(sorted(set(protocol.modified) | {"logit_scale"}))
-        report = evaluate_robustness(
-            args.models,
-            args.datasets,
-            protocol=protocol,
-            output_dir=args.output_dir,
-            class_names_json=args.class_names_json,
-            processor=args.processor,
-            device=args.device,
-            resume=not args.no_resume,
-            progress=not args.no_progress,
-        )
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
-        print(f"mmt-ard-eval: error: {err}", file=sys.stderr)
-        return 1
+    protocol = get_protocol(args.protocol, eps=eps, attacks=args.attacks, num_samples=args.num_samples, **overrides)
+    if args.all_samples:
+        protocol.num_samples, protocol.dataset_num_samples = None, {}
+        protocol.modified = tuple(sorted(set(protocol.modified) | {"num_samples"}))
+    if args.model_logit_scale:
+        protocol.logit_scale = None
+        protocol.modified = tuple(sorted(set(protocol.modified) | {"logit_scale"}))
+    check_names(args, args.datasets or list(protocol.datasets))
+    running()  # the checks are done: from here on an error is a failure of the run (exit status 1)
+    report = evaluate_robustness(
+        args.models,
+        args.datasets,
+        protocol=protocol,
+        output_dir=args.output_dir,
+        class_names_json=args.class_names_json,
+        processor=args.processor,
+        device=args.device,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+        bad_samples=args.bad_samples,
+    )
     print(f"[mmt-ard-eval] wrote {args.output_dir}/results.json, results.md, robustness.png")
     flagged = [f"{r['model']} x {r['dataset']}" for r in report["results"] if r.get("flagged")]
     if flagged:
         print(f"[mmt-ard-eval] WARNING: flagged by the gradient-masking checks: {', '.join(flagged)}", file=sys.stderr)
         if args.fail_on_flag:
-            return 2
+            return EXIT_FLAGGED
     return 0
+
+
+def check_names(args: argparse.Namespace, datasets: list[str]) -> None:
+    """Every model, processor, dataset, file and device the command line names exists (before anything loads)."""
+    from ..convert import is_open_clip_source
+    from ..evaluation.datasets import load_user_meta
+    from ..evaluation.robust_eval import resolve_model_path
+    from ..known_datasets import HUB_IDS, known_dataset
+
+    check_device("--device", args.device)
+    for model in args.models:
+        check_model_name("--models", model)
+        if os.path.isdir(model) and not is_open_clip_source(model):
+            try:
+                resolve_model_path(model)
+            except FileNotFoundError as err:
+                raise UsageError(
+                    "--models",
+                    model,
+                    "holds neither a model (config.json + model.safetensors) nor a checkpoint-* folder with one",
+                    "Give a model folder (CLIP, SigLIP), a training run's output_dir, or a Hub id.",
+                ) from err
+    check_model_name("--processor", args.processor, "processor")
+    for spec in datasets:
+        if os.path.isfile(spec):
+            check_data_files("--datasets", spec)
+        key = None if os.path.exists(spec) else known_dataset(spec)
+        check_dataset_name("--datasets", spec, HUB_IDS.get(key) if key else None, sorted(HUB_IDS))
+    check_files("--class-names-json", args.class_names_json)
+    load_user_meta(args.class_names_json)  # its structure, now: a ValueError naming the file
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise UsageError("--output-dir", args.output_dir, "is a file, not a folder", "Give a folder path.")
 
 
 if __name__ == "__main__":  # pragma: no cover

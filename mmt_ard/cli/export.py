@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .errors import add_debug_flag, command, one_line_errors, running
+from .names import check_model_name
+
 PROG = "mmt-ard-export"
 
 
@@ -47,35 +50,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="Also upload the export to the Hub.")
     parser.add_argument("--hub-private", action="store_true", help="Create the Hub repository private.")
     parser.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
-    parser.add_argument("--debug", action="store_true", help="Show full tracebacks.")
-    return parser
+    add_debug_flag(parser)
+    return one_line_errors(parser)
 
 
-def main(argv: list[str] | None = None) -> int:
+@command(PROG)
+def main(argv: list[str]) -> int:
+    """`mmt-ard-export ARGV`; returns the exit status (errors are one line on stderr, see `mmt_ard.cli.errors`).
+
+    Refusals (towers that do not fit, another normalisation, an existing output folder) are raised by the export's
+    checks, before anything is written: exit status 2. A failure while writing or pushing: exit status 1.
+    """
     args = build_parser().parse_args(argv)
-    try:
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        from ..export import export_to_lvlm
+    from ..export import export_to_lvlm
 
-        hf_logging.disable_progress_bar()  # the export prints its own lines; loading bars would bury them
-
-        export_to_lvlm(
-            args.student,
-            args.into,
-            args.output_dir,
-            student_processor=args.student_processor,
-            adjust_normalization=args.adjust_normalization,
-            overwrite=args.overwrite,
-            push_to_hub=args.push_to_hub,
-            hub_private=True if args.hub_private else None,
-            log=None if args.quiet else print,
-        )
-    except (ValueError, TypeError, OSError, RuntimeError) as err:  # user errors: one line; --debug: the traceback
-        if args.debug:
-            raise
-        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+    check_model_name("--student", args.student)
+    check_model_name("--into", args.into)
+    check_model_name("--student-processor", args.student_processor, "processor")
+    hf_logging.disable_progress_bar()  # the export prints its own lines; loading bars would bury them
+    export_to_lvlm(
+        args.student,
+        args.into,
+        args.output_dir,
+        student_processor=args.student_processor,
+        adjust_normalization=args.adjust_normalization,
+        overwrite=args.overwrite,
+        push_to_hub=args.push_to_hub,
+        hub_private=True if args.hub_private else None,
+        log=None if args.quiet else print,
+        on_checked=running,
+    )
     return 0
 
 

@@ -25,8 +25,18 @@ from ..config import MMTARDConfig
 from ..distributed import shutdown_process_group
 from ..model_card import save_model_card
 from ..trainer import MMTARDTrainer
+from .errors import run_command, running
 from .publish import HubPushError, push_to_hub, save_student
+from .run_dir import (
+    RunSettingsCallback,
+    check_resume,
+    clear_run,
+    run_settings,
+    warn_settings_changes,
+    write_run_settings,
+)
 from .train_args import ScriptArguments, make_parser, parse_args, parse_eps
+from .train_checks import check_run
 from .train_inputs import load_run_inputs
 from .train_report import (
     collect_results,
@@ -42,20 +52,25 @@ from .train_report import (
 __all__ = ["HubPushError", "ScriptArguments", "cli", "main", "make_parser", "parse_args"]
 
 logger = logging.getLogger("mmt_ard.train")
+PROG = "mmt-ard-train"
 
 
 def main(script_args: ScriptArguments, config: MMTARDConfig, explicit: set[str] = frozenset()) -> dict:
-    """Load the models and data, evaluate them, train, evaluate, save, push; returns the results dictionary (also
-    written to `output_dir/results.json`, and rendered as the model card `output_dir/README.md`)."""
+    """Check the arguments, load the models and data, evaluate them, train, evaluate, save, push; returns the results
+    dictionary (also written to `output_dir/results.json`, and rendered as the model card `output_dir/README.md`).
+
+    A flag the run would ignore, a name that cannot be found, or an `output_dir` holding another run raise a
+    `UsageError` (`check_run`) before anything is loaded or written."""
     start = time.perf_counter()
     sa = script_args
+    check_run(sa, config, explicit)
     _setup(sa, config)
     push, config.push_to_hub = config.push_to_hub, False  # the Trainer would create the repo at init: push at the end
     hub_model_id = config.hub_model_id or os.path.basename(os.path.normpath(config.output_dir))
 
     # models and data: the embedded default (no --student) or the ones the arguments name
-    inputs = load_run_inputs(sa, config)
     eps_list = [parse_eps(e) for e in sa.eval_eps] if sa.eval_eps else [config.eval_attack_eps]
+    inputs = load_run_inputs(sa, config)
     rows = rows_before_training(inputs, sa, config, eps_list)
 
     # training
@@ -69,6 +84,10 @@ def main(script_args: ScriptArguments, config: MMTARDConfig, explicit: set[str] 
         eval_dataset=inputs.eval_dataset,
         data_collator=inputs.collator,
     )
+    settings = run_settings(sa, config)
+    trainer.add_callback(RunSettingsCallback(settings))
+    running()  # the checks are done: from here on an error is a failure of the run (exit status 1)
+    _prepare_output_dir(trainer, sa, config, settings)
     confidences = teacher_confidence_report(trainer, inputs.train_dataset, inputs.collator) if inputs.teachers else {}
     student_module = trainer.accelerator.unwrap_model(trainer.model).student
     initial_checksum = weights_checksum(student_module)
@@ -92,6 +111,7 @@ def main(script_args: ScriptArguments, config: MMTARDConfig, explicit: set[str] 
     results["training"]["total_wall_clock_s"] = round(time.perf_counter() - start, 1)
     results["explicit_arguments"] = sorted(explicit)
     if trainer.is_world_process_zero():
+        write_run_settings(output_dir, settings)
         save_model_card(results, output_dir)
         with open(os.path.join(output_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2, default=str)
@@ -103,6 +123,17 @@ def main(script_args: ScriptArguments, config: MMTARDConfig, explicit: set[str] 
         logger.info("Pushed to %s", url)
         results["pushed_to"] = url
     return results
+
+
+def _prepare_output_dir(trainer: MMTARDTrainer, sa: ScriptArguments, config: MMTARDConfig, settings: dict) -> None:
+    """`--overwrite_output_dir`: delete the earlier run now that this one starts; `--resume_from_checkpoint`: warn
+    about settings that differ from the checkpoint's."""
+    if trainer.is_world_process_zero():
+        if sa.overwrite_output_dir:
+            clear_run(config.output_dir)
+        if config.resume_from_checkpoint:
+            warn_settings_changes(check_resume(config.output_dir, config.resume_from_checkpoint), settings)
+    trainer.accelerator.wait_for_everyone()
 
 
 def _setup(sa: ScriptArguments, config: MMTARDConfig) -> None:
@@ -124,16 +155,19 @@ def _configure_logging() -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """The console command: parse, run `main`; exit status 1 when the Hub push fails (everything is saved)."""
+    """The console command: parse, check, run `main`; returns the exit status (see `mmt_ard.cli.errors`): 0 done,
+    1 a failure while running (e.g. the Hub push, after everything was saved), 2 a wrong command line or
+    configuration (one line on stderr; nothing ran), 75 preempted."""
     _configure_logging()  # before parsing: what the parser decides (e.g. step checkpoints turned on) is logged
-    status = 0
     try:
-        main(*parse_args(argv))
-    except HubPushError as err:  # raised on the main process only, after everything was saved
-        logger.error("%s", err)
-        status = 1
-    shutdown_process_group()  # every rank exits cleanly (a live gloo group can abort one at interpreter exit)
-    return status
+        return run_command(PROG, _command, argv)
+    finally:
+        shutdown_process_group()  # every rank exits cleanly (a live gloo group can abort one at interpreter exit)
+
+
+def _command(argv: list[str]) -> int:
+    main(*make_parser(prog=PROG).parse_args_and_config(argv))
+    return 0
 
 
 if __name__ == "__main__":  # `accelerate launch -m mmt_ard.cli.train ...`

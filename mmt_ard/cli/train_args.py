@@ -12,6 +12,7 @@ the embedded default's `save_strategy="no"` would otherwise silence it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -24,12 +25,18 @@ from transformers import HfArgumentParser
 from ..config import MMTARDConfig
 from ..embedded import DISTILLATION_DEFAULTS, QUICK_DEFAULTS
 from .config_file import flags_given, read_config_file, split_config_path
+from .errors import UsageError, plain_usage_error
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "mmt-ard")
 # options that ask for step checkpoints: given without a `save_strategy`, they turn step saving on
 STEP_SAVING_OPTIONS = ("save_steps", "save_total_limit")
+EPILOG = (
+    "--debug (alone) prints the Python traceback of an error (also MMT_ARD_DEBUG=1). Exit status: 0 done, 1 a failure "
+    "while running, 2 a wrong command line or configuration (nothing ran, nothing on disk changed), 75 preempted "
+    "(resume with --resume_from_checkpoint true)."
+)
 DESCRIPTION = (
     "Make a CLIP image encoder adversarially robust with MMT-ARD (or a baseline preset), evaluate it, save it. "
     "Without --student: the offline embedded default (tiny CLIPs on scikit-learn's digits)."
@@ -86,6 +93,9 @@ class ScriptArguments:
             run fastest single-threaded, above all on a busy machine).
         dump_checksums: write `checksum_rank<r>.json` (a hash of the student's weights on each process) to
             `output_dir`: identical files on every rank show that DDP kept the replicas in sync.
+        overwrite_output_dir: start a new run in an `output_dir` that holds another one (its checkpoints, weights,
+            model card and results are deleted when training starts); without it such a folder is refused unless
+            `--resume_from_checkpoint` continues the run.
     """
 
     config: str | None = field(
@@ -146,13 +156,37 @@ class ScriptArguments:
     dump_checksums: bool = field(
         default=False, metadata={"help": "Write checksum_rank<r>.json of the student's weights per process."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds another run (its run files are deleted)."},
+    )
 
 
 class TrainArgumentParser(HfArgumentParser):
-    """The parser of `ScriptArguments` and `MMTARDConfig`, with config files and the embedded default's defaults."""
+    """The parser of `ScriptArguments` and `MMTARDConfig`, with config files and the embedded default's defaults.
+
+    Its errors are `UsageError`s (one line through the command's error path, exit status 2), unknown options
+    included (with the nearest known one)."""
 
     def __init__(self, prog: str | None = None):
-        super().__init__((ScriptArguments, MMTARDConfig), prog=prog, description=DESCRIPTION)
+        # no abbreviations: every option given is known by its full name (what `check_flags_used` checks)
+        super().__init__(
+            (ScriptArguments, MMTARDConfig), prog=prog, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False
+        )
+
+    def error(self, message: str):
+        raise plain_usage_error(f"{message.rstrip('.')} (see --help)")
+
+    def unknown_options(self, names) -> UsageError:
+        """The error for options this parser does not have, naming the closest ones it has."""
+        known = sorted({s for a in self._actions for s in a.option_strings if s.startswith("--")})
+        hints = []
+        for name in names:
+            close = difflib.get_close_matches(name.split("=", 1)[0], known, n=1)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        return UsageError(
+            "", None, f"unknown option(s) {', '.join(hints)}", "`mmt-ard-train --help` lists every option."
+        )
 
     def parse_args_and_config(self, argv: list[str] | None = None) -> tuple[ScriptArguments, MMTARDConfig, set[str]]:
         """Parse flags over an optional config file over the (embedded) defaults.
@@ -165,17 +199,21 @@ class TrainArgumentParser(HfArgumentParser):
         file_values = read_config_file(config_path) if config_path else {}
         unknown = sorted(set(file_values) - {action.dest for action in self._actions})
         if unknown:
-            raise ValueError(
-                f"Config file {config_path!r} has unknown keys {unknown}: use the option names listed by --help "
-                "(without the leading dashes)."
+            raise UsageError(
+                "config",
+                config_path,
+                f"unknown keys {unknown}",
+                "Use the option names listed by --help (without the leading dashes).",
             )
         explicit = set(file_values) | flags_given(argv)
         self.set_defaults(**defaults_for(argv, file_values, explicit))
-        script_args, config = self.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-        script_args.config = config_path
-        if config.save_strategy == "no" and explicit & set(STEP_SAVING_OPTIONS):
-            given = sorted(explicit & set(STEP_SAVING_OPTIONS))
-            logger.warning("%s given with `save_strategy='no'`: no checkpoint will be written.", given)
+        *parsed, rest = self.parse_args_into_dataclasses(
+            args=argv, look_for_args_file=False, return_remaining_strings=True
+        )
+        if rest:
+            raise self.unknown_options([r for r in rest if r.startswith("-")] or rest)
+        script_args, config = parsed
+        script_args.config = config_path  # (`save_steps` with an explicit `save_strategy="no"`: refused by check_run)
         return script_args, config, explicit
 
 

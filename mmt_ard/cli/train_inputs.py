@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import MMTARDConfig
-from ..data import ImageClassificationCollator, open_image_source, prepare_dataset, resolve_class_names
+from ..data import (
+    ImageClassificationCollator,
+    check_labels_in_classes,
+    open_image_source,
+    prepare_dataset,
+    resolve_class_names,
+)
 from ..lora import apply_lora
 from ..teachers import Teacher
 from .train_args import ScriptArguments
@@ -158,6 +164,13 @@ def load_training_data(sa: ScriptArguments, config: MMTARDConfig):
     train = open_image_source(train_source, sa.train_split, **names, **columns, **kwargs)
     if train.class_names is None:
         resolve_class_names(train.dataset, sa.label_column)  # raises the error that says how to name the classes
+    if config.bad_samples == "raise" and train.class_names_source not in ("ClassLabel", "folder names"):
+        # a label outside the names would stop the run at its first batch, after the models are loaded: say it now
+        described = {
+            "class_names": f"--class_names={sa.class_names!r}",
+            "class_names_file": f"--class_names_file={sa.class_names_file!r}",
+        }.get(train.class_names_source, f"the {train.class_names_source} of {train.name!r}")
+        check_labels_in_classes(train.dataset, train.label_column, train.class_names, described)
     if train.class_names_source not in ("class_names", "class_names_file", "ClassLabel", "folder names"):
         logger.info("Class names from the %s of %s: %s", train.class_names_source, train.name, train.class_names)
     eval_source = None if sa.eval_split.lower() == "none" else (sa.eval_files or sa.dataset_name)

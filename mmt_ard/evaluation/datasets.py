@@ -17,6 +17,11 @@ dataset by a user JSON file: `{"<dataset name>": {"classnames": [...], "template
 
 The subset is `numpy.random.default_rng(seed).permutation(N)[:num_samples]`: the same images for every model and
 every rerun, in a random order (so the first images, on which the gradient-masking checks run, span the classes).
+
+Bad rows (an image that cannot be decoded, a label outside the class names) are handled as in training
+(`mmt_ard.data.bad_sample`): `bad_samples="error"` raises a `BadSampleError` naming the dataset file and the row;
+`"skip"` leaves the row out of the subset and records it in `EvalData.skipped` (`skipped_rows` puts the count in
+each result).
 """
 
 from __future__ import annotations
@@ -28,10 +33,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data import class_names_with_source, decode_image, find_columns, open_image_source, short_name
+from ..data import (
+    bad_sample,
+    bad_sample_policy,
+    class_names_with_source,
+    decode_image,
+    find_columns,
+    label_id,
+    open_image_source,
+    short_name,
+)
 from ..known_datasets import DEFAULT_TEMPLATES, HUB_IDS, TEMPLATES, known_dataset, normalize_template
 
-__all__ = ["EvalData", "load_eval_data", "load_user_meta", "short_name", "source_id", "subset_indices"]
+__all__ = ["EvalData", "load_eval_data", "load_user_meta", "short_name", "skipped_rows", "source_id", "subset_indices"]
+MAX_LISTED_SKIPS = 50  # skipped rows listed one by one in a result (all are counted)
 
 
 @dataclass
@@ -47,6 +62,7 @@ class EvalData:
         source: where the data came from (path or Hub id).
         dataset_size: size of the split the subset was drawn from.
         meta: provenance of the class names and templates.
+        skipped: rows of the split left out as bad (`bad_samples="skip"`): row index -> why.
     """
 
     name: str
@@ -57,6 +73,7 @@ class EvalData:
     source: str = "in-memory"
     dataset_size: int | None = None
     meta: dict = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self):
         self.labels = torch.as_tensor(self.labels).long().view(-1)
@@ -102,6 +119,7 @@ class EvalData:
             self.source,
             self.dataset_size,
             dict(self.meta),
+            dict(self.skipped),
         )
 
 
@@ -120,7 +138,10 @@ def load_user_meta(path: str | None) -> dict[str, dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"`class_names_json`={path!r} does not exist: give a JSON file path.")
     with open(path) as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except ValueError as err:
+            raise ValueError(f"`class_names_json`={path!r} is not valid JSON ({err}).") from err
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(
             f'{path}: expected {{"<dataset>": {{"classnames": [...], "templates": [...]}}}}, got '
@@ -131,6 +152,16 @@ def load_user_meta(path: str | None) -> dict[str, dict]:
         if unknown:
             raise ValueError(f"{path}: dataset {name!r} has unknown keys {sorted(unknown)}; use classnames/templates.")
     return data
+
+
+def skipped_rows(data: EvalData) -> dict:
+    """What a result records of the rows left out: `num_skipped`, and `skipped_rows` (`[{"row", "reason"}]`, the
+    first `MAX_LISTED_SKIPS`) when there are any. Accuracies are over the `num_samples` rows evaluated."""
+    out: dict = {"num_skipped": len(data.skipped)}
+    if data.skipped:
+        rows = sorted(data.skipped.items())[:MAX_LISTED_SKIPS]
+        out["skipped_rows"] = [{"row": row, "reason": reason} for row, reason in rows]
+    return out
 
 
 def _stack(images: list[torch.Tensor]) -> torch.Tensor:
@@ -157,6 +188,7 @@ def load_eval_data(
     single_template: str = "This is a photo of a {}",
     user_meta: dict | None = None,
     name: str | None = None,
+    bad_samples: str = "error",
 ) -> EvalData:
     """Load a seeded subset of a dataset as `EvalData` at `image_size` px.
 
@@ -171,8 +203,11 @@ def load_eval_data(
         single_template: the template of `templates="single"`.
         user_meta: per-dataset `classnames` / `templates` overrides (see `load_user_meta`).
         name: display name (default: derived from the spec).
+        bad_samples: a row whose image cannot be decoded or whose label is not a class: `error` raises a
+            `BadSampleError` naming the dataset file and the row; `skip` leaves it out (`EvalData.skipped`).
     """
     user_meta = user_meta or {}
+    policy = bad_sample_policy(bad_samples)
     if isinstance(spec, EvalData):
         data = spec
         if num_samples is not None and num_samples < len(data):
@@ -185,7 +220,7 @@ def load_eval_data(
         names, _ = class_names_with_source(spec, label_col, _meta(user_meta, display, "classnames"))
         selection = _select_rows(spec, image_col, label_col, num_samples, seed)
         args = (display, selection, image_size, names, None, "in-memory Dataset")
-        return _finish(*args, templates, single_template, user_meta, {})
+        return _finish(*args, templates, single_template, user_meta, {}, policy=policy)
 
     if not isinstance(spec, str):
         raise TypeError(f"Dataset spec of type {type(spec).__name__}: pass a path, a Hub id, a name or an EvalData.")
@@ -220,6 +255,8 @@ def load_eval_data(
         user_meta,
         info,
         source.templates,
+        policy=policy,
+        files=source.files,
     )
 
 
@@ -247,13 +284,79 @@ def _templates_for(display, key, mode, single, user_meta, extra: list[str] | Non
 
 
 def _select_rows(ds, image_col: str, label_col: str, num_samples, seed) -> tuple[dict, list[int], int]:
-    """The seeded subset of a `datasets.Dataset`: `({"image": [...], "label": [...]}, indices, N)`."""
+    """The seeded subset of a `datasets.Dataset`: `({"image": [...], "label": [...]}, indices, N)`, images still
+    encoded (decoded by `_finish`, where a bad one can be named and skipped)."""
+    import datasets
+
     n_total = len(ds)
     indices = subset_indices(n_total, num_samples, seed)
+    features = getattr(ds, "features", None) or {}
+    if isinstance(features.get(image_col), datasets.Image):
+        ds = ds.cast_column(image_col, datasets.Image(decode=False))
     sub = ds.select(indices)
     if hasattr(sub, "with_format"):
         sub = sub.with_format(None)
     return {"image": sub[image_col], "label": sub[label_col]}, indices, n_total
+
+
+def _row_name(row: int, value, source: str, files: list[str]) -> str:
+    """Where a row lives, for messages: `row 12 of /data/x.parquet`, `row 3 (/data/cat/3.png)`."""
+    path = value.get("path") if isinstance(value, dict) else None
+    if path:
+        return f"row {row} ({path})"
+    if len(files) > 1:
+        located = _locate_in_files(row, files)
+        if located is not None:
+            return f"row {located[1]} of {located[0]} (row {row} of the split)"
+    where = files[0] if len(files) == 1 else source
+    return f"row {row} of {where}"
+
+
+def _locate_in_files(row: int, files: list[str]) -> tuple[str, int] | None:
+    """`(file, row within it)` of a row of parquet `files` read one after the other; None when they are not parquet."""
+    import pyarrow.parquet as pq
+
+    start = 0
+    for path in files:
+        try:
+            count = pq.read_metadata(path).num_rows
+        except Exception:  # noqa: BLE001 - not parquet, unreadable: no location
+            return None
+        if row < start + count:
+            return path, row - start
+        start += count
+    return None
+
+
+def _decode_rows(display, rows, indices, image_size, class_names, policy, source, files):
+    """Decode each image and check each label as the training collator does; returns `(images, labels, skipped)`."""
+    skip = "leave such rows out with `--bad-samples skip` (`bad_samples='skip'`; they are counted in the results)"
+    fixes = {
+        "image": f"Fix or remove it, or {skip}",
+        "label": f"Give the full class list (`--class-names-json`), fix the row, or {skip}",
+    }
+    name_to_id = {n: i for i, n in enumerate(class_names)}
+    images, labels, skipped = [], [], {}
+    for row, value, label in zip(indices, rows["image"], rows["label"]):
+        part = "label"
+        try:
+            y = label_id(label, class_names, name_to_id)
+            part = "image"
+            if value is None:
+                raise ValueError("the image is missing (None)")
+            x = decode_image(value, image_size)
+        except Exception as err:  # noqa: BLE001 - decoding errors come as OSError, ValueError, SyntaxError, ...
+            where = f"in dataset {display!r}: {_row_name(row, value, source, files)}"
+            skipped[row] = bad_sample(policy, where, err, fixes[part])
+            continue
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise ValueError(
+            f"Dataset {display!r} ({source}): every one of its {len(indices)} rows is bad (e.g. "
+            f"{next(iter(skipped.values()), '-')}): check the image and label columns and the class names."
+        )
+    return images, labels, skipped
 
 
 def _finish(
@@ -268,6 +371,8 @@ def _finish(
     user_meta,
     extra_meta,
     dataset_templates=None,
+    policy: str = "raise",
+    files: list[str] | None = None,
 ) -> EvalData:
     rows, indices, n_total = selection
     if not class_names:
@@ -276,8 +381,11 @@ def _finish(
             f'`{display}.json` lists `classes`): pass a JSON with `--class-names-json` holding {{"{display}": '
             '{"classnames": [...]}}.'
         )
-    images = _stack([decode_image(v, image_size) for v in rows["image"]])
-    labels = torch.as_tensor([int(v) for v in rows["label"]], dtype=torch.long)
+    images, labels, skipped = _decode_rows(
+        display, rows, indices, image_size, list(class_names), policy, source, list(files or [])
+    )
     templ, templ_source = _templates_for(display, key, templates_mode, single_template, user_meta, dataset_templates)
-    meta = {"templates_source": templ_source, "indices_head": indices[:10], **extra_meta}
-    return EvalData(display, images, labels, list(class_names), templ, source, n_total, meta)
+    kept = [row for row in indices if row not in skipped]
+    meta = {"templates_source": templ_source, "indices_head": kept[:10], **extra_meta}
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    return EvalData(display, _stack(images), labels, list(class_names), templ, source, n_total, meta, skipped)

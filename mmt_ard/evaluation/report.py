@@ -92,6 +92,26 @@ def checks_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def skipped_note(results: list[dict]) -> list[str]:
+    """Lines (ending with a blank one) counting the rows left out as bad (`bad_samples="skip"`) per result; none
+    when nothing was skipped."""
+    skipped = [r for r in results if r.get("num_skipped")]
+    if not skipped:
+        return []
+    lines = [
+        (
+            "**Skipped rows** (`--bad-samples skip`: unreadable images or labels outside the class names). "
+            "Accuracies are over the rows evaluated (`n`), without them:"
+        ),
+        "",
+    ]
+    for r in skipped:
+        listed = ", ".join(str(s["row"]) for s in r.get("skipped_rows", [])[:10])
+        more = ", ..." if r["num_skipped"] > 10 else ""
+        lines.append(f"- {r['model']} x {r['dataset']}: {r['num_skipped']} skipped (rows {listed}{more})")
+    return lines + [""]
+
+
 def markdown_report(report: dict) -> str:
     results = report["results"]
     summaries = sorted({r.get("protocol_summary", "") for r in results} - {""})
@@ -108,6 +128,7 @@ def markdown_report(report: dict) -> str:
         "",
         markdown_table(results),
         "",
+        *skipped_note(results),
         "## Gradient-masking checks",
         "",
         checks_table(results),

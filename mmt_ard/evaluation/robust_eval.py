@@ -30,7 +30,7 @@ from ..convert import parse_source as parse_open_clip_source
 from ..models import ZeroShotCLIP, load_clip
 from .attack_runner import attack_batch, attacks_for, clean_predictions
 from .checks import run_checks
-from .datasets import EvalData, load_eval_data, load_user_meta, short_name, source_id
+from .datasets import EvalData, load_eval_data, load_user_meta, short_name, skipped_rows, source_id
 from .protocols import Protocol, format_eps, get_protocol
 from .report import RESULTS_JSON, markdown_table, write_reports
 
@@ -339,6 +339,7 @@ def evaluate_robustness(
     resume: bool = True,
     progress: bool = True,
     verbose: bool = True,
+    bad_samples: str = "error",
     **overrides,
 ) -> dict:
     """Robust zero-shot accuracy of models x datasets x budgets x attacks, with gradient-masking checks.
@@ -361,6 +362,8 @@ def evaluate_robustness(
         resume: skip finished (model, dataset) pairs found in `output_dir`.
         progress: tqdm bars per dataset and per attack.
         verbose: print the protocol and the table.
+        bad_samples: an unreadable image or a label outside the class names: `error` (a `BadSampleError` naming the
+            dataset file and row) or `skip` (the row is left out; each result counts its `num_skipped` rows).
         **overrides: any other `Protocol` field (`n_iter`, `pgd_steps`, `seed`, `batch_size`, `checks`, ...).
 
     Returns:
@@ -439,6 +442,7 @@ def evaluate_robustness(
                     single_template=proto.single_template,
                     user_meta=user_meta,
                     name=d_name,
+                    bad_samples=bad_samples,
                 )
             data = data_cache[size_key]
             save_head = _attach_head_cache(zero_shot, identity, cache_dir, data)
@@ -455,6 +459,7 @@ def evaluate_robustness(
                 "protocol_summary": summary,
                 "protocol_fingerprint": proto.fingerprint(d_name),
                 **result,
+                **skipped_rows(data),
             }
             flush()
             if verbose:

@@ -128,6 +128,7 @@ def export_to_lvlm(
     hub_token: str | None = None,
     hub_private: bool | None = None,
     log: Callable[[str], None] | None = print,
+    on_checked: Callable[[], None] | None = None,
 ) -> ExportReport:
     """Write a copy of an LVLM whose vision tower is the student's.
 
@@ -145,6 +146,8 @@ def export_to_lvlm(
         hub_token: Hub token for the upload (default: the logged-in one).
         hub_private: create the repository private.
         log: where the log lines go (`None`: silent); they are also in the report's `notes`.
+        on_checked: called once every check has passed, before anything is written (the command uses it to tell
+            refusals, exit status 2, from failures while writing, exit status 1).
 
     Returns:
         an `ExportReport`.
@@ -249,6 +252,8 @@ def export_to_lvlm(
     )
 
     # ---- writing: copy everything, rewrite the tower's byte ranges, write the card, rename into place ----
+    if on_checked is not None:
+        on_checked()
     by_file: dict[str, dict] = {}
     for key, tensor in plan.tensors.items():
         by_file.setdefault(plan.infos[key].file, {})[plan.infos[key]] = tensor
