@@ -169,11 +169,15 @@ class PreemptionCallback(TrainerCallback):
 
 def write_marker(output_dir: str, step: int, checkpoint: str, signal_name: str | None) -> str:
     """Write `<output_dir>/preempted.json` (for job scripts behind a launcher that hides the exit status)."""
+    return write_marker_record(output_dir, {"step": step, "checkpoint": checkpoint, "signal": signal_name})
+
+
+def write_marker_record(output_dir: str, record: dict) -> str:
+    """Write `record` (plus `exit_code`: 75) atomically to `<output_dir>/preempted.json`; returns its path."""
     path = os.path.join(output_dir, MARKER_NAME)
-    record = {"step": step, "checkpoint": checkpoint, "signal": signal_name, "exit_code": PREEMPTED_EXIT_CODE}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
+        json.dump({**record, "exit_code": PREEMPTED_EXIT_CODE}, f, indent=2)
     os.replace(tmp, path)
     return path
 

@@ -6,13 +6,19 @@ Example (the MMT-ARD / FARE protocol on two local sets, resumable):
     HF_HUB_OFFLINE=1 mmt-ard-eval --models runs/mmt-ard openai/clip-vit-base-patch32 \\
         --datasets data/cifar10_test.parquet data/pets --protocol robustvlm --output-dir eval/robustvlm
 
-Writes `results.json`, `results.md` and `robustness.png` into `--output-dir`; rerunning skips the (model, dataset)
-pairs already finished under the same protocol.
+Writes `results.json`, `results.md`, `robustness.png` and the per-sample files (`samples/`) into `--output-dir`;
+rerunning skips the (model, dataset) pairs already finished under the same protocol and continues unfinished ones
+image by image. Several processes share the images and only process 0 writes:
+
+    torchrun --nproc_per_node 4 -m mmt_ard.cli.evaluate --models ... --datasets ... --output-dir eval/robustvlm
+
+SIGTERM / SIGUSR1 stop after the current batch with every finished image saved, and exit with status 75.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from fractions import Fraction
 
@@ -120,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..evaluation.protocols import get_protocol
     from ..evaluation.robust_eval import evaluate_robustness
+    from ..evaluation.sample_loop import EvaluationPreempted
+
+    main_process = os.environ.get("RANK", "0") == "0"  # only process 0 of a launch reports (and writes)
 
     try:
         eps = [e for text in args.eps for e in parse_eps(text)] if args.eps else None
@@ -165,13 +174,22 @@ def main(argv: list[str] | None = None) -> int:
             resume=not args.no_resume,
             progress=not args.no_progress,
         )
+    except EvaluationPreempted as stopped:
+        if main_process:
+            print(f"mmt-ard-eval: {stopped}", file=sys.stderr)
+        return stopped.code
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
         print(f"mmt-ard-eval: error: {err}", file=sys.stderr)
         return 1
-    print(f"[mmt-ard-eval] wrote {args.output_dir}/results.json, results.md, robustness.png")
+    if main_process:
+        print(f"[mmt-ard-eval] wrote {args.output_dir}/results.json, results.md, robustness.png, samples/")
     flagged = [f"{r['model']} x {r['dataset']}" for r in report["results"] if r.get("flagged")]
     if flagged:
-        print(f"[mmt-ard-eval] WARNING: flagged by the gradient-masking checks: {', '.join(flagged)}", file=sys.stderr)
+        if main_process:
+            print(
+                f"[mmt-ard-eval] WARNING: flagged by the gradient-masking checks: {', '.join(flagged)}",
+                file=sys.stderr,
+            )
         if args.fail_on_flag:
             return 2
     return 0

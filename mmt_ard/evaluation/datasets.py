@@ -47,6 +47,8 @@ class EvalData:
         source: where the data came from (path or Hub id).
         dataset_size: size of the split the subset was drawn from.
         meta: provenance of the class names and templates.
+        indices: `(N,)` each sample's row in the split (default `0..N-1`): its identity in per-sample records and
+            in its random streams, whichever subset, order or shard it is evaluated in.
     """
 
     name: str
@@ -57,9 +59,16 @@ class EvalData:
     source: str = "in-memory"
     dataset_size: int | None = None
     meta: dict = field(default_factory=dict)
+    indices: list[int] | None = None
 
     def __post_init__(self):
         self.labels = torch.as_tensor(self.labels).long().view(-1)
+        self.indices = list(range(len(self.labels))) if self.indices is None else [int(i) for i in self.indices]
+        if len(self.indices) != len(self.labels) or len(set(self.indices)) != len(self.indices):
+            raise ValueError(
+                f"Dataset {self.name!r}: `indices` must give each of the {len(self.labels)} samples its own row "
+                f"number (got {len(self.indices)} values, {len(set(self.indices))} distinct)."
+            )
         if self.images.dim() != 4 or self.images.shape[1] != 3:
             raise ValueError(
                 f"`images` of dataset {self.name!r} has shape {tuple(self.images.shape)}: expected (N, 3, H, W) RGB."
@@ -102,6 +111,7 @@ class EvalData:
             self.source,
             self.dataset_size,
             dict(self.meta),
+            [self.indices[i] for i in idx.tolist()],
         )
 
 
@@ -280,4 +290,4 @@ def _finish(
     labels = torch.as_tensor([int(v) for v in rows["label"]], dtype=torch.long)
     templ, templ_source = _templates_for(display, key, templates_mode, single_template, user_meta, dataset_templates)
     meta = {"templates_source": templ_source, "indices_head": indices[:10], **extra_meta}
-    return EvalData(display, images, labels, list(class_names), templ, source, n_total, meta)
+    return EvalData(display, images, labels, list(class_names), templ, source, n_total, meta, indices)
