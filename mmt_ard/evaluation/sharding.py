@@ -16,18 +16,17 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from ..distributed import launched_world_size
+from ..distributed import launched_world_size, object_group, shutdown_process_group
 
 T = TypeVar("T")
 
 # one round of the evaluation (a batch per process) must finish within this; APGD-T on large models is slow
 EVAL_TIMEOUT = datetime.timedelta(hours=2)
-_GLOO_GROUPS: dict[int, Any] = {}  # default process group id -> its gloo twin
 
 
 @dataclass
@@ -92,23 +91,13 @@ class EvalGroup:
 
     def close(self, ok: bool = True) -> None:
         """End the process group if `init_eval_group` started it (after a barrier when `ok`)."""
-        if not self.owns_process_group or not dist.is_initialized():
-            return
-        if ok:
-            dist.barrier(group=_object_group())
-        _GLOO_GROUPS.clear()
-        dist.destroy_process_group()
-        self.owns_process_group = False
+        if self.owns_process_group:
+            shutdown_process_group(barrier=ok)
+            self.owns_process_group = False
 
 
 def _object_group():
-    """A gloo group over the default group's processes (the default itself when it is gloo)."""
-    if dist.get_backend() == "gloo":
-        return None
-    key = id(dist.distributed_c10d._get_default_group())
-    if key not in _GLOO_GROUPS:
-        _GLOO_GROUPS[key] = dist.new_group(backend="gloo", timeout=EVAL_TIMEOUT)
-    return _GLOO_GROUPS[key]
+    return object_group(timeout=EVAL_TIMEOUT)
 
 
 def accelerate_single_process_launch() -> bool:
