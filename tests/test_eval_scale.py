@@ -8,12 +8,13 @@ The 2-process runs (torchrun / accelerate launch) are in test_eval_distributed.p
 import json
 import math
 import os
+
 import pytest
 import torch
 from _eval_tiny import TEMPLATES, digits_test, tiny_zero_shot
 
 from mmt_ard.apgd import apgd
-from mmt_ard.attacks import ce_inner_loss, pgd, random_start
+from mmt_ard.attacks import random_start
 from mmt_ard.evaluation import (
     EvalData,
     EvaluationPreempted,
@@ -195,9 +196,10 @@ def test_evaluate_robustness_writes_and_resumes_per_sample_files(tmp_path, data,
     for r in report["results"]:
         header, records = read_records(os.path.join(out, r["samples_file"]))
         assert header["protocol_fingerprint"] == r["protocol_fingerprint"] and len(records) == 60
-        assert sum(rec["eps"]["48/255"]["robust"] for rec in records.values()) == r["robust_accuracy"]["48/255"][
-            "num_robust"
-        ]
+        assert (
+            sum(rec["eps"]["48/255"]["robust"] for rec in records.values())
+            == r["robust_accuracy"]["48/255"]["num_robust"]
+        )
         assert r["num_processes"] == 1 and r["batch_size"] == 16
     with open(os.path.join(out, "results.json")) as f:
         saved = json.load(f)
