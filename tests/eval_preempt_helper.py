@@ -1,10 +1,11 @@
 """`mmt-ard-eval` under torchrun, with what the test needs to preempt it at a known point and to see who writes.
 
-    torchrun --nproc_per_node 2 tests/eval_preempt_helper.py FLAG_DIR -- <mmt-ard-eval arguments>
+    torchrun --nproc_per_node 2 tests/eval_preempt_helper.py FLAG_DIR MODE -- <mmt-ard-eval arguments>
 
-* When process 0 starts its second batch it writes `FLAG_DIR/in-batch` (its pid) and waits until `FLAG_DIR/sent`
-  exists (the test sends SIGTERM to that pid, then creates the file); the batch then finishes and the signal is seen
-  at the end of the round, on both processes.
+* MODE `preempt`: when process 0 starts its second batch it writes `FLAG_DIR/in-batch` (its pid) and waits until
+  `FLAG_DIR/sent` exists (the test sends SIGTERM to that pid, then creates the file); the batch then finishes and the
+  signal is seen at the end of the round, on both processes;
+* MODE `kill`: process 1 kills itself (SIGKILL) when it starts its second batch: the process group dies mid-run.
 * Every call that writes into the output directory (results, per-sample file, marker, text heads) is recorded, and
   each process writes the list of its calls to `FLAG_DIR/writes-rank<R>.json` when it exits.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -28,7 +30,7 @@ RANK = int(os.environ.get("RANK", "0"))
 WAIT_S = 120
 
 
-def main(flag_dir: str, argv: list[str]) -> int:
+def main(flag_dir: str, mode: str, argv: list[str]) -> int:
     torch.set_num_threads(1)
     writes: list[str] = []
 
@@ -57,7 +59,9 @@ def main(flag_dir: str, argv: list[str]) -> int:
 
     def evaluate_batch(*args, **kwargs):
         batches.append(1)
-        if RANK == 0 and len(batches) == 2:
+        if mode == "kill" and RANK == 1 and len(batches) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "preempt" and RANK == 0 and len(batches) == 2:
             with open(os.path.join(flag_dir, "in-batch"), "w") as f:
                 f.write(str(os.getpid()))
             deadline = time.time() + WAIT_S
@@ -77,4 +81,4 @@ def main(flag_dir: str, argv: list[str]) -> int:
 
 if __name__ == "__main__":
     separator = sys.argv.index("--")
-    sys.exit(main(sys.argv[1], sys.argv[separator + 1 :]))
+    sys.exit(main(sys.argv[1], sys.argv[2], sys.argv[separator + 1 :]))

@@ -98,12 +98,13 @@ def test_torchrun_two_processes_equal_one_process_and_only_process_0_writes(data
 @pytest.mark.slow
 def test_preempted_two_process_evaluation_resumes_to_the_same_results(data, one_process, tmp_path):
     """SIGTERM to process 0 during its 2nd batch: both processes stop after that round with exit status 75, every
-    finished image saved by process 0 alone; a plain rerun evaluates only the rest and ends with the uninterrupted
-    run's records and numbers."""
+    finished image saved by process 0 alone. Resumed, the process group then dies (process 1 is killed in its 2nd
+    batch); a plain rerun evaluates only what is still missing and ends with the uninterrupted run's records and
+    numbers."""
     out, flags = tmp_path / "run", tmp_path / "flags"
     flags.mkdir()
     args = cli_args(data, out, "--batch-size", "8")
-    cmd, env = torchrun_command(HELPER, str(flags), "--", *args)
+    cmd, env = torchrun_command(HELPER, str(flags), "preempt", "--", *args)
     log = tmp_path / "launch.txt"
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -130,10 +131,15 @@ def test_preempted_two_process_evaluation_resumes_to_the_same_results(data, one_
     assert writes[1] == [], writes[1]  # process 1 wrote nothing
     assert "samples.append" in writes[0] and "write_marker" in writes[0]
 
+    cmd, env = torchrun_command(HELPER, str(flags), "kill", "--", *args)
+    killed = run(cmd, env)
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL) received" in killed.stderr
+    assert len(records(out)) == len(saved) + 16  # the round both processes finished: 2 x 8 images
+
     cmd, env = torchrun_command("-m", "mmt_ard.cli.evaluate", *args)
     again = run(cmd, env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"{len(saved)} images already in" in again.stdout
+    assert f"{len(saved) + 16} images already in" in again.stdout
     assert records(out) == records(one_process[64])
     assert numbers(out) == numbers(one_process[64])
     assert not (out / "preempted.json").exists()
