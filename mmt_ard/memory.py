@@ -19,7 +19,8 @@ the Trainer's training loop (`MMTARDTrainer._inner_training_loop`):
 With several processes (DDP), every process must retry at the same smaller batch, or the ones that did not run out
 of memory would wait forever for the others in the gradient all-reduce. So with `auto_find_batch_size` the first
 micro-batch of every attempt is first tried on each process alone: the unwrapped model's full step (teachers,
-attack, student, backward) with nothing exchanged between processes, then undone (RNG, weighting state, metrics,
+attack, student, backward; a weighting that gathers the global batch weighs the local one) with nothing exchanged
+between processes, then undone (RNG, weighting state, metrics,
 gradients). The processes then agree whether any of them ran out of memory (one all-reduce); if one did, every
 process raises the out-of-memory error and all retry at half the batch. This costs one extra step per attempt, only
 with `auto_find_batch_size` on several processes. (An out-of-memory error later in the attempt, after that check,
@@ -231,6 +232,8 @@ class BatchSizeSearch:
 
         trainer = self.trainer
         bundle = trainer.accelerator.unwrap_model(trainer.model)  # no DDP wrapper: nothing is exchanged
+        weighting = trainer.weighting  # a `GlobalBatchWeighting` gathers the batch: its inner strategy does not
+        trainer.weighting = getattr(weighting, "inner", weighting)
         saved = {
             "rng": _rng_state(),
             "weighting": copy.deepcopy(trainer.weighting.state_dict()),
@@ -253,6 +256,7 @@ class BatchSizeSearch:
                 p.grad = None
             _set_rng_state(saved["rng"])
             trainer.weighting.load_state_dict(saved["weighting"])
+            trainer.weighting = weighting
             trainer._metrics["train"].clear()
             trainer._metrics["train"].update(saved["metrics"])
             gc.collect()

@@ -118,7 +118,7 @@ class PreemptionHandler:
             return self
         if threading.current_thread() is not threading.main_thread():
             logger.warning(
-                "`train()` runs outside the main thread: no preemption signal handlers installed "
+                "`train()` (or the evaluation) runs outside the main thread: no preemption signal handlers installed "
                 f"({[s.name for s in self.signals]} keep their default action)."
             )
             return self

@@ -10,7 +10,8 @@ runs, one after the other in the same processes, and writes per process `OUT/<ca
   have logged (its own means, taken just before each `log`); the callback's metrics, the images this process
   attacked, and the same evaluation of this process's student run unsharded on this process alone;
 * `auto_batch`: `auto_find_batch_size` from a per-process batch of 8, where only process 1 runs out of memory above
-  4 images (simulated in the student's forward): `tried` and the batch both processes end with.
+  4 images (simulated in the student's forward): `tried` and the batch both processes end with. The preset is
+  `mmt-ard-sigmoid`, whose weighting gathers the global batch (a collective inside the step).
 
 Both runs use PGD without a random start (each process draws random starts from its own RNG, on purpose) and freeze
 the attention key biases (as `fsdp_helper.py` does; their exact gradient is zero).
@@ -130,7 +131,7 @@ def run_metrics(out: str, num_processes: int) -> dict:
 def run_auto_batch(out: str, num_processes: int) -> dict:
     trainer = build_trainer(
         os.path.join(out, "auto"), num_processes, auto_find_batch_size=True, max_steps=2,
-        per_device_train_batch_size=8,
+        per_device_train_batch_size=8, preset="mmt-ard-sigmoid",
     )  # fmt: skip
     rank = trainer.args.process_index
 
