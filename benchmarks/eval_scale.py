@@ -5,8 +5,8 @@
 
 What runs: a CLIP of the replication's `tiny` student shape (64-wide 4-layer ViT, 32 px images, 8 px patches),
 trained for a few hundred steps on scikit-learn's digits so that most images are classified correctly (an
-evaluation attacks only those), evaluated on the held-out digits with PGD-10 + APGD-CE (cascade) at 4/255, without
-the gradient-masking checks, by `evaluate_robustness` in one process and under `torchrun --nproc_per_node 2`. Every
+evaluation attacks only those), evaluated on the held-out digits with PGD-10 + APGD-CE (cascade; `--attacks` to change) at 4/255,
+without the gradient-masking checks, by `evaluate_robustness` in one process and under `torchrun --nproc_per_node 2`. Every
 round runs both (the order alternates), each in fresh processes; each process times the evaluation itself (wall
 clock and its own CPU time), not the interpreter start or the imports. Reported per round and as medians:
 
@@ -96,7 +96,7 @@ def worker(opts) -> None:
     rank = int(os.environ.get("RANK", "0"))
     wall, cpu = time.perf_counter(), time.process_time()
     report = evaluate_robustness(
-        opts.model, {"digits": opts.data}, protocol="quick", attacks=("pgd", "apgd-ce"), eps=(4 / 255,),
+        opts.model, {"digits": opts.data}, protocol="quick", attacks=tuple(opts.attacks), eps=(4 / 255,),
         pgd_steps=10, n_iter=opts.n_iter, num_samples=opts.num_samples, batch_size=opts.batch_size, checks=False,
         class_names_json=opts.prompts, output_dir=opts.output, progress=False, verbose=False, device="cpu",
     )  # fmt: skip
@@ -119,7 +119,7 @@ def free_port() -> int:
 def _launch(processes: int, assets: dict, out: str, opts) -> dict:
     args = [os.path.abspath(__file__), "--worker", "--model", assets["model"], "--data", assets["data"],
             "--prompts", assets["prompts"], "--output", out, "--num-samples", str(opts.num_samples),
-            "--batch-size", str(opts.batch_size), "--n-iter", str(opts.n_iter)]  # fmt: skip
+            "--batch-size", str(opts.batch_size), "--n-iter", str(opts.n_iter), "--attacks", *opts.attacks]  # fmt: skip
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
@@ -155,7 +155,10 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-samples", type=int, default=360, help="Held-out digits evaluated (at most 360).")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--n-iter", type=int, default=100, help="APGD-CE iterations.")
+    parser.add_argument("--n-iter", type=int, default=100, help="APGD iterations.")
+    parser.add_argument(
+        "--attacks", nargs="+", default=["pgd", "apgd-ce"], help="Attacks (cascade), e.g. pgd apgd-ce apgd-t."
+    )
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--out", default=None, help="JSON file for the results.")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -199,7 +202,8 @@ def main(argv=None) -> None:
             "config": {
                 k: v for k, v in vars(opts).items() if k not in ("worker", "model", "data", "prompts", "output")
             },
-            "workload": "tiny CLIP (64-wide 4-layer ViT, 32 px) trained on digits; PGD-10 + APGD-CE at 4/255, cascade",
+            "workload": f"tiny CLIP (64-wide 4-layer ViT, 32 px) trained on digits; {' + '.join(opts.attacks)} at 4/255 "
+            "(PGD-10; APGD-T: 9 targets), cascade",
             "rounds": rows,
             "median_wall_ratio": statistics.median(r["wall_ratio"] for r in rows),
             "median_cpu_ratio": statistics.median(r["cpu_ratio"] for r in rows),
