@@ -118,8 +118,8 @@ class PreemptionHandler:
             return self
         if threading.current_thread() is not threading.main_thread():
             logger.warning(
-                "`train()` (or the evaluation) runs outside the main thread: no preemption signal handlers installed "
-                f"({[s.name for s in self.signals]} keep their default action)."
+                "`train()` (or the evaluation) runs outside the main thread: no preemption signal handlers "
+                f"installed ({[s.name for s in self.signals]} keep their default action)."
             )
             return self
         for sig in self.signals:

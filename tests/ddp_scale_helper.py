@@ -8,7 +8,8 @@ runs, one after the other in the same processes, and writes per process `OUT/<ca
   CLIP trained on the digits), global batch 8, 3 steps, a log every step, and a
   `RobustEvalCallback` (24 images, PGD-2) at step 3. Written: the log history; what the main process alone would
   have logged (its own means, taken just before each `log`); the callback's metrics, the images this process
-  attacked, and the same evaluation of this process's student run unsharded on this process alone;
+  attacked, and the same evaluation of this process's student run unsharded on this process alone; then
+  `evaluate_robustness(all_processes=False)` called by the main process only;
 * `auto_batch`: `auto_find_batch_size` from a per-process batch of 8, where only process 1 runs out of memory above
   4 images (simulated in the student's forward): `tried` and the batch both processes end with. The preset is
   `mmt-ard-sigmoid`, whose weighting gathers the global batch (a collective inside the step).
@@ -35,7 +36,14 @@ from _eval_tiny import TEMPLATES, trained_tiny_clip
 
 from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
 from mmt_ard.distributed import shutdown_process_group
-from mmt_ard.evaluation import EvalGroup, RobustEvalCallback, ensure_fp32, evaluate_on_data, sample_loop
+from mmt_ard.evaluation import (
+    EvalGroup,
+    RobustEvalCallback,
+    ensure_fp32,
+    evaluate_on_data,
+    evaluate_robustness,
+    sample_loop,
+)
 from mmt_ard.step_metrics import means
 from mmt_ard.tiny import build_tiny_clip, digits_dataset
 
@@ -118,7 +126,16 @@ def run_metrics(out: str, num_processes: int) -> dict:
     alone = evaluate_on_data(
         ensure_fp32(student), callback._data, callback.protocol, progress=False, group=EvalGroup()
     )
+    main_only = None
+    if trainer.accelerator.is_main_process:  # the main process alone, the others waiting: no exchange may happen
+        report = evaluate_robustness(
+            ensure_fp32(student), {callback._data.name: callback._data}, protocol=callback.protocol,
+            all_processes=False, output_dir=os.path.join(out, "main-only"), progress=False, verbose=False,
+        )  # fmt: skip
+        main_only = {"num_processes": report["num_processes"], **report["results"][0]["robust_accuracy"]["8/255"]}
+    trainer.accelerator.wait_for_everyone()
     return {
+        "main_only": main_only,
         "num_processes": trainer.accelerator.num_processes,
         "log_history": trainer.state.log_history,
         "local_means": local,

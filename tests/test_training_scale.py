@@ -63,6 +63,10 @@ def test_evaluation_callback_splits_its_images_across_processes(runs):
         assert metrics["eval_robust_clean_accuracy"] == r["alone"]["clean"]  # = the unsharded evaluation
         assert metrics["eval_robust_accuracy_eps8"] == r["alone"]["robust"]
     assert ranks[0]["callback"] == ranks[1]["callback"]
+    # called by the main process alone (`all_processes=False`): it does not wait for the others, same numbers
+    assert ranks[1]["main_only"] is None
+    assert ranks[0]["main_only"]["num_processes"] == 1
+    assert ranks[0]["main_only"]["worst_case"] == ranks[0]["alone"]["robust"]
 
 
 @pytest.mark.slow

@@ -213,9 +213,9 @@ def markdown_report(report: dict) -> str:
             "## Paired comparisons",
             "",
             (
-                "Two models on the same images (same protocol), image by image: `A - B` in points with its paired 95 % "
-                "interval (Newcombe), the images only one model gets right, and McNemar's exact test (p < 0.05: the "
-                "difference is unlikely to be chance on these images)."
+                "Two models on the same images (same protocol), image by image: `A - B` in points with its paired "
+                "95 % interval (Newcombe), the images only one model gets right, and McNemar's exact test (p < 0.05: "
+                "the difference is unlikely to be chance on these images)."
             ),
             "",
             paired_table(report["paired_comparisons"]),

@@ -241,6 +241,7 @@ def evaluate_robustness(
     progress: bool = True,
     verbose: bool = True,
     preemption_signals: list[str] | tuple[str, ...] | None = DEFAULT_SIGNALS,
+    all_processes: bool = True,
     **overrides,
 ) -> dict:
     """Robust zero-shot accuracy of models x datasets x budgets x attacks, with gradient-masking checks.
@@ -271,6 +272,9 @@ def evaluate_robustness(
         preemption_signals: signals (with `output_dir`) that stop the evaluation after the current batch, with
             every finished image saved, `preempted.json` written and `EvaluationPreempted` (exit status 75) raised;
             `None` or `[]`: none.
+        all_processes: under a launcher (or in a script where `torch.distributed` runs, e.g. after training) every
+            process must call this, and they share the images; `False` evaluates everything in this process alone
+            (e.g. when only the main process calls it).
         **overrides: any other `Protocol` field (`n_iter`, `pgd_steps`, `seed`, `batch_size`, `checks`, ...).
 
     Returns:
@@ -292,7 +296,7 @@ def evaluate_robustness(
         named = list(zip([_dataset_name(d, i) for i, d in enumerate(datasets)], datasets))
     user_meta = load_user_meta(class_names_json)
     signals = parse_signals(list(preemption_signals or [])) if output_dir else []
-    group, device = init_eval_group(device)
+    group, device = init_eval_group(device) if all_processes else (EvalGroup(), _device(device))
     ok = False
     try:
         with PreemptionHandler(signals) as handler:
@@ -443,6 +447,10 @@ def _evaluate_all(
     if verbose and records:
         print(markdown_table(report["results"]))
     return report
+
+
+def _device(device) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _open_samples(sample_file: SampleFile, resume: bool) -> dict[int, dict]:

@@ -147,7 +147,8 @@ def evaluate_on_data(
         return_masks: also return `_masks` (per eps `(N,)` robust) and `_clean_correct`.
         dataset: the dataset's name in the sample keys and records (default `data.name`).
         model_name: the model's name in the records.
-        group: the processes sharing the work (default: `torch.distributed`'s, else this process alone).
+        group: the processes sharing the work, every one of which must make this call (`EvalGroup.current()`:
+            those of `torch.distributed`); default: this process alone.
         done: records already computed (by image index, from the per-sample file): not evaluated again.
         on_records: called on the main process with each round's new records (in the order finished).
         stop: returns the name of a preemption signal this process received, or None; checked after each round
@@ -161,7 +162,7 @@ def evaluate_on_data(
     """
     start_time = time.time()
     device = device or next(zero_shot.parameters()).device
-    group = group or EvalGroup.current()
+    group = group or EvalGroup()
     dataset = dataset or data.name
     zero_shot.set_classes(data.class_names, data.templates)
     attacks, skipped = attacks_for(protocol, data.num_classes)

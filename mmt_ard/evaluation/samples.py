@@ -112,7 +112,8 @@ class SampleFile:
                 "it to evaluate this (model, dataset) again."
             ) from err
         if not isinstance(value, dict):  # a damaged file, not a wrong argument
-            raise ValueError(f"Line {number} of the per-sample file {self.path!r} is not a JSON object.")  # noqa: TRY004
+            message = f"Line {number} of the per-sample file {self.path!r} is not a JSON object."
+            raise ValueError(message)  # noqa: TRY004
         return value
 
     def _check_header(self, header: dict) -> None:
