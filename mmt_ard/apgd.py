@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import logits_of
+from .random_streams import generators, per_sample_rand
 
 __all__ = ["apgd", "apgd_ce", "apgd_objective", "apgd_t", "apgd_worst_case"]
 
@@ -81,15 +82,21 @@ def _project(x_new: torch.Tensor, x0: torch.Tensor, eps: float, norm: str) -> to
     return (x0 + delta).clamp(0.0, 1.0)
 
 
-def _random_start(x0, eps, norm, gen, idx, full_shape):
-    """Random point in the eps-ball; noise is drawn for the full batch and indexed,
-    so a sample's start does not depend on which other samples are still attacked."""
-    if norm == "linf":
-        noise = (2 * torch.rand(full_shape, generator=gen, device=gen.device) - 1) * eps
+def _random_start(x0, eps, norm, gen, idx, full_shape, sample_gens=None):
+    """Random point in the eps-ball. With one generator the noise is drawn for the full batch and indexed, so a
+    sample's start does not depend on which other samples are still attacked; with `sample_gens` (one CPU generator
+    per attacked sample, `random_streams`) it does not depend on the batch at all."""
+    if sample_gens is not None:
+        noise = per_sample_rand(sample_gens, tuple(full_shape[1:]), normal=norm != "linf")  # (n, 3, H, W) on the CPU
+    elif norm == "linf":
+        noise = torch.rand(full_shape, generator=gen, device=gen.device)[idx.to(gen.device)]
     else:
-        noise = torch.randn(full_shape, generator=gen, device=gen.device)
+        noise = torch.randn(full_shape, generator=gen, device=gen.device)[idx.to(gen.device)]
+    if norm == "linf":
+        noise = (2 * noise - 1) * eps
+    else:
         noise = noise * eps / (noise.flatten(1).norm(dim=1).view(-1, *[1] * (len(full_shape) - 1)) + 1e-12)
-    return (x0 + noise[idx.to(noise.device)].to(x0.device)).clamp(0.0, 1.0)
+    return (x0 + noise.to(x0.device)).clamp(0.0, 1.0)
 
 
 def _single_run(model, x0, y, target, *, eps, norm, loss, n_iter, rho, x_start, loss_fn=None):
@@ -205,16 +212,40 @@ def _validate(x, y, eps, norm, loss, n_iter, n_restarts, n_target_classes, rho):
         )
 
 
-def _apgd_impl(model, x, y, *, eps, norm, loss, n_iter, n_restarts, n_target_classes, rho, seed, verbose, active=None):
+def _apgd_impl(
+    model,
+    x,
+    y,
+    *,
+    eps,
+    norm,
+    loss,
+    n_iter,
+    n_restarts,
+    n_target_classes,
+    rho,
+    seed,
+    verbose,
+    active=None,
+    sample_seeds=None,
+):
     """Run APGD and return ``(x_adv, robust)`` with x_adv (B, 3, H, W) and robust (B,) bool.
 
     ``active`` (B,) bool restricts the attack to a subset; the others come back unchanged
     and not robust. Random starts are drawn for the whole batch, so a sample's trajectory
-    does not depend on which other samples are attacked.
+    does not depend on which other samples are attacked; with ``sample_seeds`` (B,) each
+    sample's start of run ``j`` (target ``t``, restart ``r``) comes from its own stream
+    ``(sample_seeds[i], loss, j)``, so it does not depend on the batch either.
     """
     x = x.detach().float().clone()  # clone: inputs made under inference_mode become normal
     y = y.detach().to(x.device).long().clone()
     _validate(x, y, eps, norm, loss, n_iter, n_restarts, n_target_classes, rho)
+    if sample_seeds is not None:
+        sample_seeds = [int(s) for s in sample_seeds]
+        if len(sample_seeds) != x.shape[0]:
+            raise ValueError(
+                f"sample_seeds has {len(sample_seeds)} seeds for {x.shape[0]} images: give one per image."
+            )
     eps = float(eps)
     with torch.no_grad():
         logits = logits_of(model(x)).float()  # (B, C)
@@ -247,7 +278,11 @@ def _apgd_impl(model, x, y, *, eps, norm, loss, n_iter, n_restarts, n_target_cla
             idx = robust.nonzero()[:, 0]  # attack only samples that are still robust
             if idx.numel() == 0:
                 break
-            x_start = _random_start(x[idx], eps, norm, gen, idx, x.shape)
+            sample_gens = None
+            if sample_seeds is not None:  # run j of sample i: its own stream, whatever else is in the batch
+                run = f"{loss}/{t_idx * n_restarts + restart}"
+                sample_gens = generators([sample_seeds[i] for i in idx.tolist()], stream=run)
+            x_start = _random_start(x[idx], eps, norm, gen, idx, x.shape, sample_gens)
             x_b, loss_b, x_f, fooled = _single_run(
                 model,
                 x[idx],
@@ -304,6 +339,7 @@ def apgd(
     rho: float = 0.75,
     seed: int = 0,
     verbose: bool = False,
+    sample_seeds: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Auto-PGD attack (Croce & Hein, 2020).
 
@@ -323,6 +359,9 @@ def apgd(
         rho: step-size halving threshold on the fraction of successful steps.
         seed: seed of the local generator used for random starts.
         verbose: print robust accuracy after each run.
+        sample_seeds: (B,) per-sample seeds (`random_streams.stable_seed`) instead of `seed`:
+            each image's random starts come from its own streams, so its result does not depend
+            on the batch it is attacked in (what `mmt_ard.evaluation` uses).
 
     Returns:
         x_adv (B, 3, H, W) float32 in [0, 1]: per sample, the first point found that is
@@ -343,6 +382,7 @@ def apgd(
             rho=rho,
             seed=seed,
             verbose=verbose,
+            sample_seeds=sample_seeds,
         )[0],
         model,
         x,
@@ -377,14 +417,15 @@ def apgd_worst_case(
     rho: float = 0.75,
     seed: int = 0,
     verbose: bool = False,
+    sample_seeds: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample worst case over several APGD attacks (AutoAttack-style cascade).
 
     Each attack runs only on the samples that every previous attack failed to fool.
 
     Args:
-        model, x, y, eps, norm, n_iter, n_restarts, n_target_classes, rho, seed, verbose:
-            as in :func:`apgd`.
+        model, x, y, eps, norm, n_iter, n_restarts, n_target_classes, rho, seed, verbose, sample_seeds:
+            as in :func:`apgd` (each attack draws its own streams from ``sample_seeds``).
         attacks: names from ``"apgd-ce"``, ``"apgd-t"``, ``"apgd-dlr"``, run in order.
 
     Returns:
@@ -413,6 +454,7 @@ def apgd_worst_case(
                 seed=seed,
                 verbose=verbose,
                 active=robust,
+                sample_seeds=sample_seeds,
             )
             if robust is None:
                 x_adv, robust = x_a, rob_a

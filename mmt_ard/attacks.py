@@ -17,13 +17,14 @@ inside `Trainer.evaluate`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .models import logits_of
+from .random_streams import per_sample_rand
 
 NORMS = ("linf", "l2")
 
@@ -59,19 +60,33 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
     return (x + delta).clamp(0, 1) - x
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_start(
+    x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | Sequence[torch.Generator] | None = None
+) -> torch.Tensor:
     """A uniformly random perturbation in the ball (L2: uniform direction, radius `eps * u^(1/d)`).
 
-    The noise is drawn where `generator` lives (the device RNG of `x`, seeded by the Trainer and saved in its
-    checkpoints, when there is none), so on a GPU nothing is drawn on the CPU or copied from host memory.
+    With one `generator` (or none: the device RNG of `x`, seeded by the Trainer and saved in its checkpoints), the
+    noise is drawn where the generator lives, so on a GPU nothing is drawn on the CPU or copied from host memory.
+    With a sequence of generators, one per sample (`random_streams.generators`, what evaluation uses), sample `i`'s
+    noise comes from `generator[i]` alone, on the CPU, and is then moved to `x`'s device: a sample starts from the
+    same point whatever batch it is in.
     """
-    device = generator.device if generator is not None else x.device
+    per_sample = generator is not None and not isinstance(generator, torch.Generator)
+    if per_sample and len(generator) != x.shape[0]:
+        raise ValueError(f"{len(generator)} per-sample generators for a batch of {x.shape[0]}: give one per sample.")
+
+    def draw(shape: tuple[int, ...], normal: bool = False) -> torch.Tensor:  # (B, *shape)
+        if per_sample:
+            return per_sample_rand(generator, shape, normal)
+        device = generator.device if generator is not None else x.device
+        return (torch.randn if normal else torch.rand)((x.shape[0], *shape), generator=generator, device=device)
+
     if norm == "linf":
-        delta = (torch.rand(x.shape, generator=generator, device=device) * 2 - 1) * eps
+        delta = (draw(tuple(x.shape[1:])) * 2 - 1) * eps
     else:
         d = x[0].numel()
-        direction = torch.randn(x.shape, generator=generator, device=device)
-        radius = torch.rand(x.shape[0], generator=generator, device=device) ** (1.0 / d) * eps
+        direction = draw(tuple(x.shape[1:]), normal=True)
+        radius = draw(()) ** (1.0 / d) * eps  # (B,)
         delta = direction / _lp_norm(direction) * radius.view(-1, 1, 1, 1)
     return project(delta.to(device=x.device, dtype=x.dtype), x, eps, norm)
 
@@ -100,7 +115,7 @@ def pgd(
     norm: str = "linf",
     random_init: bool = True,
     momentum: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Maximise `inner_loss(model(x + delta))` over the `eps`-ball.
@@ -115,7 +130,8 @@ def pgd(
         norm: `"linf"` (signed steps) or `"l2"` (normalised-gradient steps).
         random_init: start from a uniform random point of the ball.
         momentum: `None` for plain PGD; a float `m` for the authors' sign-momentum update.
-        generator: `torch.Generator` for the random start, best on `x`'s device (the device's global RNG otherwise).
+        generator: `torch.Generator` for the random start, best on `x`'s device (the device's global RNG otherwise),
+            or one CPU generator per sample (evaluation: each sample's start independent of its batch).
         autocast_dtype: run the forward passes under autocast in this dtype (training only; never in evaluation).
 
     Returns:

@@ -290,14 +290,61 @@ def needs_global_batch(weighting) -> bool:
     return bool(weighting.state_dict())
 
 
-def shutdown_process_group() -> None:
+_GLOO_GROUPS: dict[int, object] = {}  # default process group id -> a gloo group over the same processes
+
+
+def object_group(timeout=None):
+    """A gloo group over the default group's processes, for exchanging Python objects on the CPU (the default group
+    itself when it is gloo); created once, by every process (a collective call the first time).
+
+    Args:
+        timeout: `datetime.timedelta` of its collectives (default: torch's).
+    """
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return None
+    key = id(dist.distributed_c10d._get_default_group())
+    if key not in _GLOO_GROUPS:
+        kwargs = {"timeout": timeout} if timeout is not None else {}
+        _GLOO_GROUPS[key] = dist.new_group(backend="gloo", **kwargs)
+    return _GLOO_GROUPS[key]
+
+
+def sum_over_processes(sums: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """`{key: (total, weight)}` added up over all processes (a collective call; this process's own without
+    `torch.distributed`). Keys missing on some processes count as `(0, 0)` there.
+
+    Args:
+        sums: this process's `step_metrics.weighted_sums`.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(sums)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, dict(sums), group=object_group())
+    out: dict[str, tuple[float, float]] = {}
+    for part in parts:
+        for key, (total, weight) in part.items():
+            t, w = out.get(key, (0.0, 0.0))
+            out[key] = (t + total, w + weight)
+    return out
+
+
+def shutdown_process_group(barrier: bool = True) -> None:
     """End a multi-process run cleanly: wait for every rank, then destroy the default process group.
 
     A gloo group still alive when the interpreter exits can abort a rank in its C++ destructor ("terminate called
     without an active exception"), turning a finished run into a failed launch. Call it once, at the very end.
+
+    Args:
+        barrier: wait for every rank first (not after an error, when the others may never arrive).
     """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
+        _GLOO_GROUPS.clear()
         dist.destroy_process_group()

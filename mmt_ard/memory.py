@@ -16,6 +16,17 @@ the Trainer's training loop (`MMTARDTrainer._inner_training_loop`):
   `torch.OutOfMemoryError`), whose message names the settings that help and the last checkpoint on disk (which an
   out-of-memory error never touches: checkpoints are published atomically).
 
+With several processes (DDP), every process must retry at the same smaller batch, or the ones that did not run out
+of memory would wait forever for the others in the gradient all-reduce. So with `auto_find_batch_size` the first
+micro-batch of every attempt is first tried on each process alone: the unwrapped model's full step (teachers,
+attack, student, backward; a weighting that gathers the global batch weighs the local one) with nothing exchanged
+between processes, then undone (RNG, weighting state, metrics,
+gradients). The processes then agree whether any of them ran out of memory (one all-reduce); if one did, every
+process raises the out-of-memory error and all retry at half the batch. This costs one extra step per attempt, only
+with `auto_find_batch_size` on several processes. (An out-of-memory error later in the attempt, after that check,
+is not agreed on: it stops the run as without `auto_find_batch_size`. FSDP is not covered: its sharded forward
+exchanges weights between processes.)
+
 On CUDA, `MemoryReportCallback` prints after the first step the batch the run uses and the step's peak memory.
 """
 
@@ -171,6 +182,7 @@ class BatchSizeSearch:
         self._retrying = False
         self._next: int | None = None
         self._snapshot: dict | None = None
+        self._probe_pending = False  # the attempt's first micro-batch still has to be tried on each process alone
 
     def run_attempt(self, inner_loop, batch_size: int | None, *args, **kwargs):
         """Run one attempt of `inner_loop` (`Trainer._inner_training_loop`) at the right batch size."""
@@ -185,6 +197,7 @@ class BatchSizeSearch:
             self._snapshot = self._take_snapshot() if auto else None
         self.tried.append(int(batch_size if batch_size is not None else trainer._train_batch_size))
         self.callback.start_step, self.callback.updates_begun = None, 0
+        self._probe_pending = auto and trainer.accelerator.num_processes > 1 and not trainer.is_fsdp_enabled
         try:
             return inner_loop(batch_size, *args, **kwargs)
         except Exception as error:
@@ -202,6 +215,60 @@ class BatchSizeSearch:
                 raise  # the Trainer's search catches it and calls the loop again
             self._snapshot = None
             raise self._error(size, updates) from error
+
+    def agree_before_first_step(self, inputs: dict, num_items_in_batch=None) -> None:
+        """With `auto_find_batch_size` on several processes: before the attempt's first micro-batch, run its step on
+        each process alone and raise an out-of-memory error on every process if any of them ran out (see the module
+        docstring). Called by `MMTARDTrainer.training_step`; does nothing otherwise.
+
+        Args:
+            inputs: the micro-batch as the Trainer hands it to `training_step`.
+            num_items_in_batch: the Trainer's loss normaliser for it.
+        """
+        if not self._probe_pending:
+            return
+        self._probe_pending = False
+        from .preemption import any_process
+
+        trainer = self.trainer
+        bundle = trainer.accelerator.unwrap_model(trainer.model)  # no DDP wrapper: nothing is exchanged
+        weighting = trainer.weighting  # a `GlobalBatchWeighting` gathers the batch: its inner strategy does not
+        trainer.weighting = getattr(weighting, "inner", weighting)
+        saved = {
+            "rng": _rng_state(),
+            "weighting": copy.deepcopy(trainer.weighting.state_dict()),
+            "metrics": {k: list(v) for k, v in trainer._metrics["train"].items()},
+        }
+        failed = False
+        try:
+            with trainer.compute_loss_context_manager():
+                loss = trainer.compute_loss(
+                    bundle, trainer._prepare_inputs(inputs), num_items_in_batch=num_items_in_batch
+                )
+            loss.backward()
+            del loss
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            failed = True
+        finally:
+            for p in bundle.parameters():
+                p.grad = None
+            _set_rng_state(saved["rng"])
+            trainer.weighting.load_state_dict(saved["weighting"])
+            trainer.weighting = weighting
+            trainer._metrics["train"].clear()
+            trainer._metrics["train"].update(saved["metrics"])
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        if any_process(failed, trainer.args.device):
+            size = self.tried[-1]
+            who = "this process" if failed else "another process"
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. (agreed: {who} ran out of memory at per-device train batch {size}; every "
+                "process retries at the same smaller batch)"
+            )
 
     def _error(self, size: int, updates: int) -> TrainingOutOfMemoryError:
         from .checkpointing import last_good_checkpoint

@@ -13,6 +13,10 @@ or SIGTERM at the time limit, SIGKILL some seconds later). While `MMTARDTrainer.
    its loop; `MMTARDTrainer.train()` then writes `<output_dir>/preempted.json` (step, checkpoint, signal) and raises
    `TrainingPreempted`, a `SystemExit` with status `PREEMPTED_EXIT_CODE` (75, `EX_TEMPFAIL`: "try again later").
 
+DataLoader worker processes ignore these signals (`IgnoreSignalsInWorker`, the workers' `worker_init_fn`): Slurm's
+`--signal` reaches every process of the job step, and a worker that died of it (a worker started with the `spawn` or
+`forkserver` method does not inherit the main process's handler) would end the run before its checkpoint.
+
 A job script requeues on status 75; launchers (`torchrun`, `accelerate launch`) report their own status when a
 worker exits non-zero (1), so behind a launcher test for `preempted.json` instead (see docs/reliability.md). A
 signal that arrives after the last step is ignored (the run completes normally).
@@ -114,8 +118,8 @@ class PreemptionHandler:
             return self
         if threading.current_thread() is not threading.main_thread():
             logger.warning(
-                "`train()` runs outside the main thread: no preemption signal handlers installed "
-                f"({[s.name for s in self.signals]} keep their default action)."
+                "`train()` (or the evaluation) runs outside the main thread: no preemption signal handlers "
+                f"installed ({[s.name for s in self.signals]} keep their default action)."
             )
             return self
         for sig in self.signals:
@@ -126,6 +130,26 @@ class PreemptionHandler:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
+
+
+class IgnoreSignalsInWorker:
+    """A DataLoader `worker_init_fn` that makes the worker ignore the preemption signals, then calls `inner`.
+
+    Picklable (for workers started with `spawn` / `forkserver`) when `inner` is.
+
+    Args:
+        signals: canonical names from `parse_signals`.
+        inner: the DataLoader's own `worker_init_fn` (the Trainer's seeding), or None.
+    """
+
+    def __init__(self, signals: list[str], inner=None):
+        self.signals, self.inner = list(signals), inner
+
+    def __call__(self, worker_id: int) -> None:
+        for name in self.signals:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        if self.inner is not None:
+            self.inner(worker_id)
 
 
 def any_process(flag: bool, device: torch.device) -> bool:
@@ -169,11 +193,15 @@ class PreemptionCallback(TrainerCallback):
 
 def write_marker(output_dir: str, step: int, checkpoint: str, signal_name: str | None) -> str:
     """Write `<output_dir>/preempted.json` (for job scripts behind a launcher that hides the exit status)."""
+    return write_marker_record(output_dir, {"step": step, "checkpoint": checkpoint, "signal": signal_name})
+
+
+def write_marker_record(output_dir: str, record: dict) -> str:
+    """Write `record` (plus `exit_code`: 75) atomically to `<output_dir>/preempted.json`; returns its path."""
     path = os.path.join(output_dir, MARKER_NAME)
-    record = {"step": step, "checkpoint": checkpoint, "signal": signal_name, "exit_code": PREEMPTED_EXIT_CODE}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
+        json.dump({**record, "exit_code": PREEMPTED_EXIT_CODE}, f, indent=2)
     os.replace(tmp, path)
     return path
 

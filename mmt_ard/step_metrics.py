@@ -8,6 +8,11 @@ about twenty times per step, each time draining the queue of kernels the CPU had
 * a phase on a CUDA device is timed with a pair of CUDA events (`PhaseSpan`), read only when logged;
 * `means` turns a metric store into `{key: mean}` at logging time with a single device synchronisation.
 
+A value may come with a weight, `(value, weight)`: the number of samples it is the mean over. `weighted_sums` gives
+`{key: (sum of weight x value, sum of weights)}`, which adds up across processes (`distributed.sum_over_processes`),
+so a metric logged under several processes is the mean over every sample of every process (what one process would
+log on the same global batch), not the main process's alone.
+
 On the CPU a phase is timed with `time.perf_counter`, as before.
 """
 
@@ -62,14 +67,16 @@ def timed_phase(store: list, add_to_last: bool = False, cuda: bool = False):
         store.append(elapsed)
 
 
-def means(metrics: Mapping[str, list]) -> dict[str, float]:
-    """`{key: mean of its values}` over a store of floats, 0-d tensors and `PhaseSpan`s; empty lists are left out.
+def weighted_sums(metrics: Mapping[str, list]) -> dict[str, tuple[float, float]]:
+    """`{key: (sum of weight x value, sum of weights)}` over a store of floats, 0-d tensors, `PhaseSpan`s and
+    `(value, weight)` pairs (weight 1 when none is given); empty lists are left out.
 
     All tensor values are gathered per device and copied to the host together: one synchronisation per device.
     """
     tensors: dict[torch.device, list[torch.Tensor]] = {}
     for values in metrics.values():
         for v in values:
+            v = v[0] if isinstance(v, tuple) else v
             if torch.is_tensor(v):
                 tensors.setdefault(v.device, []).append(v.detach().float().reshape(()))
     host = {device: iter(torch.stack(vs).tolist()) for device, vs in tensors.items()}
@@ -77,6 +84,15 @@ def means(metrics: Mapping[str, list]) -> dict[str, float]:
     for key, values in metrics.items():
         if not values:
             continue
-        floats = [next(host[v.device]) if torch.is_tensor(v) else float(v) for v in values]
-        out[key] = sum(floats) / len(floats)
+        total = weight = 0.0
+        for entry in values:
+            v, w = entry if isinstance(entry, tuple) else (entry, 1.0)
+            total += float(w) * (next(host[v.device]) if torch.is_tensor(v) else float(v))
+            weight += float(w)
+        out[key] = (total, weight)
     return out
+
+
+def means(metrics: Mapping[str, list]) -> dict[str, float]:
+    """`{key: (weighted) mean of its values}` (see `weighted_sums`); empty lists are left out."""
+    return {key: total / weight if weight else 0.0 for key, (total, weight) in weighted_sums(metrics).items()}

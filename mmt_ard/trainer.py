@@ -42,15 +42,16 @@ from .distributed import (
     is_sharded,
     load_full_state_into_sharded,
     needs_global_batch,
+    sum_over_processes,
     wrap_student_layers,
 )
 from .losses import TeacherTerm, fused_distillation_loss
 from .memory import BatchSizeSearch
 from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
-from .preemption import PreemptionCallback, PreemptionHandler, run_preemptible
+from .preemption import IgnoreSignalsInWorker, PreemptionCallback, PreemptionHandler, run_preemptible
 from .precision import PrecastForward
-from .step_metrics import means, timed_phase
+from .step_metrics import timed_phase, weighted_sums
 from .teacher_cache import TeacherOutputCache, sample_ids_of
 from .teachers import Teacher, build_teacher_module, frozen_copy
 from .validation import check_batch
@@ -371,6 +372,7 @@ class MMTARDTrainer(Trainer):
         """`Trainer.training_step`, with the loss checked for NaN/inf (see `nonfinite`)."""
         if not isinstance(inputs, Mapping) or "pixel_values" not in inputs or "labels" not in inputs:
             check_batch(inputs, len(self.class_names))  # our error, before the Trainer's input preparation trips
+        self._batch_search.agree_before_first_step(inputs, num_items_in_batch)  # several processes, auto batch only
         self._nonfinite.before_micro_batch()
         loss = super().training_step(model, inputs, num_items_in_batch)
         self._nonfinite.after_micro_batch(loss)
@@ -398,7 +400,7 @@ class MMTARDTrainer(Trainer):
             losses = self._fused_loss(student, projected, teacher_out, weights, y, normalizer)  # 6. the fused loss
         if mode == "train":
             self.weighting.update(conf, losses["per_teacher_kl"])
-        self._record(mode, losses, weights, student, teacher_out, y, scale_back=normalizer / x.shape[0])
+        self._record(mode, losses, weights, conf, student, teacher_out, y, scale_back=normalizer / x.shape[0])
         loss = losses["loss"] * scale
         return (loss, self._step_outputs(student)) if return_outputs else loss
 
@@ -534,20 +536,23 @@ class MMTARDTrainer(Trainer):
         return float(n), scale
 
     @torch.no_grad()
-    def _record(self, mode, losses, weights, student, teacher_out, y, scale_back: float) -> None:
-        """Append this step's metrics as 0-d tensors (no device sync); `log()` averages them (`step_metrics.means`)."""
-        m = self._metrics[mode]
+    def _record(self, mode, losses, weights, conf, student, teacher_out, y, scale_back: float) -> None:
+        """Append this step's metrics as `(0-d tensor, batch size)` (no device sync); `log()` averages them over the
+        samples of every step and every process (`step_metrics.weighted_sums`, `distributed.sum_over_processes`)."""
+        m, n = self._metrics[mode], int(y.shape[0])
         # per-batch values, independent of the accumulation normaliser
         for key, value in losses.items():
             if key.endswith("_loss") or key == "loss":
-                m[key].append(value.detach().float() * scale_back)
+                m[key].append((value.detach().float() * scale_back, n))
         for i, spec in enumerate(self.teacher_specs):
-            m[f"weight/{spec.name}"].append(weights[i].mean())
-            m[f"negative_weight_fraction/{spec.name}"].append((weights[i] < 0).float().mean())
-            m[f"teacher_accuracy/{spec.name}"].append((teacher_out[i].logits.argmax(-1) == y).float().mean())
+            m[f"weight/{spec.name}"].append((weights[i].mean(), n))
+            if self.weighting.needs_confidence:  # the teacher's cosine to the true class (after `confidence_floor`)
+                m[f"confidence/{spec.name}"].append((conf[i].mean(), n))
+            m[f"negative_weight_fraction/{spec.name}"].append(((weights[i] < 0).float().mean(), n))
+            m[f"teacher_accuracy/{spec.name}"].append(((teacher_out[i].logits.argmax(-1) == y).float().mean(), n))
         for kind, (logits, _) in student.items():
             key = "adv_accuracy" if kind == "adversarial" else "clean_accuracy"
-            m[f"student_{key}"].append((logits.argmax(-1) == y).float().mean())
+            m[f"student_{key}"].append(((logits.argmax(-1) == y).float().mean(), n))
 
     def _warn_negative_weights(self) -> None:
         self._warned_negative_weights = True
@@ -558,9 +563,15 @@ class MMTARDTrainer(Trainer):
         )
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """`Trainer.log` plus this trainer's per-term metrics, averaged over every sample of every process since the
+        last log (a collective call under several processes, like the Trainer's own logging step)."""
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        for key, value in means(self._metrics[mode]).items():
+        sums = weighted_sums(self._metrics[mode])
+        if self.accelerator.num_processes > 1:
+            sums = sum_over_processes(sums)
+        for key, (total, weight) in sums.items():
+            value = total / weight if weight else 0.0
             if key != "loss":
                 logs[prefix + key] = value
                 if key.startswith("negative_weight_fraction/") and value > 0 and not self._warned_negative_weights:
@@ -633,6 +644,15 @@ class MMTARDTrainer(Trainer):
         return run_preemptible(
             self, super().train, resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs
         )
+
+    def _get_dataloader(self, *args, **kwargs):
+        """`Trainer`'s data loader, whose worker processes ignore the preemption signals (only the main process
+        handles them and writes the checkpoint; see `preemption`)."""
+        loader = super()._get_dataloader(*args, **kwargs)
+        signals = self.args.preemption_signals
+        if signals and getattr(loader, "num_workers", 0) > 0:
+            loader.worker_init_fn = IgnoreSignalsInWorker(signals, loader.worker_init_fn)
+        return loader
 
     def _inner_training_loop(self, batch_size=None, *args, **kwargs):
         """One attempt of the Trainer's loop; out-of-memory errors are retried or explained (see `memory`)."""

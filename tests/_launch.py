@@ -41,3 +41,24 @@ def launch_two_processes(
     """Run `script` on 2 CPU processes to completion; returns the finished process (stdout/stderr captured)."""
     cmd, env = two_process_command(port, script, *script_args, config_file=config_file)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, check=False)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a launcher's rendezvous; other test runs may share the machine)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(*args: str, nproc: int = 2, port: int | None = None):
+    """`(cmd, env)` of `torchrun --nproc_per_node N --master_port P ARGS` on CPU, offline, one thread per rank.
+
+    `args` is what follows the launcher's own options: a script and its arguments, or `-m module ...`.
+    """
+    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    cmd = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+    cmd += ["--nproc_per_node", str(nproc), "--master_port", str(port or free_port()), *args]
+    _, env = two_process_command(0, "")
+    return cmd, env

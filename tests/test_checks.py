@@ -80,14 +80,19 @@ def test_normal_model_is_not_flagged(data, protocol):
 
 
 def test_quantised_input_is_flagged(data, protocol):
+    """Zero input gradients flag the model; its attack is then no stronger than noise of the same budget.
+
+    Whether noise also fools >= 2 images that the attack missed (which fails `noise_far_weaker_than_attack`) is a
+    matter of the draws on 100 images: with the per-sample streams it fails for some seeds only.
+    """
     model = wrapped(QuantisedInput)
     grads = margin_loss_gradients(model, data.pixels(0, 20), data.labels[:20], batch_size=20)
     assert torch.all(grads == 0)
     result = evaluate_on_data(model, data, protocol, progress=False)
-    assert result["flagged"]
-    assert {"nonzero_gradients", "noise_far_weaker_than_attack"} <= set(result["failed_checks"])
+    assert result["flagged"] and "nonzero_gradients" in result["failed_checks"]
     assert result["checks"]["nonzero_gradients"]["zero_gradient_fraction"] == 1.0
-    assert result["checks"]["noise_far_weaker_than_attack"]["fooled_by_noise_only"] >= 2
+    noise = result["checks"]["noise_far_weaker_than_attack"]
+    assert abs(noise["noise_accuracy"] - noise["attack_accuracy"]) <= 0.02  # the attack is no better than noise
     # the masked model looks robust: robust accuracy close to its clean accuracy
     assert result["robust_accuracy"]["4/255"]["worst_case"] > result["clean_accuracy"] - 0.1
 
@@ -100,7 +105,8 @@ def test_randomised_model_is_flagged(data, protocol):
 
 def test_weak_reported_attack_is_flagged(data, protocol):
     """Masks claiming the attack fooled nothing (as a broken attack would report) fail the PGD comparison and the
-    eps monotonicity of the reported numbers."""
+    eps monotonicity of the reported numbers. (The noise check fails too only if noise happens to fool >= 2 of the
+    100 images, which at 4/255 it does for some seeds of the random streams, 0-1 images for others.)"""
     model = tiny_zero_shot()
     x, y = data.pixels(0, 100), data.labels[:100]
     with torch.no_grad():
@@ -116,9 +122,7 @@ def test_weak_reported_attack_is_flagged(data, protocol):
         full_results={"clean_accuracy": 0.8, "robust_accuracy": {"2/255": 0.5, "4/255": 0.7}, "num_samples": 100},
     )
     assert report["flagged"]
-    assert {"apgd_at_least_as_strong_as_pgd", "monotone_in_eps", "noise_far_weaker_than_attack"} <= set(
-        report["failed_checks"]
-    )
+    assert {"apgd_at_least_as_strong_as_pgd", "monotone_in_eps"} <= set(report["failed_checks"])
     assert "nonzero_gradients" not in report["failed_checks"]
 
 

@@ -22,6 +22,7 @@ from mmt_ard.evaluation import (
     load_eval_data,
     robust_eval,
     run_attack,
+    sample_loop,
     subset_indices,
 )
 from mmt_ard.evaluation.attack_runner import attacks_for
@@ -192,11 +193,13 @@ class TestWorstCase:
             calls.append((attack, int(active.sum())))
             return (active.cpu() & self.survives[attack][ids]).to(active.device)
 
-        def fake_clean(model, data, batch_size, device):
-            return torch.where(self.clean_correct, data.labels, (data.labels + 1) % 10)
+        def fake_clean(model, x, batch_size, device):
+            ids = (x[:, 0, 0, 0] * 255).round().long().cpu()
+            labels = ids % 10
+            return torch.where(self.clean_correct[ids], labels, (labels + 1) % 10)
 
-        monkeypatch.setattr(robust_eval, "attack_batch", fake_attack)
-        monkeypatch.setattr(robust_eval, "clean_predictions", fake_clean)
+        monkeypatch.setattr(sample_loop, "attack_batch", fake_attack)
+        monkeypatch.setattr(sample_loop, "clean_predictions", fake_clean)
         x = torch.zeros(self.N, 3, 4, 4)
         x[:, 0, 0, 0] = torch.arange(self.N) / 255
         data = EvalData("table", x, torch.arange(self.N) % 10, list(DIGIT_NAMES), TEMPLATES)

@@ -120,8 +120,8 @@ class TestSection2Formula:
         torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=0)
         # the logged per-term losses are the two halves of the formula
         metrics = trainer._metrics["train"]
-        assert metrics["kl_robust_loss"][-1] == pytest.approx(robust_term.item(), rel=1e-5)
-        assert metrics["kl_clean_loss"][-1] == pytest.approx(clean_term.item(), rel=1e-5)
+        assert metrics["kl_robust_loss"][-1][0] == pytest.approx(robust_term.item(), rel=1e-5)
+        assert metrics["kl_clean_loss"][-1][0] == pytest.approx(clean_term.item(), rel=1e-5)
 
     def test_eps_zero_gradient_accumulation_normaliser(self, make_trainer, raw_models, batch):
         """With `num_items_in_batch` = 2B (two micro-batches) the per-sample sum is divided by 2B, not B."""

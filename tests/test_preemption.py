@@ -15,12 +15,20 @@ import time
 
 import pytest
 import safetensors
+import torch
 from _launch import REPO, launch_two_processes, two_process_command
 from transformers import TrainerCallback
 
 from mmt_ard import MMTARDConfig
 from mmt_ard.checkpointing import is_complete_checkpoint
-from mmt_ard.preemption import MARKER_NAME, PREEMPTED_EXIT_CODE, PreemptionHandler, TrainingPreempted, parse_signals
+from mmt_ard.preemption import (
+    MARKER_NAME,
+    PREEMPTED_EXIT_CODE,
+    IgnoreSignalsInWorker,
+    PreemptionHandler,
+    TrainingPreempted,
+    parse_signals,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREEMPT_HELPER = os.path.join(HERE, "preemption_helper.py")
@@ -174,6 +182,35 @@ def test_dataloader_workers_survive_the_signal(tmp_path):
         trainer.train()
     assert len(sender.children) == 2  # both workers were signalled
     assert info.value.step == 2 and is_complete_checkpoint(os.path.join(out, "checkpoint-2"))
+
+
+class SignalsItself(torch.utils.data.Dataset):
+    """Each item sends SIGTERM to the worker process reading it."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the signal is delivered while the worker still runs
+        return i
+
+
+def test_dataloader_workers_ignore_the_preemption_signals(make_trainer):
+    """A worker does not die of the signal its job step received (whatever its start method: the handler is set in
+    the worker itself); without the trainer's `worker_init_fn` it does (the control)."""
+    loader = torch.utils.data.DataLoader(
+        SignalsItself(), num_workers=1, worker_init_fn=IgnoreSignalsInWorker(["SIGTERM", "SIGUSR1"])
+    )
+    assert [int(b) for b in loader] == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        list(torch.utils.data.DataLoader(SignalsItself(), num_workers=1))
+    trainer = make_trainer("tecoa", dataloader_num_workers=1)
+    init = trainer.get_train_dataloader().worker_init_fn
+    assert isinstance(init, IgnoreSignalsInWorker) and init.signals == ["SIGTERM", "SIGUSR1"]
+    assert init.inner is not None  # the Trainer's own seeding of the workers still runs
+    trainer = make_trainer("tecoa", dataloader_num_workers=1, preemption_signals="none")
+    assert not isinstance(trainer.get_train_dataloader().worker_init_fn, IgnoreSignalsInWorker)
 
 
 def test_signal_after_the_last_step_completes_normally(make_trainer, output_dir):

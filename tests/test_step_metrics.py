@@ -5,12 +5,19 @@ import time
 import pytest
 import torch
 
-from mmt_ard.step_metrics import means, timed_phase
+from mmt_ard.step_metrics import means, timed_phase, weighted_sums
 
 
 def test_means_of_floats_and_tensors_in_order():
     store = {"a": [1.0, torch.tensor(3.0)], "b": [torch.tensor(0.25), torch.tensor(0.75)], "empty": []}
     assert means(store) == {"a": 2.0, "b": 0.5}
+
+
+def test_weighted_values_average_over_samples():
+    """A batch of 3 with mean 1.0 and a batch of 1 with mean 5.0: 2.0 over the 4 samples (not 3.0 over the steps)."""
+    store = {"kl": [(torch.tensor(1.0), 3), (5.0, 1)], "time": [0.5, 1.5]}
+    assert weighted_sums(store) == {"kl": (8.0, 4.0), "time": (2.0, 2.0)}
+    assert means(store) == {"kl": 2.0, "time": 1.0}
 
 
 def test_timed_phase_appends_then_adds_to_the_last_entry():
@@ -34,8 +41,9 @@ def test_trainer_logs_means_and_warns_from_the_logged_fraction(make_trainer, bat
     trainer.compute_loss(trainer.model, dict(batch))
     trainer.compute_loss(trainer.model, dict(batch))
     metrics = trainer._metrics["train"]
-    assert all(torch.is_tensor(v) for v in metrics["kl_robust_loss"])  # no host copy during the step
-    expected = (float(metrics["kl_robust_loss"][0]) + float(metrics["kl_robust_loss"][1])) / 2
+    assert all(torch.is_tensor(v) for v, _ in metrics["kl_robust_loss"])  # no host copy during the step
+    assert [n for _, n in metrics["kl_robust_loss"]] == [len(batch["labels"])] * 2  # weighted by samples
+    expected = (float(metrics["kl_robust_loss"][0][0]) + float(metrics["kl_robust_loss"][1][0])) / 2
     trainer._warned_negative_weights = False  # as if on a GPU, where the step does not look
     logs = {}
     trainer.log(logs)

@@ -366,7 +366,7 @@ class TestConfidenceFloor:
         trainer = make_trainer("mmt-ard", attack_eps=0.0)
         captured = self._weights(trainer, batch)
         assert float((captured["conf"][0] < 0).float().mean()) == 0.5
-        logged = trainer._metrics["train"]["negative_weight_fraction/robust"][-1]
+        logged = trainer._metrics["train"]["negative_weight_fraction/robust"][-1][0]
         assert logged == pytest.approx(float((captured["weights"][0] < 0).float().mean()))
         assert trainer._warned_negative_weights
 
@@ -375,7 +375,7 @@ class TestConfidenceFloor:
         captured = self._weights(trainer, batch)
         assert float(captured["conf"].min()) >= 0.0
         assert float(captured["weights"].min()) >= 0.0
-        assert trainer._metrics["train"]["negative_weight_fraction/robust"][-1] == 0.0
+        assert trainer._metrics["train"]["negative_weight_fraction/robust"][-1][0] == 0.0
         assert not trainer._warned_negative_weights
 
     def test_floor_outside_cosine_range_is_an_error(self, make_config):

@@ -6,10 +6,16 @@ Example (the MMT-ARD / FARE protocol on two local sets, resumable):
     HF_HUB_OFFLINE=1 mmt-ard-eval --models runs/mmt-ard openai/clip-vit-base-patch32 \\
         --datasets data/cifar10_test.parquet data/pets --protocol robustvlm --output-dir eval/robustvlm
 
-Writes `results.json`, `results.md` and `robustness.png` into `--output-dir`; rerunning skips the (model, dataset)
-pairs already finished under the same protocol. Exit status: 0 done, 1 a failure while running (e.g. an unreadable
-image with `--bad-samples error`), 2 a wrong command line (one line on stderr, nothing evaluated), 3 a result flagged
-by the gradient-masking checks with `--fail-on-flag` (see `mmt_ard.cli.errors`).
+Writes `results.json`, `results.md`, `robustness.png` and the per-sample files (`samples/`) into `--output-dir`;
+rerunning skips the (model, dataset) pairs already finished under the same protocol and continues unfinished ones
+image by image. Several processes share the images and only process 0 writes:
+
+    torchrun --nproc_per_node 4 -m mmt_ard.cli.evaluate --models ... --datasets ... --output-dir eval/robustvlm
+
+Exit status: 0 done, 1 a failure while running (e.g. an unreadable image with `--bad-samples error`), 2 a wrong
+command line (one line on stderr, nothing evaluated), 3 a result flagged by the gradient-masking checks with
+`--fail-on-flag`, 75 preempted: SIGTERM / SIGUSR1 stop after the current batch with every finished image saved (see
+`mmt_ard.cli.errors`).
 """
 
 from __future__ import annotations
@@ -148,6 +154,8 @@ def main(argv: list[str]) -> int:
     from ..evaluation.protocols import get_protocol
     from ..evaluation.robust_eval import evaluate_robustness
 
+    main_process = os.environ.get("RANK", "0") == "0"  # only process 0 of a launch reports (and writes)
+
     eps = [e for text in args.eps for e in parse_eps(text)] if args.eps else None
     step = parse_eps(args.pgd_step_size)[0] if args.pgd_step_size else None
     overrides = {
@@ -188,11 +196,16 @@ def main(argv: list[str]) -> int:
         resume=not args.no_resume,
         progress=not args.no_progress,
         bad_samples=args.bad_samples,
-    )
-    print(f"[mmt-ard-eval] wrote {args.output_dir}/results.json, results.md, robustness.png")
+    )  # a preemption raises `EvaluationPreempted` (exit status 75), reported by the error path
+    if main_process:
+        print(f"[mmt-ard-eval] wrote {args.output_dir}/results.json, results.md, robustness.png, samples/")
     flagged = [f"{r['model']} x {r['dataset']}" for r in report["results"] if r.get("flagged")]
     if flagged:
-        print(f"[mmt-ard-eval] WARNING: flagged by the gradient-masking checks: {', '.join(flagged)}", file=sys.stderr)
+        if main_process:
+            print(
+                f"[mmt-ard-eval] WARNING: flagged by the gradient-masking checks: {', '.join(flagged)}",
+                file=sys.stderr,
+            )
         if args.fail_on_flag:
             return EXIT_FLAGGED
     return 0

@@ -16,10 +16,13 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from ..distributed import is_sharded
 from ..models import ZeroShotCLIP
 from .datasets import EvalData, load_eval_data, short_name
 from .protocols import get_protocol
-from .robust_eval import ensure_fp32, evaluate_on_data
+from .robust_eval import ensure_fp32
+from .sample_loop import evaluate_on_data
+from .sharding import EvalGroup
 
 
 class RobustEvalCallback(TrainerCallback):
@@ -121,8 +124,11 @@ class RobustEvalCallback(TrainerCallback):
         if any(p.requires_grad for p in student.base.text_model.parameters()):
             # the text tower trains: a head cached at an earlier step is stale
             evaluated._head_cache.pop((tuple(data.class_names), tuple(data.templates)), None)
+        # FSDP: every process must run the sharded student's forwards together, so each evaluates every image
+        sharded = is_sharded(model) or (self.trainer is not None and is_sharded(self.trainer.model))
+        group = EvalGroup() if sharded else EvalGroup.current()
         try:
-            result = evaluate_on_data(evaluated, data, self.protocol, progress=False)
+            result = evaluate_on_data(evaluated, data, self.protocol, progress=False, group=group)
         finally:
             student.text_head, student._head_key = saved  # the training head (a fresh copy shares it otherwise)
         metrics = {

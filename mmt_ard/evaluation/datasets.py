@@ -63,6 +63,8 @@ class EvalData:
         dataset_size: size of the split the subset was drawn from.
         meta: provenance of the class names and templates.
         skipped: rows of the split left out as bad (`bad_samples="skip"`): row index -> why.
+        indices: `(N,)` each sample's row in the split (default `0..N-1`): its identity in per-sample records and
+            in its random streams, whichever subset, order or shard it is evaluated in.
     """
 
     name: str
@@ -74,9 +76,16 @@ class EvalData:
     dataset_size: int | None = None
     meta: dict = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
+    indices: list[int] | None = None
 
     def __post_init__(self):
         self.labels = torch.as_tensor(self.labels).long().view(-1)
+        self.indices = list(range(len(self.labels))) if self.indices is None else [int(i) for i in self.indices]
+        if len(self.indices) != len(self.labels) or len(set(self.indices)) != len(self.indices):
+            raise ValueError(
+                f"Dataset {self.name!r}: `indices` must give each of the {len(self.labels)} samples its own row "
+                f"number (got {len(self.indices)} values, {len(set(self.indices))} distinct)."
+            )
         if self.images.dim() != 4 or self.images.shape[1] != 3:
             raise ValueError(
                 f"`images` of dataset {self.name!r} has shape {tuple(self.images.shape)}: expected (N, 3, H, W) RGB."
@@ -120,6 +129,7 @@ class EvalData:
             self.dataset_size,
             dict(self.meta),
             dict(self.skipped),
+            [self.indices[i] for i in idx.tolist()],
         )
 
 
@@ -388,4 +398,4 @@ def _finish(
     kept = [row for row in indices if row not in skipped]
     meta = {"templates_source": templ_source, "indices_head": kept[:10], **extra_meta}
     labels = torch.as_tensor(labels, dtype=torch.long)
-    return EvalData(display, _stack(images), labels, list(class_names), templ, source, n_total, meta, skipped)
+    return EvalData(display, _stack(images), labels, list(class_names), templ, source, n_total, meta, skipped, kept)

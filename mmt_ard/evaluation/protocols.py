@@ -238,6 +238,7 @@ class Protocol:
         data = {k: v for k, v in self.to_dict().items() if k not in _NON_RESULT_FIELDS}
         data.pop("dataset_num_samples", None)
         data["num_samples"] = self.samples_for(dataset) if dataset is not None else self.num_samples
+        data["random_streams"] = RANDOM_STREAMS  # results of the earlier per-batch streams are not reused
         return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def summary(self) -> str:
@@ -264,6 +265,8 @@ class Protocol:
         )
 
 
+# how random draws are keyed (`sample_keys`): per sample, independent of batch and processes
+RANDOM_STREAMS = "per-sample-1"
 # fields that do not change the numbers
 _NON_RESULT_FIELDS = {"name", "description", "datasets", "batch_size", "modified"}
 

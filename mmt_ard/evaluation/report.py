@@ -1,14 +1,20 @@
 """Reports of a robust evaluation: `results.json`, a markdown table, and a PNG of robust accuracy against eps.
 
-Every accuracy is printed with its sample count, every report with its protocol, and a flagged result (a failed
-gradient-masking check) is marked in the table with the names of the failed checks.
+Every accuracy is printed with its sample count and its 95 % Wilson interval, every report with its protocol, and a
+flagged result (a failed gradient-masking check) is marked in the table with the names of the failed checks. Two
+models evaluated on the same images under the same protocol are compared image by image (from their per-sample
+files): the difference of their accuracies with a paired 95 % interval, and McNemar's exact test.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import OrderedDict
+
+from .samples import read_records
+from .stats import mcnemar_exact, paired_difference_interval, wilson_interval
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -28,6 +34,20 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _pct_ci(k: int | None, n: int | None, x: float | None = None) -> str:
+    """`83.3 [72.1, 90.7]`: the accuracy `k / n` in % with its 95 % Wilson interval."""
+    if k is None or not n:
+        return _pct(x)
+    low, high = wilson_interval(k, n)
+    return f"{100 * k / n:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _count(accuracy: float | None, stored: int | None, n: int) -> int | None:
+    if stored is not None:
+        return int(stored)
+    return None if accuracy is None else round(accuracy * n)
+
+
 def markdown_table(results: list[dict]) -> str:
     """One row per (model, dataset) plus a per-model mean; accuracies in %, `n` the number of images."""
     keys = _eps_keys(results)
@@ -38,7 +58,13 @@ def markdown_table(results: list[dict]) -> str:
         by_model.setdefault(r["model"], []).append(r)
     for model, rows in by_model.items():
         for r in rows:
-            robust = [_pct(r["robust_accuracy"].get(k, {}).get("worst_case")) for k in keys]
+            n_images = r["num_samples"]
+            robust = []
+            for k in keys:
+                entry = r["robust_accuracy"].get(k, {})
+                count = _count(entry.get("worst_case"), entry.get("num_robust"), n_images)
+                robust.append(_pct_ci(count, n_images, entry.get("worst_case")))
+            clean = _pct_ci(_count(r["clean_accuracy"], r.get("num_clean_correct"), n_images), n_images)
             checks = (
                 "FLAGGED: " + ", ".join(r["failed_checks"])
                 if r.get("flagged")
@@ -46,11 +72,7 @@ def markdown_table(results: list[dict]) -> str:
             )
             n = f"{r['num_samples']}/{r['dataset_size']}" if r.get("dataset_size") else str(r["num_samples"])
             lines.append(
-                "| "
-                + " | ".join(
-                    [model, r["dataset"], n, _pct(r["clean_accuracy"])] + robust + [" + ".join(r["attacks"]), checks]
-                )
-                + " |"
+                "| " + " | ".join([model, r["dataset"], n, clean] + robust + [" + ".join(r["attacks"]), checks]) + " |"
             )
         if len(rows) > 1:
             mean = lambda vals: sum(vals) / len(vals) if vals else None
@@ -112,6 +134,71 @@ def skipped_note(results: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _hit(record: dict, key: str) -> bool:
+    """Whether the image is right: clean (`key == "clean"`) or robust at eps `key`."""
+    return record["clean_pred"] == record["label"] if key == "clean" else bool(record["eps"][key]["robust"])
+
+
+def paired_comparisons(results: list[dict], output_dir: str) -> list[dict]:
+    """Every two models evaluated on the same dataset under the same protocol, compared image by image.
+
+    Reads the per-sample files (`samples_file`) of the results; per dataset, model pair and budget (`clean` and each
+    eps key): the images both were evaluated on, each model's correct/robust count, the images only one of them gets
+    right, `acc_A - acc_B` with its paired 95 % interval (Newcombe) and McNemar's exact p-value.
+    """
+    outcomes: dict[int, dict[int, dict]] = {}
+    for i, r in enumerate(results):
+        path = os.path.join(output_dir, r["samples_file"]) if r.get("samples_file") else None
+        if path and os.path.isfile(path):
+            outcomes[i] = read_records(path)[1]
+    rows = []
+    for i, j in itertools.combinations(sorted(outcomes), 2):
+        a, b = results[i], results[j]
+        if a["dataset"] != b["dataset"] or a.get("protocol_fingerprint") != b.get("protocol_fingerprint"):
+            continue
+        common = sorted(set(outcomes[i]) & set(outcomes[j]))
+        if not common:
+            continue
+        for key in ["clean", *[k for k in a["robust_accuracy"] if k in b["robust_accuracy"]]]:
+            pairs = [(_hit(outcomes[i][x], key), _hit(outcomes[j][x], key)) for x in common]
+            both = sum(p and q for p, q in pairs)
+            only_a = sum(p and not q for p, q in pairs)
+            only_b = sum(q and not p for p, q in pairs)
+            neither = len(pairs) - both - only_a - only_b
+            diff, low, high = paired_difference_interval(both, only_a, only_b, neither)
+            rows.append(
+                {
+                    "dataset": a["dataset"],
+                    "eps": key,
+                    "model_a": a["model"],
+                    "model_b": b["model"],
+                    "num_samples": len(pairs),
+                    "correct_a": both + only_a,
+                    "correct_b": both + only_b,
+                    "only_a": only_a,
+                    "only_b": only_b,
+                    "difference": diff,
+                    "difference_ci95": [low, high],
+                    "mcnemar_p": mcnemar_exact(only_a, only_b),
+                }
+            )
+    return rows
+
+
+def paired_table(rows: list[dict]) -> str:
+    header = "| dataset | eps | model A | model B | n | A | B | A - B [95 % CI] | only A | only B | McNemar p |"
+    lines = [header, "|" + "---|" * 11]
+    for c in rows:
+        n = c["num_samples"]
+        low, high = c["difference_ci95"]
+        lines.append(
+            f"| {c['dataset']} | {c['eps']} | {c['model_a']} | {c['model_b']} | {n} | {_pct(c['correct_a'] / n)} | "
+            f"{_pct(c['correct_b'] / n)} | {100 * c['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | "
+            f"{c['only_a']} | {c['only_b']} | {c['mcnemar_p']:.3g} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown_report(report: dict) -> str:
     results = report["results"]
     summaries = sorted({r.get("protocol_summary", "") for r in results} - {""})
@@ -122,8 +209,9 @@ def markdown_report(report: dict) -> str:
         parts += ["**Warning:** these results mix protocols:", ""] + [f"- {s}" for s in summaries] + [""]
     parts += [
         (
-            "Accuracies in %, on `n` = evaluated images / images in the split (seeded subset). Robust = worst case per "
-            "image over the attacks listed (an image counts only if every attack fails)."
+            "Accuracies in %, on `n` = evaluated images / images in the split (seeded subset), with their 95 % "
+            "Wilson interval in brackets. Robust = worst case per image over the attacks listed (an image counts "
+            "only if every attack fails)."
         ),
         "",
         markdown_table(results),
@@ -140,6 +228,19 @@ def markdown_report(report: dict) -> str:
             f"- **{r['model']} x {r['dataset']}** flagged: "
             + "; ".join(f"{c}: {r['checks'][c]['message']}" for c in r["failed_checks"])
         )
+    if report.get("paired_comparisons"):
+        parts += [
+            "",
+            "## Paired comparisons",
+            "",
+            (
+                "Two models on the same images (same protocol), image by image: `A - B` in points with its paired "
+                "95 % interval (Newcombe), the images only one model gets right, and McNemar's exact test (p < 0.05: "
+                "the difference is unlikely to be chance on these images)."
+            ),
+            "",
+            paired_table(report["paired_comparisons"]),
+        ]
     versions = ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
     parts += [
         "",
@@ -216,6 +317,7 @@ def _atomic_write(path: str, text: str) -> None:
 def write_reports(report: dict, output_dir: str) -> dict[str, str]:
     """Write `results.json`, `results.md` and `robustness.png` into `output_dir`; returns their paths."""
     os.makedirs(output_dir, exist_ok=True)
+    report = {**report, "paired_comparisons": paired_comparisons(report["results"], output_dir)}
     paths = {name: os.path.join(output_dir, name) for name in (RESULTS_JSON, RESULTS_MD, RESULTS_PNG)}
     _atomic_write(paths[RESULTS_JSON], json.dumps(report, indent=2))
     _atomic_write(paths[RESULTS_MD], markdown_report(report))

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import re
-import time
 import warnings
 
 import torch
@@ -28,11 +27,13 @@ from tqdm.auto import tqdm
 from ..convert import is_open_clip_source
 from ..convert import parse_source as parse_open_clip_source
 from ..models import ZeroShotCLIP, load_clip
-from .attack_runner import attack_batch, attacks_for, clean_predictions
-from .checks import run_checks
+from ..preemption import DEFAULT_SIGNALS, PreemptionHandler, parse_signals, remove_marker, write_marker_record
 from .datasets import EvalData, load_eval_data, load_user_meta, short_name, skipped_rows, source_id
-from .protocols import Protocol, format_eps, get_protocol
+from .protocols import Protocol, get_protocol
 from .report import RESULTS_JSON, markdown_table, write_reports
+from .sample_loop import EvaluationPreempted, evaluate_on_data
+from .samples import SampleFile, samples_relpath
+from .sharding import EvalGroup, init_eval_group
 
 
 # ---- the model ----
@@ -113,105 +114,6 @@ def load_eval_model(
             "ZeroShotCLIP."
         )
     return ensure_fp32(zs, allow_cast).to(device)
-
-
-def evaluate_on_data(
-    zero_shot: ZeroShotCLIP,
-    data: EvalData,
-    protocol: Protocol,
-    *,
-    progress: bool = True,
-    device=None,
-    return_masks: bool = False,
-) -> dict:
-    """Clean and robust accuracy of one model on one dataset under a protocol, plus its gradient-masking checks.
-
-    Returns:
-        a JSON-ready dict: `num_samples`, `dataset_size`, `num_classes`, `clean_accuracy`, `robust_accuracy`
-        (per eps key such as `"2/255"`: `worst_case`, `per_attack`, `num_robust`), `attacks`, `skipped_attacks`,
-        `checks`, `flagged`, `failed_checks`, `time_s`; with `return_masks`, also `_masks` (per-eps `(N,)` bool).
-    """
-    start_time = time.time()
-    device = device or next(zero_shot.parameters()).device
-    zero_shot.set_classes(data.class_names, data.templates)
-    y_all = data.labels
-    clean_correct = clean_predictions(zero_shot, data, protocol.batch_size, device) == y_all  # (N,)
-    attacks, skipped = attacks_for(protocol, data.num_classes)
-    n = len(data)
-    robust_acc, masks = {}, {}
-    for eps in protocol.eps:
-        key = format_eps(eps)
-        robust = clean_correct.clone()
-        per_attack = {}
-        for attack in attacks:
-            own = torch.zeros(n, dtype=torch.bool)
-            batches = range(0, n, protocol.batch_size)
-            for b, start in enumerate(
-                tqdm(batches, desc=f"{data.name} {attack} eps={key}", disable=not progress, leave=False)
-            ):
-                end = min(start + protocol.batch_size, n)
-                active = robust[start:end] if protocol.cascade else clean_correct[start:end]
-                mask = attack_batch(
-                    zero_shot,
-                    data.pixels(start, end).to(device),
-                    y_all[start:end].to(device),
-                    attack,
-                    eps,
-                    protocol,
-                    active.to(device),
-                    seed=protocol.seed + b,
-                ).cpu()
-                own[start:end] = mask
-                robust[start:end] &= mask | ~active  # cascade: inactive images are already counted
-            per_attack[attack] = _acc(own if not protocol.cascade else robust, n)
-        masks[key] = robust
-        robust_acc[key] = {
-            "eps": eps,
-            "worst_case": _acc(robust, n),
-            "num_robust": int(robust.sum()),
-            "per_attack": per_attack,
-        }
-    result = {
-        "num_samples": n,
-        "dataset_size": data.dataset_size,
-        "num_classes": data.num_classes,
-        "num_templates": len(data.templates),
-        "clean_accuracy": _acc(clean_correct, n),
-        "num_clean_correct": int(clean_correct.sum()),
-        "robust_accuracy": robust_acc,
-        "attacks": attacks,
-        "skipped_attacks": skipped,
-        "source": data.source,
-        "data_meta": {k: v for k, v in data.meta.items() if k != "indices_head"},
-    }
-    if protocol.checks:
-        k = min(protocol.check_samples, n)
-        check_data = (data.pixels(0, k).to(device), y_all[:k].to(device))
-        check_report = run_checks(
-            zero_shot,
-            *check_data,
-            protocol=protocol,
-            clean_correct=clean_correct[:k],
-            robust_masks={key: m[:k] for key, m in masks.items()},
-            full_results={
-                "clean_accuracy": result["clean_accuracy"],
-                "robust_accuracy": {key: v["worst_case"] for key, v in robust_acc.items()},
-                "num_samples": n,
-            },
-            progress=progress,
-        )
-        result.update(check_report)
-    else:
-        result.update({"checks": {}, "flagged": False, "failed_checks": []})
-    result["time_s"] = round(time.time() - start_time, 2)
-    if return_masks:
-        result["_masks"] = masks
-        result["_clean_correct"] = clean_correct
-    return result
-
-
-def _acc(mask: torch.Tensor, n: int) -> float:
-    return float(mask.sum()) / max(n, 1)
 
 
 # ---- text-head disk cache ----
@@ -340,9 +242,16 @@ def evaluate_robustness(
     progress: bool = True,
     verbose: bool = True,
     bad_samples: str = "error",
+    preemption_signals: list[str] | tuple[str, ...] | None = DEFAULT_SIGNALS,
+    all_processes: bool = True,
     **overrides,
 ) -> dict:
     """Robust zero-shot accuracy of models x datasets x budgets x attacks, with gradient-masking checks.
+
+    Under `torchrun --nproc_per_node N` (or `accelerate launch --multi_gpu --num_processes N`) the processes share
+    every dataset's images and only the main process writes; the numbers are those of one process (see
+    `sample_loop`). Every image's outcome is also recorded in a per-sample file (`samples/`, see `samples`), from
+    which a rerun continues inside a dataset.
 
     Args:
         models: one or a list of: Hub id or local folder of a CLIP / SigLIP / SigLIP 2 model, training run
@@ -352,23 +261,30 @@ def evaluate_robustness(
         eps: budgets in [0,1] pixel units overriding the protocol's, e.g. `(2/255, 4/255)`.
         attacks: attacks overriding the protocol's (`pgd`, `apgd-ce`, `apgd-t`, `apgd-dlr`).
         protocol: preset name (`robustvlm`, `tecoa`, `quick`), a `Protocol`, or a dict.
-        output_dir: where `results.json`, `results.md`, `robustness.png` and the text-head cache go (None: nothing
-            is written). With `resume`, (model, dataset) pairs already there under the same protocol are skipped.
+        output_dir: where `results.json`, `results.md`, `robustness.png`, the per-sample files (`samples/`) and the
+            text-head cache go (None: nothing is written). With `resume`, (model, dataset) pairs already there under
+            the same protocol are skipped, and an unfinished pair continues from its per-sample file.
         num_samples: samples per dataset, overriding the protocol's.
         class_names_json: user JSON of per-dataset `classnames` / `templates`.
         processor: processor (object or Hub id/path) for models whose folder has none.
         model_names: display names of the models (default: the Hub id or folder name).
-        device: `cuda`, `cpu`, ... (default: CUDA when available).
-        resume: skip finished (model, dataset) pairs found in `output_dir`.
-        progress: tqdm bars per dataset and per attack.
-        verbose: print the protocol and the table.
+        device: `cuda`, `cpu`, ... (default: CUDA when available; `cuda:LOCAL_RANK` under a launcher).
+        resume: skip finished (model, dataset) pairs found in `output_dir` and continue unfinished ones.
+        progress: tqdm bars per dataset and over the images (main process only).
+        verbose: print the protocol and the table (main process only).
+        preemption_signals: signals (with `output_dir`) that stop the evaluation after the current batch, with
+            every finished image saved, `preempted.json` written and `EvaluationPreempted` (exit status 75) raised;
+            `None` or `[]`: none.
+        all_processes: under a launcher (or in a script where `torch.distributed` runs, e.g. after training) every
+            process must call this, and they share the images; `False` evaluates everything in this process alone
+            (e.g. when only the main process calls it).
         bad_samples: an unreadable image or a label outside the class names: `error` (a `BadSampleError` naming the
             dataset file and row) or `skip` (the row is left out; each result counts its `num_skipped` rows).
         **overrides: any other `Protocol` field (`n_iter`, `pgd_steps`, `seed`, `batch_size`, `checks`, ...).
 
     Returns:
-        the content of `results.json`: `protocol`, `protocol_summary`, `versions`, `results` (one dict per
-        (model, dataset) with its sample counts, accuracies, checks and `flagged`).
+        the content of `results.json`: `protocol`, `protocol_summary`, `versions`, `num_processes`, `results` (one
+        dict per (model, dataset) with its sample counts, accuracies, checks, `flagged` and `samples_file`).
     """
     proto = get_protocol(protocol, eps=eps, attacks=attacks, num_samples=num_samples, **overrides)
     models = models if isinstance(models, (list, tuple)) else [models]
@@ -384,12 +300,36 @@ def evaluate_robustness(
         datasets = list(datasets)
         named = list(zip([_dataset_name(d, i) for i, d in enumerate(datasets)], datasets))
     user_meta = load_user_meta(class_names_json)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    signals = parse_signals(list(preemption_signals or [])) if output_dir else []
+    group, device = init_eval_group(device) if all_processes else (EvalGroup(), _device(device))
+    ok = False
+    try:
+        with PreemptionHandler(signals) as handler:
+            report = _evaluate_all(
+                models, named, proto, group, device, handler, output_dir, user_meta, processor, model_names,
+                resume, progress, verbose, bad_samples,
+            )  # fmt: skip
+        ok = True
+        return report
+    finally:
+        group.close(ok)
+
+
+def _evaluate_all(
+    models, named, proto, group: EvalGroup, device, handler, output_dir, user_meta, processor, model_names, resume,
+    progress, verbose, bad_samples,
+) -> dict:  # fmt: skip
+    """`evaluate_robustness` once the arguments are checked and the processes joined."""
+    main = group.is_main
+    verbose = verbose and main
     summary = proto.summary()
     if verbose:
         print(summary)
-
-    previous = load_results(output_dir) if (output_dir and resume) else None
+        if group.world_size > 1:
+            print(f"[mmt-ard-eval] {group.world_size} processes share every dataset's images; process 0 writes")
+    if output_dir and main and handler.signals:
+        remove_marker(output_dir)
+    previous = group.from_main(lambda: load_results(output_dir)) if (output_dir and resume) else None
     records = {(r["model"], r["dataset"]): r for r in (previous or {}).get("results", [])}
     if model_names is None:  # same-named models or datasets from different sources are told apart
         taken = {r["model"]: r.get("model_source") for r in records.values()}
@@ -404,13 +344,14 @@ def evaluate_robustness(
         "protocol_summary": summary,
         "versions": package_versions(),
         "device": str(device),
+        "num_processes": group.world_size,
         "results": [],
     }
 
     def flush():
         report["results"] = list(records.values())
         report["updated"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        if output_dir:
+        if output_dir and main:
             write_reports(report, output_dir)
 
     cache_dir = os.path.join(output_dir, "text_heads") if output_dir else None
@@ -429,7 +370,7 @@ def evaluate_robustness(
             continue
         zero_shot = load_eval_model(spec, processor, logit_scale=proto.logit_scale, device=device)
         identity = _model_identity(spec)
-        for d_name, d_spec in tqdm(pending, desc=f"{m_name}: datasets", disable=not progress):
+        for d_name, d_spec in tqdm(pending, desc=f"{m_name}: datasets", disable=not (progress and main)):
             size_key = (d_name, zero_shot.image_size)
             if size_key not in data_cache:
                 data_cache[size_key] = load_eval_data(
@@ -445,9 +386,51 @@ def evaluate_robustness(
                     bad_samples=bad_samples,
                 )
             data = data_cache[size_key]
-            save_head = _attach_head_cache(zero_shot, identity, cache_dir, data)
-            result = evaluate_on_data(zero_shot, data, proto, progress=progress, device=device)
+            if verbose and group.world_size > len(data):
+                print(
+                    f"[mmt-ard-eval] {group.world_size} processes for {len(data)} images of {d_name}: "
+                    f"{group.world_size - len(data)} process(es) have none to evaluate"
+                )
+            save_head = _attach_head_cache(zero_shot, identity, cache_dir if main else None, data)
+            fingerprint = proto.fingerprint(d_name)
+            sample_file, done = None, None
+            if output_dir:
+                relpath = samples_relpath(m_name, d_name, fingerprint)
+                sample_file = SampleFile(os.path.join(output_dir, relpath), m_name, d_name, fingerprint, summary)
+                done = group.from_main(lambda f=sample_file: _open_samples(f, resume))
+                if verbose and done:
+                    print(f"[mmt-ard-eval] {m_name} x {d_name}: {len(done)} images already in {relpath}, continuing")
+            try:
+                result = evaluate_on_data(
+                    zero_shot,
+                    data,
+                    proto,
+                    progress=progress,
+                    device=device,
+                    dataset=d_name,
+                    model_name=m_name,
+                    group=group,
+                    done=done,
+                    on_records=sample_file.append if sample_file is not None else None,
+                    stop=lambda: handler.received,
+                )
+            except EvaluationPreempted as stopped:
+                if output_dir and main:
+                    write_marker_record(
+                        output_dir,
+                        {
+                            "model": m_name,
+                            "dataset": d_name,
+                            "images_done": stopped.done,
+                            "images": stopped.total,
+                            "samples_file": samples_relpath(m_name, d_name, fingerprint),
+                            "signal": stopped.signal_name,
+                        },
+                    )
+                flush()
+                raise
             save_head()
+            result = {k: v for k, v in result.items() if not k.startswith("_")}
             records[(m_name, d_name)] = {
                 "model": m_name,
                 "model_source": _model_source(spec),
@@ -457,10 +440,14 @@ def evaluate_robustness(
                 "logit_mode": zero_shot.logit_mode,
                 "protocol": proto.name,
                 "protocol_summary": summary,
-                "protocol_fingerprint": proto.fingerprint(d_name),
+                "protocol_fingerprint": fingerprint,
+                "num_processes": group.world_size,
+                "batch_size": proto.batch_size,
                 **result,
                 **skipped_rows(data),
             }
+            if output_dir:
+                records[(m_name, d_name)]["samples_file"] = samples_relpath(m_name, d_name, fingerprint)
             flush()
             if verbose:
                 print(_one_line(records[(m_name, d_name)]))
@@ -469,6 +456,18 @@ def evaluate_robustness(
     if verbose and records:
         print(markdown_table(report["results"]))
     return report
+
+
+def _device(device) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _open_samples(sample_file: SampleFile, resume: bool) -> dict[int, dict]:
+    """The records to continue from (`resume`), or a fresh file with only its header."""
+    done = sample_file.read() if resume else {}
+    if not done and not (resume and os.path.isfile(sample_file.path)):
+        sample_file.start()
+    return done
 
 
 def _one_line(r: dict) -> str:
