@@ -11,24 +11,22 @@ sample (`sample_start`), so a sample's attack does not depend on the batch it is
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ...apgd import apgd_objective
+from ...random_streams import generators, per_sample_rand, stable_seed
 from .model import LVLMAdapter
 
 
 def sample_start(x: torch.Tensor, eps: float, seed: int, keys: list[str]) -> torch.Tensor:
-    """A uniform random start in the L-inf eps-ball, clipped to [0, 1], drawn per sample from `(seed, key)`."""
-    noise = torch.empty_like(x, device="cpu")
-    for i, key in enumerate(keys):
-        digest = int(hashlib.sha1(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
-        gen = torch.Generator().manual_seed(digest)
-        noise[i] = (2 * torch.rand(x.shape[1:], generator=gen) - 1) * eps
-    return (x + noise.to(x.device)).clamp(0.0, 1.0)
+    """A uniform random start in the L-inf eps-ball, clipped to [0, 1], drawn per sample from the stream of
+    `(seed, key)` (`mmt_ard.random_streams`, as the classifier evaluation's starts)."""
+    gens = generators([stable_seed(seed, key) for key in keys])
+    noise = (2 * per_sample_rand(gens, tuple(x.shape[1:])) - 1) * eps  # (B, 3, H, W) on the CPU
+    return (x + noise.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
 
 
 def text_attack(
