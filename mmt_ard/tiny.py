@@ -39,6 +39,29 @@ def build_tokenizer(words: list[str] | None = None, max_length: int = 16):
     )
 
 
+def tiny_text_config(tokenizer, hidden: int, layers: int, heads: int) -> dict:
+    """Text-tower config keywords of a tiny model: `tokenizer`'s vocabulary, length and bos/eos/pad ids (inside the
+    vocabulary), MLP width twice the width."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def tiny_vision_config(hidden: int, layers: int, heads: int, **extra) -> dict:
+    """Vision-tower config keywords of a tiny ViT (MLP width twice the width), plus `extra` (image and patch size)."""
+    return dict(
+        hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=heads, **extra
+    )
+
+
 def build_tiny_clip(
     hidden: int = 32,
     layers: int = 2,
@@ -73,25 +96,8 @@ def build_tiny_clip(
         from transformers import CLIPImageProcessor
 
     tokenizer = build_tokenizer(words)
-    text_cfg = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision_cfg = dict(
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
+    text_cfg = tiny_text_config(tokenizer, hidden, layers, heads)
+    vision_cfg = tiny_vision_config(hidden, layers, heads, image_size=image_size, patch_size=patch_size)
     config = CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=projection_dim or hidden)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -160,20 +166,8 @@ def build_tiny_siglip(
         raise ValueError(f"`variant`={variant!r}: use one of {list(SIGLIP_VARIANTS)}.")
     if tokenizer is None:
         tokenizer = build_tokenizer(words) if variant == "siglip" else build_siglip2_tokenizer()
-    text_cfg = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision_cfg = dict(
-        hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=heads
-    )
+    text_cfg = tiny_text_config(tokenizer, hidden, layers, heads)
+    vision_cfg = tiny_vision_config(hidden, layers, heads)
     image_kw = dict(image_mean=list(image_mean), image_std=list(image_std))
     if variant == "siglip2-naflex":
         num_patches = (image_size // patch_size) ** 2

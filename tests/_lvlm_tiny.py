@@ -11,6 +11,8 @@ import os
 import numpy as np
 import torch
 
+from mmt_ard.tiny import tiny_vision_config
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endfor %}"
@@ -62,14 +64,7 @@ def _text_config(vocab_size: int, seed_kw=None):
 
 
 def _vision_kw(image_size, patch_size, hidden, layers, heads):
-    return dict(
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
+    return tiny_vision_config(hidden, layers, heads, image_size=image_size, patch_size=patch_size)
 
 
 def build_tiny_llava(

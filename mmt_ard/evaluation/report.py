@@ -314,15 +314,21 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_reports(report: dict, output_dir: str) -> dict[str, str]:
-    """Write `results.json`, `results.md` and `robustness.png` into `output_dir`; returns their paths."""
+def write_report_files(report: dict, output_dir: str, render_markdown, plot) -> dict[str, str]:
+    """Write `results.json`, `results.md` (`render_markdown(report)`) and `robustness.png`
+    (`plot(results, path, title=...)`) into `output_dir`, each atomically; returns their paths."""
     os.makedirs(output_dir, exist_ok=True)
-    report = {**report, "paired_comparisons": paired_comparisons(report["results"], output_dir)}
     paths = {name: os.path.join(output_dir, name) for name in (RESULTS_JSON, RESULTS_MD, RESULTS_PNG)}
     _atomic_write(paths[RESULTS_JSON], json.dumps(report, indent=2))
-    _atomic_write(paths[RESULTS_MD], markdown_report(report))
+    _atomic_write(paths[RESULTS_MD], render_markdown(report))
     if report["results"]:
         tmp = paths[RESULTS_PNG] + ".tmp.png"
-        plot_robustness(report["results"], tmp, title=report["protocol_summary"])
+        plot(report["results"], tmp, title=report["protocol_summary"])
         os.replace(tmp, paths[RESULTS_PNG])
     return paths
+
+
+def write_reports(report: dict, output_dir: str) -> dict[str, str]:
+    """Write `results.json`, `results.md` and `robustness.png` into `output_dir`; returns their paths."""
+    report = {**report, "paired_comparisons": paired_comparisons(report["results"], output_dir)}
+    return write_report_files(report, output_dir, markdown_report, plot_robustness)

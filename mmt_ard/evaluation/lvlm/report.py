@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections import OrderedDict
 
-from ..report import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, _atomic_write
+from ..report import write_report_files
 
 
 def _eps_keys(results: list[dict]) -> list[str]:
@@ -102,12 +100,4 @@ def plot_lvlm(results: list[dict], path: str, title: str = "") -> None:
 
 def write_lvlm_reports(report: dict, output_dir: str) -> dict[str, str]:
     """Write `results.json`, `results.md` and `robustness.png` into `output_dir`; returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    paths = {name: os.path.join(output_dir, name) for name in (RESULTS_JSON, RESULTS_MD, RESULTS_PNG)}
-    _atomic_write(paths[RESULTS_JSON], json.dumps(report, indent=2))
-    _atomic_write(paths[RESULTS_MD], markdown_report(report))
-    if report["results"]:
-        tmp = paths[RESULTS_PNG] + ".tmp.png"
-        plot_lvlm(report["results"], tmp, title=report["protocol_summary"])
-        os.replace(tmp, paths[RESULTS_PNG])
-    return paths
+    return write_report_files(report, output_dir, markdown_report, plot_lvlm)
