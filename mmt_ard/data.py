@@ -47,7 +47,10 @@ ID_COLUMN = "sample_id"
 # columns kept to name a sample in error messages
 NAME_COLUMNS = ("filename", "file_name", "path", "image_path", "id")
 _LOGGED_SKIPS = 10
-COLLATOR_FIX = "Fix or remove it, or set `bad_samples='skip'` to drop such samples (they are counted and logged)"
+COLLATOR_FIX = (
+    "Fix or remove it, or set `--bad_samples skip` (`bad_samples='skip'`) to drop such samples (they are counted and "
+    "logged)"
+)
 
 
 class BadSampleError(ValueError):
