@@ -1,4 +1,4 @@
-"""Compare mmt_ard.apgd with the torchattacks reference APGD on a tiny digits CNN.
+"""Compare mmt_ard.attacks.auto_pgd with the torchattacks reference APGD on a tiny digits CNN.
 
 Run by hand (not a test, not in CI); needs scikit-learn and torchattacks, which is NOT a
 package dependency. torchattacks declares torchvision as a requirement but never imports
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from mmt_ard.apgd import apgd_ce, apgd_t, apgd_worst_case
+from mmt_ard.attacks.auto_pgd import apgd_ce, apgd_t, apgd_worst_case
 
 
 def digits_model(seed: int = 0):

@@ -55,7 +55,7 @@ def _op_count(fn) -> int:
 
 def main(argv=None) -> dict:
     from mmt_ard.attacks import kl_inner_loss, pgd
-    from mmt_ard.precision import PrecastForward
+    from mmt_ard.training.precision import PrecastForward
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="tiny")

@@ -51,8 +51,8 @@ def build_assets(root: str, train_steps: int, seed: int = 0) -> dict:
     from harness import SIZES, build_clip
     from PIL import Image
 
+    from mmt_ard.embedded.tiny import DIGIT_NAMES, load_digits_arrays
     from mmt_ard.models import ZeroShotCLIP
-    from mmt_ard.tiny import DIGIT_NAMES, load_digits_arrays
 
     spec = SIZES["tiny"]["student"]
     size = spec["vision"]["image"]

@@ -2,7 +2,7 @@
 machine facts).
 
 Nothing here touches the network: models are built at random init from configs (`transformers.CLIPConfig`) with the
-word-level tokenizer of `mmt_ard.tiny`, and images are read by the library's data layer (`mmt_ard.data`) from a local
+word-level tokenizer of `mmt_ard.embedded.tiny`, and images are read by the library's data layer (`mmt_ard.data`) from a local
 Parquet file with its JSON sidecar of class names (or, with the network, a Hub id).
 """
 
@@ -66,7 +66,7 @@ def build_clip(spec: dict, seed: int, words: list[str], device: str | None = Non
         from transformers import CLIPImageProcessorPil as CLIPImageProcessor
     except ImportError:  # pragma: no cover
         from transformers import CLIPImageProcessor
-    from mmt_ard.tiny import build_tokenizer
+    from mmt_ard.embedded.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(words)
     v, t = spec["vision"], spec["text"]
@@ -162,7 +162,7 @@ def load_image_table(source: str, image_size: int | None = None):
     from PIL import Image
 
     if source == "sklearn-digits":  # scikit-learn's bundled 8x8 digits, upsampled (method.md section 8)
-        from mmt_ard.tiny import DIGIT_NAMES, load_digits_arrays
+        from mmt_ard.embedded.tiny import DIGIT_NAMES, load_digits_arrays
 
         x_tr, y_tr, _x_te, _y_te = load_digits_arrays(image_size or 32, seed=0, test_fraction=0.0)
         return x_tr.contiguous(), y_tr, list(DIGIT_NAMES)

@@ -9,7 +9,7 @@ Protocol (method.md sections 2, 4 and 8, shrunk to a CPU):
 4. train that initialisation with each preset (`mmt-ard`, `single-teacher`, `tecoa`, `fare`, `pmg-aft`, `mtard`)
    for the same number of steps, batch size, learning rate and training attack (eps, step, steps), evaluating clean
    accuracy and PGD robust accuracy on the held-out part every `--eval-every` steps;
-5. at the end, evaluate clean, PGD-10 and APGD-CE (`mmt_ard.apgd`) accuracy on the whole held-out part, and report
+5. at the end, evaluate clean, PGD-10 and APGD-CE (`mmt_ard.attacks.auto_pgd`) accuracy on the whole held-out part, and report
    the steps and the training wall-clock each preset needs to reach the `single-teacher` preset's final robust
    accuracy (from the periodic evaluations).
 
@@ -101,7 +101,7 @@ def evaluate(zs, x, y, cfg: dict, robust_n: int, apgd_iters: int = 0, seed: int 
         out["pgd"] = hits / len(yr)
         out["n_robust"] = len(yr)
         if apgd_iters:
-            from mmt_ard.apgd import apgd_ce
+            from mmt_ard.attacks.auto_pgd import apgd_ce
 
             hits = 0
             for i in range(0, len(yr), batch):

@@ -12,8 +12,8 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from mmt_ard.embedded.tiny import DIGIT_NAMES, build_tiny_clip, load_digits_arrays
 from mmt_ard.models import ZeroShotCLIP
-from mmt_ard.tiny import DIGIT_NAMES, build_tiny_clip, load_digits_arrays
 
 TEMPLATES = ["a photo of the digit {}"]
 

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-from mmt_ard.tiny import DIGIT_NAMES, build_tiny_clip, build_tiny_siglip
+from mmt_ard.embedded.tiny import DIGIT_NAMES, build_tiny_clip, build_tiny_siglip
 
 VARIANTS = ("clip", "siglip", "siglip-sentencepiece", "siglip2", "siglip2-naflex")
 FAMILY_OF_VARIANT = {

@@ -2,7 +2,7 @@
 
 `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.x unless MPI is set up; `--multi_gpu`
 on a machine without GPUs starts two processes through torch.distributed, and `MMTARDConfig` then sets `use_cpu`
-itself (see `mmt_ard.distributed`). `--config_file` runs a shipped Accelerate config instead (e.g. FSDP).
+itself (see `mmt_ard.runtime.distributed`). `--config_file` runs a shipped Accelerate config instead (e.g. FSDP).
 """
 
 from __future__ import annotations

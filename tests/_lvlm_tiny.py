@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from mmt_ard.tiny import tiny_vision_config
+from mmt_ard.embedded.tiny import tiny_vision_config
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
-from mmt_ard.tiny import DIGIT_NAMES, build_tiny_clip, digits_dataset, load_digits_arrays
+from mmt_ard.embedded.tiny import DIGIT_NAMES, build_tiny_clip, digits_dataset, load_digits_arrays
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

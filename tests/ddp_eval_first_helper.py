@@ -7,7 +7,7 @@ import sys
 import torch
 
 from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
-from mmt_ard.tiny import build_tiny_clip, digits_dataset
+from mmt_ard.embedded.tiny import build_tiny_clip, digits_dataset
 
 torch.set_num_threads(1)
 out = sys.argv[1]

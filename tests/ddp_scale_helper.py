@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _eval_tiny import TEMPLATES, trained_tiny_clip
 
 from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
-from mmt_ard.distributed import shutdown_process_group
+from mmt_ard.embedded.tiny import build_tiny_clip, digits_dataset
 from mmt_ard.evaluation import (
     EvalGroup,
     RobustEvalCallback,
@@ -44,8 +44,8 @@ from mmt_ard.evaluation import (
     evaluate_robustness,
     sample_loop,
 )
-from mmt_ard.step_metrics import means
-from mmt_ard.tiny import build_tiny_clip, digits_dataset
+from mmt_ard.runtime.distributed import shutdown_process_group
+from mmt_ard.training.step_metrics import means
 
 GLOBAL_BATCH = 8
 MAX_STEPS = 3

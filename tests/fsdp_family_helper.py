@@ -18,8 +18,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
-from mmt_ard.distributed import shutdown_process_group
-from mmt_ard.tiny import DIGIT_NAMES, build_tiny_clip, build_tiny_siglip, digits_dataset
+from mmt_ard.embedded.tiny import DIGIT_NAMES, build_tiny_clip, build_tiny_siglip, digits_dataset
+from mmt_ard.runtime.distributed import shutdown_process_group
 
 
 def main(out: str) -> None:

@@ -31,9 +31,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
-from mmt_ard.distributed import shutdown_process_group
-from mmt_ard.lora import apply_lora
-from mmt_ard.tiny import build_tiny_clip, digits_dataset
+from mmt_ard.embedded.tiny import build_tiny_clip, digits_dataset
+from mmt_ard.runtime.distributed import shutdown_process_group
+from mmt_ard.training.lora import apply_lora
 
 GLOBAL_BATCH = 8
 MAX_STEPS = 4
@@ -135,7 +135,7 @@ def unsharded_copy_diff(trainer: MMTARDTrainer, final_dir: str) -> float | None:
     """Max |w - w_saved| of `distributed.unsharded_copy` of the trained student, on every process (plain students)."""
     import safetensors.torch
 
-    from mmt_ard.distributed import is_sharded, unsharded_copy
+    from mmt_ard.runtime.distributed import is_sharded, unsharded_copy
 
     clip = trainer.model.student.clip
     if not is_sharded(trainer.model) or hasattr(clip, "peft_config"):

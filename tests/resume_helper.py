@@ -32,8 +32,8 @@ import torch
 from transformers import TrainerCallback
 
 from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
-from mmt_ard.distributed import shutdown_process_group
-from mmt_ard.tiny import build_tiny_clip, digits_dataset
+from mmt_ard.embedded.tiny import build_tiny_clip, digits_dataset
+from mmt_ard.runtime.distributed import shutdown_process_group
 
 MAX_STEPS = 8
 SAVE_STEPS = 3

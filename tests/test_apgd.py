@@ -1,11 +1,11 @@
-"""Tests for mmt_ard.apgd on a tiny CNN trained in-process on sklearn's digits (real data)."""
+"""Tests for mmt_ard.attacks.auto_pgd on a tiny CNN trained in-process on sklearn's digits (real data)."""
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmt_ard.apgd import _checkpoints, apgd, apgd_ce, apgd_t, apgd_worst_case
+from mmt_ard.attacks.auto_pgd import _checkpoints, apgd, apgd_ce, apgd_t, apgd_worst_case
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 

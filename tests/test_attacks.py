@@ -243,7 +243,7 @@ def reference_pgd(model, x, y, eps, alpha, steps, generator):
 @pytest.fixture(scope="module")
 def trained_digits_classifier():
     """An MLP trained on the 8 px digits (about 97 % clean test accuracy), with the test split."""
-    from mmt_ard.tiny import load_digits_arrays
+    from mmt_ard.embedded.tiny import load_digits_arrays
 
     x_tr, y_tr, x_te, y_te = load_digits_arrays(8)
     with torch.random.fork_rng(devices=[]):
@@ -303,7 +303,7 @@ class TestOutputConvention:
         assert torch.equal(with_output, plain)
 
     def test_apgd_on_the_zero_shot_output_equals_apgd_on_plain_logits(self, zs_student, batch):
-        from mmt_ard.apgd import apgd_ce
+        from mmt_ard.attacks.auto_pgd import apgd_ce
 
         x, y = batch["pixel_values"], batch["labels"]
         kwargs = {"eps": EPS, "n_iter": 3, "seed": 0}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
-from mmt_ard.checkpointing import last_good_checkpoint, remove_stale_staging, rotate_checkpoints_safely
+from mmt_ard.training.checkpointing import last_good_checkpoint, remove_stale_staging, rotate_checkpoints_safely
 
 
 class CrashDuringSave(RuntimeError):

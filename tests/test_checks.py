@@ -7,10 +7,10 @@ import pytest
 import torch
 from _eval_tiny import TEMPLATES, digits_test, tiny_zero_shot, trained_tiny_clip
 
+from mmt_ard.embedded.tiny import DIGIT_NAMES
 from mmt_ard.evaluation import EvalData, evaluate_on_data, evaluate_robustness, get_protocol, load_eval_data
 from mmt_ard.evaluation.checks import margin_loss_gradients, run_checks
 from mmt_ard.models import ZeroShotCLIP
-from mmt_ard.tiny import DIGIT_NAMES
 
 ALL_CHECKS = {
     "eps_zero_equals_clean",

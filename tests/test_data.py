@@ -24,7 +24,7 @@ from mmt_ard.data import (
     read_skip_logs,
     resolve_class_names,
 )
-from mmt_ard.known_datasets import CLASS_NAMES, known_dataset
+from mmt_ard.data.known_datasets import CLASS_NAMES, known_dataset
 
 CLASSES = ["cat", "dog", "bird"]
 

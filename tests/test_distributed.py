@@ -1,4 +1,4 @@
-"""`mmt_ard.distributed` in one process: launch detection, the process-group check, the setup string, and the
+"""`mmt_ard.runtime.distributed` in one process: launch detection, the process-group check, the setup string, and the
 global-batch weighting (two ranks simulated by a fake `gather`). The real multi-process runs are in `test_ddp*.py`
 and `test_fsdp.py`."""
 
@@ -10,7 +10,7 @@ from accelerate.utils import DistributedType
 
 from mmt_ard import MMTARDConfig, make_weighting
 from mmt_ard import distributed as dist_mod
-from mmt_ard.distributed import GlobalBatchWeighting, check_one_process_group, distributed_setup
+from mmt_ard.runtime.distributed import GlobalBatchWeighting, check_one_process_group, distributed_setup
 
 
 def test_cpu_multi_process_launch_needs_several_processes_and_no_device(monkeypatch):
@@ -26,12 +26,12 @@ def test_cpu_multi_process_launch_needs_several_processes_and_no_device(monkeypa
 
 def test_config_trains_a_cpu_multi_process_launch_on_cpu(monkeypatch, tmp_path):
     """Without `use_cpu`, Accelerate would give each of the launched processes a run of its own."""
-    import mmt_ard.config
+    import mmt_ard.training.config
 
-    monkeypatch.setattr(mmt_ard.config, "cpu_multi_process_launch", lambda: True)
+    monkeypatch.setattr(mmt_ard.training.config, "cpu_multi_process_launch", lambda: True)
     args = MMTARDConfig(output_dir=str(tmp_path), report_to="none")
     assert args.use_cpu is True
-    monkeypatch.setattr(mmt_ard.config, "cpu_multi_process_launch", lambda: False)
+    monkeypatch.setattr(mmt_ard.training.config, "cpu_multi_process_launch", lambda: False)
     assert MMTARDConfig(output_dir=str(tmp_path), report_to="none").use_cpu is False
 
 
@@ -110,8 +110,8 @@ def test_global_batch_weighting_equals_one_process_on_the_global_batch(name, spl
 def test_scalar_parameters_are_left_out_of_sharding():
     from torch import nn
 
-    from mmt_ard.distributed import ignore_scalar_parameters
-    from mmt_ard.tiny import build_tiny_clip
+    from mmt_ard.embedded.tiny import build_tiny_clip
+    from mmt_ard.runtime.distributed import ignore_scalar_parameters
 
     clip, _ = build_tiny_clip(hidden=32, seed=0)
     plugin = SimpleNamespace(ignored_modules=None)

@@ -8,7 +8,7 @@ from conftest import STUDENT_KW
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from mmt_ard import PRESETS, WEIGHTINGS, MMTARDConfig, MMTARDTrainer, Teacher
-from mmt_ard.tiny import build_tiny_clip
+from mmt_ard.embedded.tiny import build_tiny_clip
 
 
 def config(output_dir, **kwargs):

@@ -11,9 +11,9 @@ import pytest
 from _eval_tiny import digits_test, saved_tiny_clip_dir
 
 from mmt_ard.cli.evaluate import main, parse_eps
+from mmt_ard.embedded.tiny import DIGIT_NAMES
 from mmt_ard.evaluation import robust_eval
 from mmt_ard.evaluation.robust_eval import resolve_model_path
-from mmt_ard.tiny import DIGIT_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +158,8 @@ def test_parquet_with_json_sidecar_and_a_custom_prompt(tmp_path, capsys):
 
 def test_known_name_without_class_names_uses_the_built_in_ones(tmp_path):
     """No sidecar, no ClassLabel: a file named like a known set takes its built-in names and prompt ensemble."""
+    from mmt_ard.data.known_datasets import CLASS_NAMES, TEMPLATES
     from mmt_ard.evaluation import load_eval_data
-    from mmt_ard.known_datasets import CLASS_NAMES, TEMPLATES
 
     data = load_eval_data(_write_png_parquet(tmp_path / "cifar10_test.parquet", 12), image_size=16, num_samples=6)
     assert data.name == "cifar10_test" and data.class_names == list(CLASS_NAMES["cifar10"])
@@ -256,7 +256,7 @@ def test_same_named_datasets_are_not_confused(tmp_path, local_data, monkeypatch)
 def test_training_run_output_dir(tmp_path, local_data, digits_train):
     """A run's output_dir is evaluated from its final model, or from its newest checkpoint when it has none."""
     from mmt_ard import MMTARDConfig, MMTARDTrainer
-    from mmt_ard.tiny import build_tiny_clip
+    from mmt_ard.embedded.tiny import build_tiny_clip
 
     clip, processor = build_tiny_clip(hidden=32, image_size=16, seed=0)
     run = str(tmp_path / "run")

@@ -17,8 +17,8 @@ from _eval_tiny import digits_test, saved_tiny_clip_dir
 from _launch import REPO, free_port, torchrun_command, two_process_command
 
 from mmt_ard.cli.evaluate import main
+from mmt_ard.embedded.tiny import DIGIT_NAMES
 from mmt_ard.evaluation import init_eval_group, read_records
-from mmt_ard.tiny import DIGIT_NAMES
 
 HELPER = os.path.join(REPO, "tests", "eval_preempt_helper.py")
 N = 60

@@ -13,8 +13,10 @@ import pytest
 import torch
 from _eval_tiny import TEMPLATES, digits_test, tiny_zero_shot
 
-from mmt_ard.apgd import apgd
 from mmt_ard.attacks import random_start
+from mmt_ard.attacks.auto_pgd import apgd
+from mmt_ard.attacks.random_streams import generators, stable_seed
+from mmt_ard.embedded.tiny import DIGIT_NAMES
 from mmt_ard.evaluation import (
     EvalData,
     EvaluationPreempted,
@@ -30,8 +32,6 @@ from mmt_ard.evaluation import (
 from mmt_ard.evaluation.attack_runner import LogitsModel, attack_batch
 from mmt_ard.evaluation.checks import check_measurements
 from mmt_ard.evaluation.stats import mcnemar_exact, paired_difference_interval, wilson_interval
-from mmt_ard.random_streams import generators, stable_seed
-from mmt_ard.tiny import DIGIT_NAMES
 
 # the measurement: PGD, one step from a random start, L-inf 48/255 (the random start decides a lot)
 ONE_STEP = {"attacks": ("pgd",), "eps": (48 / 255,), "pgd_steps": 1, "checks": False}

@@ -12,6 +12,7 @@ import pytest
 import torch
 from _eval_tiny import TEMPLATES, digits_test, tiny_zero_shot, trained_tiny_clip
 
+from mmt_ard.embedded.tiny import DIGIT_NAMES
 from mmt_ard.evaluation import (
     EvalData,
     Protocol,
@@ -26,7 +27,6 @@ from mmt_ard.evaluation import (
     subset_indices,
 )
 from mmt_ard.evaluation.attack_runner import attacks_for
-from mmt_ard.tiny import DIGIT_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,8 @@ class TestData:
         # in-memory data keep their own templates
         mem = load_eval_data(EvalData("cifar10", x, y, list(DIGIT_NAMES), ["{}"]), image_size=16, num_samples=5)
         assert len(mem) == 5 and mem.templates == ["{}"]
-        from mmt_ard.known_datasets import CLASS_NAMES
-        from mmt_ard.known_datasets import TEMPLATES as BUILTIN
+        from mmt_ard.data.known_datasets import CLASS_NAMES
+        from mmt_ard.data.known_datasets import TEMPLATES as BUILTIN
 
         assert len(BUILTIN["imagenet"]) == 80 and len(CLASS_NAMES["cifar100"]) == 100
 
@@ -313,7 +313,7 @@ def test_model_mode_and_grads_untouched(digits):
 # ---- during training ----
 def test_callback_logs_eval_metrics_with_mmtard_trainer(tmp_path, digits_train):
     from mmt_ard import MMTARDConfig, MMTARDTrainer
-    from mmt_ard.tiny import build_tiny_clip, digits_dataset
+    from mmt_ard.embedded.tiny import build_tiny_clip, digits_dataset
 
     clip, processor = build_tiny_clip(hidden=32, image_size=16, seed=0)
     args = MMTARDConfig(

@@ -21,7 +21,7 @@ from mmt_ard import MMTARDConfig
 from mmt_ard.cli.train_args import DEFAULT_OUTPUT_DIR, parse_eps
 from mmt_ard.data import BadSampleError
 from mmt_ard.embedded import QUICK_DEFAULTS, QUICK_MAX_EVAL_SAMPLES
-from mmt_ard.tiny import build_tiny_clip
+from mmt_ard.embedded.tiny import build_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "run_mmt_ard.py")
@@ -574,8 +574,8 @@ class TestDocs:
 
 def test_simplex_text_head_gives_positive_confidence_to_correct_predictions():
     from mmt_ard.embedded import simplex_text_head
+    from mmt_ard.embedded.tiny import DIGIT_NAMES
     from mmt_ard.models import ZeroShotCLIP
-    from mmt_ard.tiny import DIGIT_NAMES
 
     model, processor = build_tiny_clip(hidden=24, layers=1, image_size=8, patch_size=4, seed=3, words=DIGIT_NAMES)
     simplex_text_head(model, processor, DIGIT_NAMES, "This is a photo of a {}", seed=0)

@@ -148,7 +148,7 @@ def test_a_processor_of_another_family_is_refused_by_load_clip(tmp_path):
 
 def test_a_tokenizer_too_large_for_the_text_tower_is_named(tmp_path):
     """A generic tokenizer (no family by its class) whose ids exceed the model's vocabulary."""
-    from mmt_ard.tiny import build_siglip2_tokenizer, build_tokenizer
+    from mmt_ard.embedded.tiny import build_siglip2_tokenizer, build_tokenizer
 
     model, processor = build("siglip2")  # vocabulary of the character tokenizer
     bigger = build_tokenizer(["x" * i for i in range(1, 60)])  # word-level, more ids than the character vocabulary

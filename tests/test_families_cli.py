@@ -14,7 +14,7 @@ from PIL import Image
 from mmt_ard.cli import evaluate as eval_cli
 from mmt_ard.cli.train import main as train_main
 from mmt_ard.cli.train_args import parse_args
-from mmt_ard.tiny import build_tiny_clip, build_tiny_siglip
+from mmt_ard.embedded.tiny import build_tiny_clip, build_tiny_siglip
 
 CLASSES = ["zero", "one", "two"]
 

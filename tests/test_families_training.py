@@ -9,9 +9,9 @@ from _families import build
 from conftest import CLEAN_KW, PRESET_ROLES, ROBUST_KW, clone_state
 
 from mmt_ard import MMTARDTrainer, Teacher
-from mmt_ard.lora import apply_lora
+from mmt_ard.embedded.tiny import build_tiny_clip
 from mmt_ard.models import family_of
-from mmt_ard.tiny import build_tiny_clip
+from mmt_ard.training.lora import apply_lora
 
 
 def _teachers(kind: str, roles) -> list[Teacher]:
@@ -128,7 +128,7 @@ def test_siglip_student_saves_as_siglip_and_resumes_exactly(make_config, digits_
 
 
 def test_model_card_names_the_family_and_base_checkpoint():
-    from mmt_ard.model_card import render_model_card
+    from mmt_ard.training.model_card import render_model_card
 
     card = render_model_card(
         {
@@ -176,7 +176,7 @@ def test_siglip_student_under_fsdp_on_two_processes(tmp_path):
 def test_fsdp_layer_class_of_another_family_is_named():
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from mmt_ard.distributed import wrap_student_layers
+    from mmt_ard.runtime.distributed import wrap_student_layers
 
     model = build("siglip")[0]
     plugin = FullyShardedDataParallelPlugin(

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mmt_ard.trainer as trainer_module
+import mmt_ard.training.trainer as trainer_module
 
 TEMPLATE = "This is a photo of a {}"
 SCALE = 100.0

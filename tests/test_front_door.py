@@ -26,7 +26,7 @@ from PIL import Image
 from mmt_ard.cli import evaluate as eval_cli
 from mmt_ard.cli import train as train_cli
 from mmt_ard.cli.errors import EXIT_FAILURE, EXIT_PREEMPTED, EXIT_USAGE, run_command
-from mmt_ard.tiny import build_tiny_clip
+from mmt_ard.embedded.tiny import build_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["zero", "one", "two"]
@@ -308,8 +308,8 @@ def snapshot(root) -> dict[str, tuple]:
 
 def inject(kind: str, monkeypatch) -> None:
     """A fault at the start of training: a preemption, or a bug."""
-    from mmt_ard.preemption import TrainingPreempted
-    from mmt_ard.trainer import MMTARDTrainer
+    from mmt_ard.runtime.preemption import TrainingPreempted
+    from mmt_ard.training.trainer import MMTARDTrainer
 
     def preempt(self, *args, **kwargs):
         raise TrainingPreempted(3, "new_run/checkpoint-3", "SIGTERM")

@@ -138,8 +138,8 @@ def test_fsdp_checkpoints_and_exact_resume(runs, case, weights):
 def test_fsdp_lora_student(runs, tmp_path):
     from transformers import CLIPModel
 
-    from mmt_ard.lora import merge_checkpoint
-    from mmt_ard.tiny import build_tiny_clip
+    from mmt_ard.embedded.tiny import build_tiny_clip
+    from mmt_ard.training.lora import merge_checkpoint
 
     fsdp_dir, single_dir = runs
     fsdp, single = _report(fsdp_dir, "lora"), _report(single_dir, "lora")

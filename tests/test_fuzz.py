@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mmt_ard import MMTARDConfig
-from mmt_ard.config import FIELD_KINDS
-from mmt_ard.presets import PRESETS
+from mmt_ard.training.config import FIELD_KINDS
+from mmt_ard.training.presets import PRESETS
 
 LIBRARY_DIR = os.path.dirname(os.path.abspath(MMTARDConfig.__module__ and __import__("mmt_ard").__file__))
 
@@ -104,7 +104,7 @@ def fuzz_trainer(tmp_path_factory):
     from conftest import CLEAN_KW, ROBUST_KW, STUDENT_KW
 
     from mmt_ard import MMTARDTrainer, Teacher
-    from mmt_ard.tiny import DIGIT_NAMES, build_tiny_clip
+    from mmt_ard.embedded.tiny import DIGIT_NAMES, build_tiny_clip
 
     student, processor = build_tiny_clip(**STUDENT_KW)
     teachers = [

@@ -10,10 +10,10 @@ from transformers import CLIPModel
 
 from mmt_ard import MMTARDTrainer, ZeroShotCLIP
 from mmt_ard.attacks import ce_inner_loss, pgd
-from mmt_ard.lora import adapter_parameter_names, apply_lora, merge_and_save, merge_checkpoint, unadapted_copy
+from mmt_ard.embedded.tiny import build_tiny_clip
 from mmt_ard.models import base_model
-from mmt_ard.tiny import build_tiny_clip
-from mmt_ard.trainer import load_student_weights
+from mmt_ard.training.lora import adapter_parameter_names, apply_lora, merge_and_save, merge_checkpoint, unadapted_copy
+from mmt_ard.training.trainer import load_student_weights
 
 LORA_KW = dict(r=4, alpha=8, dropout=0.1)
 

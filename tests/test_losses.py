@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmt_ard.losses import TeacherTerm, feature_loss_per_sample, fused_distillation_loss, kl_per_sample
+from mmt_ard.training.losses import TeacherTerm, feature_loss_per_sample, fused_distillation_loss, kl_per_sample
 
 
 def logits(seed, shape=(6, 10), scale=3.0):

@@ -19,7 +19,7 @@ from _lvlm_tiny import (
     trained_tiny_llava,
 )
 
-from mmt_ard.apgd import apgd_objective
+from mmt_ard.attacks.auto_pgd import apgd_objective
 from mmt_ard.cli.eval_lvlm import main as eval_main
 from mmt_ard.evaluation.lvlm import (
     LVLMAdapter,

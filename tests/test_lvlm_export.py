@@ -24,9 +24,9 @@ from _lvlm_tiny import (
 
 from mmt_ard import export_to_lvlm
 from mmt_ard.cli.export import main as export_main
+from mmt_ard.embedded.tiny import build_tiny_clip
 from mmt_ard.export import ExportError
 from mmt_ard.export.safetensors_io import tensor_layout
-from mmt_ard.tiny import build_tiny_clip
 
 STUDENT_KW = dict(hidden=32, layers=3, heads=2, image_size=16, patch_size=4, seed=7)
 

@@ -8,8 +8,8 @@ import torch
 from conftest import STUDENT_KW
 
 from mmt_ard import MMTARDTrainer
-from mmt_ard.teacher_cache import TeacherOutputCache, add_sample_ids
-from mmt_ard.tiny import build_tiny_clip
+from mmt_ard.embedded.tiny import build_tiny_clip
+from mmt_ard.training.teacher_cache import TeacherOutputCache, add_sample_ids
 
 ATOL_CACHE = 1e-5  # cached embeddings are bit-identical; only the batch composition of later epochs differs
 
@@ -69,7 +69,7 @@ def test_gradient_checkpointing_flag_reaches_the_student_in_train(fresh_trainer)
 
 
 def test_activation_checkpointing_with_lora_student(make_config, teacher_specs, digits_small, batch):
-    from mmt_ard.lora import apply_lora
+    from mmt_ard.training.lora import apply_lora
 
     def lora_trainer():
         clip, processor = build_tiny_clip(**STUDENT_KW)

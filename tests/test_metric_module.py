@@ -58,8 +58,8 @@ def test_matches_the_evaluation_on_a_trained_tiny_clip(metric):
     """Predictions on PGD and APGD-CE images of 60 held-out digits: the metric gives the evaluation's worst case."""
     from _eval_tiny import TEMPLATES
 
+    from mmt_ard.embedded.tiny import DIGIT_NAMES
     from mmt_ard.evaluation import EvalData, evaluate_on_data
-    from mmt_ard.tiny import DIGIT_NAMES
 
     model = tiny_zero_shot()
     x, y = digits_test(60)
@@ -75,8 +75,8 @@ def test_matches_the_evaluation_on_a_trained_tiny_clip(metric):
     )
     result = evaluate_on_data(model, EvalData("digits", x, y, list(DIGIT_NAMES), TEMPLATES), protocol, progress=False)
     # the same attacks by hand, keeping the adversarial images this time
-    from mmt_ard.apgd import apgd_ce
     from mmt_ard.attacks import ce_inner_loss, pgd
+    from mmt_ard.attacks.auto_pgd import apgd_ce
 
     eps = 4 / 255
     logits = LogitsModel(model)

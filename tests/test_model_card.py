@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from mmt_ard.model_card import MMTARD_SETTING_KEYS, format_eps, render_model_card, save_model_card
+from mmt_ard.training.model_card import MMTARD_SETTING_KEYS, format_eps, render_model_card, save_model_card
 
 
 @pytest.fixture

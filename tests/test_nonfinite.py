@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from mmt_ard.embedded.tiny import build_tiny_clip
 from mmt_ard.models import ZeroShotOutput
-from mmt_ard.nonfinite import NonFiniteLossError
-from mmt_ard.tiny import build_tiny_clip
-from mmt_ard.trainer import load_student_weights
+from mmt_ard.training.nonfinite import NonFiniteLossError
+from mmt_ard.training.trainer import load_student_weights
 
 NAN = float("nan")
 

@@ -26,7 +26,7 @@ from _eval_tiny import trained_tiny_clip
 
 from mmt_ard import Teacher, ZeroShotCLIP, load_clip
 from mmt_ard.convert import KNOWN_ARCHS, arch_from_model_cfg, clip_config, describe_source
-from mmt_ard.tiny import DIGIT_NAMES
+from mmt_ard.embedded.tiny import DIGIT_NAMES
 
 TOL = {"atol": 1e-5, "rtol": 0.0}  # fp32, absolute (measured differences: up to 2e-6)
 CLASSES = ["cat", "dog", "airplane", "traffic light", "seven"]
@@ -426,7 +426,7 @@ def test_teacher_from_an_open_clip_folder(
 ):
     """`Teacher("<open_clip folder>")` loads the converted model with the folder's own tokenizer and preprocessing;
     it classifies the digits as the original does, and teaches a student in the mmt-ard preset."""
-    from mmt_ard.teachers import build_teacher_module
+    from mmt_ard.training.teachers import build_teacher_module
 
     teacher = Teacher(trained_open_clip_dir, role="robust")
     args = make_config(preset="mmt-ard")
@@ -479,7 +479,7 @@ def _write_image_folder(root, n: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from mmt_ard.tiny import load_digits_arrays
+    from mmt_ard.embedded.tiny import load_digits_arrays
 
     _, _, x, y = load_digits_arrays(16)
     for i in range(n):
@@ -610,7 +610,7 @@ def test_missing_tokenizer_says_what_to_pass(open_clip, trained_open_clip_dir, t
 
 def test_model_card_names_open_clip_checkpoints():
     """The card names a converted checkpoint as such; `hf-hub:` never lands in the Hub front-matter as a base id."""
-    from mmt_ard.model_card import render_model_card
+    from mmt_ard.training.model_card import render_model_card
 
     assert describe_source("hf-hub:chs20/fare2-clip") == "open_clip checkpoint `hf-hub:chs20/fare2-clip`, converted"
     assert describe_source("ViT-B-32@tecoa_eps1.pth.tar").startswith("open_clip checkpoint")

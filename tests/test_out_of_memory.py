@@ -14,8 +14,8 @@ from accelerate.utils.memory import should_reduce_batch_size
 from conftest import clone_state
 
 from mmt_ard import memory
-from mmt_ard.checkpointing import is_complete_checkpoint
-from mmt_ard.memory import TrainingOutOfMemoryError, format_memory_report, out_of_memory_message
+from mmt_ard.training.checkpointing import is_complete_checkpoint
+from mmt_ard.training.memory import TrainingOutOfMemoryError, format_memory_report, out_of_memory_message
 
 OOM_TEXT = "CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"
 

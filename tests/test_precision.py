@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmt_ard.precision import PrecisionPlan, describe, resolve_precision
+from mmt_ard.training.precision import PrecisionPlan, describe, resolve_precision
 
 
 class TestResolve:
@@ -61,7 +61,7 @@ class TestConfig:
 
 class TestTrainer:
     def test_bf16_policy_runs_teachers_in_bf16_and_attacks_under_autocast(self, make_trainer, batch, monkeypatch):
-        import mmt_ard.trainer as trainer_module
+        import mmt_ard.training.trainer as trainer_module
 
         trainer = make_trainer("mmt-ard", precision="bf16")
         assert {m.dtype for m in trainer.teacher_modules} == {torch.bfloat16}
@@ -100,7 +100,7 @@ class TestPrecastAttack:
     def test_pgd_through_precast_weights_equals_plain_autocast(self, student, class_names, batch):
         from mmt_ard.attacks import ce_inner_loss, pgd
         from mmt_ard.models import ZeroShotCLIP
-        from mmt_ard.precision import PrecastForward, autocast_weight_copies
+        from mmt_ard.training.precision import PrecastForward, autocast_weight_copies
 
         model = ZeroShotCLIP(*student)
         model.set_classes(class_names, ["This is a photo of a {}"])
@@ -125,8 +125,8 @@ class TestPrecastAttack:
         assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself is untouched
 
     def test_trainer_attacks_through_precast_weights_under_autocast(self, make_trainer, batch, monkeypatch):
-        import mmt_ard.trainer as trainer_module
-        from mmt_ard.precision import PrecastForward
+        import mmt_ard.training.trainer as trainer_module
+        from mmt_ard.training.precision import PrecastForward
 
         models = []
         real_pgd = trainer_module.pgd

@@ -20,8 +20,7 @@ from _launch import REPO, launch_two_processes, two_process_command
 from transformers import TrainerCallback
 
 from mmt_ard import MMTARDConfig
-from mmt_ard.checkpointing import is_complete_checkpoint
-from mmt_ard.preemption import (
+from mmt_ard.runtime.preemption import (
     MARKER_NAME,
     PREEMPTED_EXIT_CODE,
     IgnoreSignalsInWorker,
@@ -29,6 +28,7 @@ from mmt_ard.preemption import (
     TrainingPreempted,
     parse_signals,
 )
+from mmt_ard.training.checkpointing import is_complete_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREEMPT_HELPER = os.path.join(HERE, "preemption_helper.py")

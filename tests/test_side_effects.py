@@ -10,8 +10,8 @@ import torch
 from conftest import CLEAN_KW, ROBUST_KW, STUDENT_KW
 
 from mmt_ard import MMTARDTrainer, Teacher
-from mmt_ard.teachers import build_teacher_module, placed_model
-from mmt_ard.tiny import build_tiny_clip
+from mmt_ard.embedded.tiny import build_tiny_clip
+from mmt_ard.training.teachers import build_teacher_module, placed_model
 
 
 def snapshot(model: torch.nn.Module) -> dict:
@@ -108,7 +108,7 @@ def test_device_move_is_a_copy(models, make_config):
 def test_in_place_conversion_on_the_accelerator_warns(models, caplog):
     """Already on the target accelerator in another dtype: converted in place (a copy would double it there)."""
     robust = models[2][0].to("meta")
-    with caplog.at_level(logging.WARNING, logger="mmt_ard.teachers"):
+    with caplog.at_level(logging.WARNING, logger="mmt_ard.training.teachers"):
         placed = placed_model(robust, torch.bfloat16, torch.device("meta"), "robust")
     assert "converted to torch.bfloat16 in place" in caplog.text
     assert {p.dtype for p in robust.parameters()} == {torch.bfloat16}  # the caller's object changed, as warned
@@ -117,7 +117,7 @@ def test_in_place_conversion_on_the_accelerator_warns(models, caplog):
 
 def test_no_warning_when_nothing_is_converted(models, caplog):
     robust = models[2][0]
-    with caplog.at_level(logging.WARNING, logger="mmt_ard.teachers"):
+    with caplog.at_level(logging.WARNING, logger="mmt_ard.training.teachers"):
         placed_model(robust, torch.float32, torch.device("cpu"), "robust")
         placed_model(robust, torch.bfloat16, torch.device("cpu"), "robust")  # host memory: a copy, no warning
     assert caplog.text == ""

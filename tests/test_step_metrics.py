@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from mmt_ard.step_metrics import means, timed_phase, weighted_sums
+from mmt_ard.training.step_metrics import means, timed_phase, weighted_sums
 
 
 def test_means_of_floats_and_tensors_in_order():

@@ -10,7 +10,7 @@ from conftest import PRESET_ROLES, STUDENT_KW, clone_state
 from transformers import CLIPModel, CLIPProcessor, TrainerCallback
 
 from mmt_ard import PRESETS, MMTARDConfig, MMTARDTrainer, Teacher, ZeroShotCLIP
-from mmt_ard.tiny import DIGIT_NAMES, build_tiny_clip
+from mmt_ard.embedded.tiny import DIGIT_NAMES, build_tiny_clip
 
 TEMPLATE = "This is a photo of a {}"
 FAST_TRAIN = {"learning_rate": 1e-3, "warmup_steps": 0, "lr_scheduler_type": "constant"}

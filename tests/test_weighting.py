@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mmt_ard.models import ZeroShotCLIP
-from mmt_ard.weighting import WEIGHTINGS, make_weighting
+from mmt_ard.training.weighting import WEIGHTINGS, make_weighting
 
 TEMPLATE = "This is a photo of a {}"
 

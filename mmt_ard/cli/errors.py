@@ -16,7 +16,7 @@ What the user sees: `<prog>: error: <what>=<value>: <why>. <fix>` (a `UsageError
 * 2 (`EXIT_USAGE`): the command line or the configuration is wrong: argparse's errors, `UsageError`, and the
   library's `ValueError` / `TypeError` / `LookupError` / `OSError` raised before the command called `running()`
   (nothing has run, nothing on disk has changed);
-* 75 (`EXIT_PREEMPTED`): training was preempted and left a checkpoint to resume from (`mmt_ard.preemption`);
+* 75 (`EXIT_PREEMPTED`): training was preempted and left a checkpoint to resume from (`mmt_ard.runtime.preemption`);
 * 130: interrupted (Ctrl-C).
 
 `--debug` (a bare flag anywhere on the command line, taken off before the command parses it) or the environment
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_PREEMPTED = 75  # = mmt_ard.preemption.PREEMPTED_EXIT_CODE (EX_TEMPFAIL)
+EXIT_PREEMPTED = 75  # = mmt_ard.runtime.preemption.PREEMPTED_EXIT_CODE (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MMT_ARD_DEBUG"
@@ -158,8 +158,8 @@ def in_command() -> bool:
 RUN_TIME_ERRORS = (
     ("mmt_ard.data", "BadSampleError"),
     ("mmt_ard.cli.publish", "HubPushError"),
-    ("mmt_ard.memory", "TrainingOutOfMemoryError"),
-    ("mmt_ard.nonfinite", "NonFiniteLossError"),
+    ("mmt_ard.training.memory", "TrainingOutOfMemoryError"),
+    ("mmt_ard.training.nonfinite", "NonFiniteLossError"),
 )
 
 

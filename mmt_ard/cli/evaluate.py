@@ -214,9 +214,9 @@ def main(argv: list[str]) -> int:
 def check_names(args: argparse.Namespace, datasets: list[str]) -> None:
     """Every model, processor, dataset, file and device the command line names exists (before anything loads)."""
     from ..convert import is_open_clip_source
+    from ..data.known_datasets import HUB_IDS, known_dataset
     from ..evaluation.datasets import load_user_meta
     from ..evaluation.robust_eval import resolve_model_path
-    from ..known_datasets import HUB_IDS, known_dataset
 
     check_device("--device", args.device)
     for model in args.models:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from ..lora import merge_and_save
-from ..trainer import MMTARDTrainer
+from ..training.lora import merge_and_save
+from ..training.trainer import MMTARDTrainer
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 NOT_PUSHED = ["checkpoint-*", "checkpoint-*/**", "runs/**", "checksum_rank*"]

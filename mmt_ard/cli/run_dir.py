@@ -19,9 +19,9 @@ from dataclasses import asdict
 
 from transformers import TrainerCallback
 
-from ..checkpointing import STAGING_PREFIX, is_complete_checkpoint, last_good_checkpoint, list_checkpoints
-from ..config import MMTARDConfig
-from ..model_card import MMTARD_SETTING_KEYS
+from ..training.checkpointing import STAGING_PREFIX, is_complete_checkpoint, last_good_checkpoint, list_checkpoints
+from ..training.config import MMTARDConfig
+from ..training.model_card import MMTARD_SETTING_KEYS
 from .errors import UsageError
 from .train_args import ScriptArguments
 

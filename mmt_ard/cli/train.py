@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from ..config import MMTARDConfig
-from ..distributed import shutdown_process_group
-from ..model_card import save_model_card
-from ..trainer import MMTARDTrainer
+from ..runtime.distributed import shutdown_process_group
+from ..training.config import MMTARDConfig
+from ..training.model_card import save_model_card
+from ..training.trainer import MMTARDTrainer
 from .errors import run_command, running
 from .publish import HubPushError, push_to_hub, save_student
 from .run_dir import (

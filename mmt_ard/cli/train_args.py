@@ -22,8 +22,8 @@ from fractions import Fraction
 import torch
 from transformers import HfArgumentParser
 
-from ..config import MMTARDConfig
-from ..embedded import DISTILLATION_DEFAULTS, QUICK_DEFAULTS
+from ..embedded.recipe import DISTILLATION_DEFAULTS, QUICK_DEFAULTS
+from ..training.config import MMTARDConfig
 from .config_file import flags_given, read_config_file, split_config_path
 from .errors import UsageError, plain_usage_error
 

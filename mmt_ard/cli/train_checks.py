@@ -6,7 +6,7 @@ output folder holds no other run, the checkpoint to resume exists.
 
 from __future__ import annotations
 
-from ..config import MMTARDConfig
+from ..training.config import MMTARDConfig
 from .errors import UsageError
 from .names import check_data_files, check_dataset_name, check_files, check_model_name
 from .run_dir import check_output_dir, resume_value

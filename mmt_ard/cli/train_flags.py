@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..config import MMTARDConfig
+from ..training.config import MMTARDConfig
 from .errors import UsageError
 from .train_args import ScriptArguments
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import MMTARDConfig
 from ..data import (
     ImageClassificationCollator,
     check_labels_in_classes,
@@ -20,8 +19,9 @@ from ..data import (
     prepare_dataset,
     resolve_class_names,
 )
-from ..lora import apply_lora
-from ..teachers import Teacher
+from ..training.config import MMTARDConfig
+from ..training.lora import apply_lora
+from ..training.teachers import Teacher
 from .train_args import ScriptArguments
 
 logger = logging.getLogger(__name__)
@@ -82,8 +82,14 @@ def _maybe_lora(student, sa: ScriptArguments, seed: int):
 
 def prepare_embedded(sa: ScriptArguments, config: MMTARDConfig) -> RunInputs:
     """Tiny CLIP teachers and student on scikit-learn's digits (`mmt_ard.embedded`), trained or read from the cache."""
-    from ..embedded import QUICK_MAX_EVAL_SAMPLES, QUICK_RECIPE, EmbeddedRecipe, build_embedded_models, digits_splits
-    from ..tiny import DIGIT_NAMES
+    from ..embedded.recipe import (
+        QUICK_MAX_EVAL_SAMPLES,
+        QUICK_RECIPE,
+        EmbeddedRecipe,
+        build_embedded_models,
+        digits_splits,
+    )
+    from ..embedded.tiny import DIGIT_NAMES
 
     overrides = dict(QUICK_RECIPE) if sa.quick else {}
     for key in ("clean", "robust", "student"):

@@ -18,11 +18,11 @@ import platform
 
 import torch
 
-from ..config import MMTARDConfig
 from ..data import read_skip_logs
-from ..model_card import MMTARD_SETTING_KEYS, family_summary, format_eps, robustness_table
-from ..precision import describe as describe_precision
-from ..trainer import MMTARDTrainer
+from ..training.config import MMTARDConfig
+from ..training.model_card import MMTARD_SETTING_KEYS, family_summary, format_eps, robustness_table
+from ..training.precision import describe as describe_precision
+from ..training.trainer import MMTARDTrainer
 from .train_args import ScriptArguments
 from .train_inputs import SKIP_LOG_PATTERN, RunInputs
 
@@ -220,7 +220,7 @@ def collect_results(
     num_skipped: int,
     hub_model_id: str | None,
 ) -> dict:
-    """The `results.json` of a run, which the model card (`mmt_ard.model_card`) renders."""
+    """The `results.json` of a run, which the model card (`mmt_ard.training.model_card`) renders."""
     embedded = sa.student is None
     world = config.world_size
     teachers = inputs.descriptions["teachers"]

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..apgd import apgd_worst_case
-from ..attacks import ce_inner_loss, eval_mode, pgd
-from ..random_streams import generators
+from ..attacks.auto_pgd import apgd_worst_case
+from ..attacks.projected_gradient import ce_inner_loss, eval_mode, pgd
+from ..attacks.random_streams import generators
 from .protocols import Protocol
 from .sample_keys import SampleKeys
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from ..distributed import is_sharded
 from ..models import ZeroShotCLIP
+from ..runtime.distributed import is_sharded
 from .datasets import EvalData, load_eval_data, short_name
 from .protocols import get_protocol
 from .robust_eval import ensure_fp32

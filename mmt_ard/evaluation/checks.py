@@ -28,8 +28,8 @@ import itertools
 import torch
 from torch import nn
 
-from ..attacks import eval_mode, random_start
-from ..random_streams import generators
+from ..attacks.projected_gradient import eval_mode, random_start
+from ..attacks.random_streams import generators
 from .attack_runner import LogitsModel, attacks_for, run_attack
 from .protocols import Protocol, format_eps
 from .sample_keys import SampleKeys

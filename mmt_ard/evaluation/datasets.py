@@ -43,7 +43,7 @@ from ..data import (
     open_image_source,
     short_name,
 )
-from ..known_datasets import DEFAULT_TEMPLATES, HUB_IDS, TEMPLATES, known_dataset, normalize_template
+from ..data.known_datasets import DEFAULT_TEMPLATES, HUB_IDS, TEMPLATES, known_dataset, normalize_template
 
 __all__ = ["EvalData", "load_eval_data", "load_user_meta", "short_name", "skipped_rows", "source_id", "subset_indices"]
 MAX_LISTED_SKIPS = 50  # skipped rows listed one by one in a result (all are counted)

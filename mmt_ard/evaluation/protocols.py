@@ -19,7 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from ..known_datasets import normalize_template
+from ..data.known_datasets import normalize_template
 
 ATTACKS = ("pgd", "apgd-ce", "apgd-t", "apgd-dlr")
 NORMS = ("linf", "l2")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..convert import is_open_clip_source
 from ..convert import parse_source as parse_open_clip_source
 from ..models import ZeroShotCLIP, load_clip
-from ..preemption import DEFAULT_SIGNALS, PreemptionHandler, parse_signals, remove_marker, write_marker_record
+from ..runtime.preemption import DEFAULT_SIGNALS, PreemptionHandler, parse_signals, remove_marker, write_marker_record
 from .datasets import EvalData, load_eval_data, load_user_meta, short_name, skipped_rows, source_id
 from .protocols import Protocol, get_protocol
 from .report import RESULTS_JSON, markdown_table, write_reports
@@ -160,7 +160,7 @@ def package_versions() -> dict[str, str]:
     import numpy
     import transformers
 
-    from .. import __version__
+    from .._version import __version__
 
     versions = {
         "mmt_ard": __version__,

@@ -1,7 +1,7 @@
 """Which samples a batch holds, as keys of their random streams: `(seed, dataset, sample index)` each.
 
 Every random draw of an evaluation (PGD and APGD random starts, each restart, the gradient-masking checks' noise)
-comes from the stream of `(seed, dataset, index, attack, eps)` plus the restart (`mmt_ard.random_streams`), so a
+comes from the stream of `(seed, dataset, index, attack, eps)` plus the restart (`mmt_ard.attacks.random_streams`), so a
 sample's outcome is the same for any batch size, order, subset, number of processes, and after a resume.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..random_streams import stable_seed
+from ..attacks.random_streams import stable_seed
 from .protocols import format_eps
 
 

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import ZeroShotCLIP
-from ..preemption import PREEMPTED_EXIT_CODE
+from ..runtime.preemption import PREEMPTED_EXIT_CODE
 from .attack_runner import attack_batch, attacks_for, clean_predictions
 from .checks import check_measurements, judge_checks
 from .datasets import EvalData

@@ -21,7 +21,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from ..distributed import launched_world_size, object_group, shutdown_process_group
+from ..runtime.distributed import launched_world_size, object_group, shutdown_process_group
 
 T = TypeVar("T")
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from ..models.families import CLIP, SIGLIP, ModelFamily
 
-
 # the towers an LVLM holds as a plain `CLIPVisionModel` / `SiglipVisionModel` (fixed-resolution SigLIP 2 checkpoints
 # are `siglip` models): the model families of `mmt_ard.models` whose weights map onto them
 EXPORTABLE_FAMILIES = (CLIP, SIGLIP)

@@ -290,6 +290,6 @@ def export_to_lvlm(
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__

@@ -11,7 +11,7 @@ import os
 
 import yaml
 
-from ..model_card import robustness_table
+from ..training.model_card import robustness_table
 
 LICENSE_KEYS = ("license", "license_name", "license_link")
 

@@ -14,7 +14,7 @@ import os
 import torch
 
 from ..convert import hub_repo_has_open_clip_config, is_open_clip_source, load_open_clip
-from .families import UnsupportedModelError, check_processor, describe_processor, family_of, family_for_config
+from .families import UnsupportedModelError, check_processor, describe_processor, family_for_config, family_of
 
 
 def _offline() -> bool:

@@ -38,7 +38,7 @@ class ZeroShotOutput:
 def logits_of(output) -> torch.Tensor:
     """`(B, C)` logits of a model output: a `ZeroShotOutput`-like object's `.logits`, or the tensor itself.
 
-    The attacks (`attacks.pgd`, `apgd`) accept models returning either, so a `ZeroShotCLIP` and a bare classifier
+    The attacks (`attacks.projected_gradient`, `apgd`) accept models returning either, so a `ZeroShotCLIP` and a bare classifier
     `nn.Module` can be attacked the same way.
     """
     logits = getattr(output, "logits", output)

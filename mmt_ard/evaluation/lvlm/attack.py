@@ -4,7 +4,7 @@
   adversarial image whose generated reply scores worst (`worst_case_batch`);
 * targeted: minimise the loss of a chosen string so that the LVLM says it (`targeted_batch`).
 
-The APGD itself is the library's (`mmt_ard.apgd.apgd_objective`, the same step loop as the classifier attacks); the
+The APGD itself is the library's (`mmt_ard.attacks.auto_pgd.apgd_objective`, the same step loop as the classifier attacks); the
 attack state is fp32 in [0, 1] pixel space, before the processor's normalisation. Random starts are seeded per
 sample (`sample_start`), so a sample's attack does not depend on the batch it is in, and a resumed run repeats it.
 """
@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ...apgd import apgd_objective
-from ...random_streams import generators, per_sample_rand, stable_seed
+from ...attacks.auto_pgd import apgd_objective
+from ...attacks.random_streams import generators, per_sample_rand, stable_seed
 from .model import LVLMAdapter
 
 
 def sample_start(x: torch.Tensor, eps: float, seed: int, keys: list[str]) -> torch.Tensor:
     """A uniform random start in the L-inf eps-ball, clipped to [0, 1], drawn per sample from the stream of
-    `(seed, key)` (`mmt_ard.random_streams`, as the classifier evaluation's starts)."""
+    `(seed, key)` (`mmt_ard.attacks.random_streams`, as the classifier evaluation's starts)."""
     gens = generators([stable_seed(seed, key) for key in keys])
     noise = (2 * per_sample_rand(gens, tuple(x.shape[1:])) - 1) * eps  # (B, 3, H, W) on the CPU
     return (x + noise.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)

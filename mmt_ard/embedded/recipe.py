@@ -206,9 +206,9 @@ def train_zero_shot(
         `(model, metrics)`: the same (trained, in place) model and the Trainer's train metrics; under FSDP, which
         shards the model in place, a whole copy of the trained model instead.
     """
-    from .config import MMTARDConfig
-    from .distributed import is_sharded, unsharded_copy
-    from .trainer import MMTARDTrainer
+    from ..runtime.distributed import is_sharded, unsharded_copy
+    from ..training.config import MMTARDConfig
+    from ..training.trainer import MMTARDTrainer
 
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     args = MMTARDConfig(

@@ -228,7 +228,7 @@ class BatchSizeSearch:
         if not self._probe_pending:
             return
         self._probe_pending = False
-        from .preemption import any_process
+        from ..runtime.preemption import any_process
 
         trainer = self.trainer
         bundle = trainer.accelerator.unwrap_model(trainer.model)  # no DDP wrapper: nothing is exchanged

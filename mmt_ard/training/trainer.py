@@ -29,10 +29,9 @@ from transformers import Trainer
 from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
-from .attacks import ce_inner_loss, embedding_l2_inner_loss, kl_inner_loss, pgd
-from .checkpointing import last_good_checkpoint, remove_stale_staging, save_checkpoint_atomically
-from .config import MMTARDConfig
-from .distributed import (
+from ..attacks.projected_gradient import ce_inner_loss, embedding_l2_inner_loss, kl_inner_loss, pgd
+from ..models import ZeroShotCLIP, ZeroShotOutput
+from ..runtime.distributed import (
     GlobalBatchWeighting,
     check_one_process_group,
     distributed_setup,
@@ -45,11 +44,12 @@ from .distributed import (
     sum_over_processes,
     wrap_student_layers,
 )
+from ..runtime.preemption import IgnoreSignalsInWorker, PreemptionCallback, PreemptionHandler, run_preemptible
+from .checkpointing import last_good_checkpoint, remove_stale_staging, save_checkpoint_atomically
+from .config import MMTARDConfig
 from .losses import TeacherTerm, fused_distillation_loss
 from .memory import BatchSizeSearch
-from .models import ZeroShotCLIP, ZeroShotOutput
 from .nonfinite import NonFiniteGuard
-from .preemption import IgnoreSignalsInWorker, PreemptionCallback, PreemptionHandler, run_preemptible
 from .precision import PrecastForward
 from .step_metrics import timed_phase, weighted_sums
 from .teacher_cache import TeacherOutputCache, sample_ids_of
@@ -793,7 +793,7 @@ def student_state_in_bundle(bundle: nn.Module, checkpoint_dir: str) -> dict[str,
 
 def load_student_weights(clip: nn.Module, checkpoint_dir: str) -> None:
     """Load the student's weights from a checkpoint written by `MMTARDTrainer._save` (safetensors only)."""
-    from .models import base_model as base_of
+    from ..models import base_model as base_of
 
     adapter = os.path.join(checkpoint_dir, "adapter_model.safetensors")
     full = os.path.join(checkpoint_dir, "model.safetensors")
@@ -805,8 +805,8 @@ def load_student_weights(clip: nn.Module, checkpoint_dir: str) -> None:
     if not os.path.isfile(full) and os.path.isfile(adapter):
         raise ValueError(
             f"{checkpoint_dir!r} holds a LoRA adapter (adapter_model.safetensors) but the model is a plain "
-            f"{type(clip).__name__}: wrap it first with `mmt_ard.lora.apply_lora` (same r/alpha/targets), or merge "
-            "the adapter into it with `mmt_ard.lora.merge_checkpoint`."
+            f"{type(clip).__name__}: wrap it first with `mmt_ard.training.lora.apply_lora` (same r/alpha/targets), or merge "
+            "the adapter into it with `mmt_ard.training.lora.merge_checkpoint`."
         )
     if not os.path.isfile(full):
         raise FileNotFoundError(

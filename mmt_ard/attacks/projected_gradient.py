@@ -5,7 +5,7 @@ random start inside the ball, and the sign-momentum update of the MMT-ARD author
 (`v <- m v + sign(g); v <- sign(v); delta <- delta + alpha v`, m = 0.9).
 
 The attacked model is any module mapping `(B, 3, H, W)` pixels in [0,1] to a `ZeroShotOutput`-like object (with
-`.logits`) or to plain `(B, C)` logits, the same convention as `mmt_ard.apgd` (see `models.logits_of`); the inner
+`.logits`) or to plain `(B, C)` logits, the same convention as `mmt_ard.attacks.auto_pgd` (see `models.logits_of`); the inner
 loss is a callable `(output) -> (B,)` per-sample loss to *maximise* (see the `*_inner_loss` factories below).
 Gradients are taken with `torch.autograd.grad` w.r.t. the perturbation only, so parameter `.grad` stays untouched; the
 model is put in eval mode for the attack and its mode restored afterwards; it works under `torch.no_grad()` (e.g.
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import logits_of
+from ..models import logits_of
 from .random_streams import per_sample_rand
 
 NORMS = ("linf", "l2")

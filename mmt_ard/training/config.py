@@ -13,8 +13,8 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 from transformers.utils import logging
 
-from .distributed import cpu_multi_process_launch
-from .preemption import DEFAULT_SIGNALS, parse_signals
+from ..runtime.distributed import cpu_multi_process_launch
+from ..runtime.preemption import DEFAULT_SIGNALS, parse_signals
 from .precision import PRECISIONS, cuda_bf16_available, resolve_precision
 from .presets import ATTACK_LOSSES, PRESETS, get_preset
 from .validation import check_field, check_prompt_templates
@@ -117,7 +117,7 @@ class MMTARDConfig(TrainingArguments):
         precision: `auto` (bf16 on a CUDA device that supports it, fp32 elsewhere), `fp32` (the authors' setting
             exactly) or `bf16`: decides `bf16` (student training forward), `tf32`, `teacher_dtype` and
             `attack_autocast` wherever they are not set explicitly; evaluation attacks are always fp32 (see
-            `mmt_ard.precision`).
+            `mmt_ard.training.precision`).
         sigmoid_gamma: `gamma` of the `sigmoid` weighting.
         sigmoid_momentum: EMA momentum of the `sigmoid` weighting's statistics.
         mtard_lr: balancing rate of the `mtard` weighting.
@@ -244,7 +244,7 @@ class MMTARDConfig(TrainingArguments):
             self.attack_autocast = plan.attack_autocast
 
     def _validate(self) -> None:
-        from .attacks import check_attack_args
+        from ..attacks.projected_gradient import check_attack_args
 
         check_attack_args(self.attack_eps, self.attack_step_size, self.attack_steps, self.attack_norm)
         for name in ("eval_attack_eps", "eval_attack_steps", "eval_attack_step_size"):

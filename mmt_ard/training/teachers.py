@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import ZeroShotCLIP, load_clip, load_processor
+from ..models import ZeroShotCLIP, load_clip, load_processor
 
 INPUTS = ("clean", "adversarial")
 KL_DIRECTIONS = ("teacher_student", "student_teacher")

@@ -12,7 +12,7 @@ from disk, the network or the trainer. `examples/run_mmt_ard.py` fills the dicti
 * `dataset`: `{"train", "eval", "num_train", "num_eval", "num_classes", "class_names", "skipped"}`;
 * `training`: `{"steps", "batch_size", "images_per_second", "wall_clock_s", "hardware", "num_processes",
   "distributed_setup" (optional, `MMTARDTrainer.distributed_setup()`), "precision" (optional,
-  `mmt_ard.precision.describe`), ...}`;
+  `mmt_ard.training.precision.describe`), ...}`;
 * `robustness`: `{"protocol", "rows": [{"model", "attack", "eps", "clean_accuracy", "robust_accuracy",
   "num_clean", "num_robust"}], "notes": [...]}`;
 * `extra_sections`: optional `{title: markdown}` appended before the citation.
@@ -126,7 +126,7 @@ def _is_hub_id(text: str | None) -> bool:
 
 def _model_ref(spec) -> str:
     """`` `id` ``, or "open_clip checkpoint `hf-hub:org/name`, converted" for a checkpoint `load_clip` converts."""
-    from .convert import describe_source
+    from ..convert import describe_source
 
     described = describe_source(spec)
     return described if described != spec else f"`{spec}`"

@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-from .models import ZeroShotCLIP, ZeroShotOutput
+from ..models import ZeroShotCLIP, ZeroShotOutput
 
 SAMPLE_ID_KEY = "sample_id"  # the same column name as `mmt_ard.data.ID_COLUMN`
 _FINGERPRINT_RTOL = 1e-4
@@ -45,7 +45,7 @@ def sample_ids_of(inputs: dict, batch_size: int) -> list[Hashable]:
         raise ValueError(
             f"`cache_teacher_outputs`=True needs a `{SAMPLE_ID_KEY}` per row; the batch has only {sorted(inputs)}: "
             "use `mmt_ard.data.ImageClassificationCollator` (it adds one), add one with "
-            "`mmt_ard.teacher_cache.add_sample_ids(dataset)`, or set `cache_teacher_outputs=False`."
+            "`mmt_ard.training.teacher_cache.add_sample_ids(dataset)`, or set `cache_teacher_outputs=False`."
         )
     ids = inputs[SAMPLE_ID_KEY]
     if torch.is_tensor(ids):

@@ -9,7 +9,7 @@ Threat model:
     the adversary may add a perturbation ``delta`` with ``||delta||_p <= eps``
     (p = inf for ``norm="linf"``, p = 2 for ``norm="l2"``) and the result is clipped
     back to [0, 1]. ``model`` maps such pixels to logits (B, C) or to an object
-    with ``.logits`` such as a ``ZeroShotCLIP`` output (the ``attacks.pgd`` convention); any input
+    with ``.logits`` such as a ``ZeroShotCLIP`` output (the ``attacks.projected_gradient`` convention); any input
     normalisation must live inside the model. An image counts as robust only if the
     model classifies it correctly at every point the attack visits.
 
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import logits_of
+from ..models import logits_of
 from .random_streams import generators, per_sample_rand
 
 __all__ = ["apgd", "apgd_ce", "apgd_objective", "apgd_t", "apgd_worst_case"]

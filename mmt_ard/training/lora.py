@@ -103,7 +103,7 @@ def unadapted_copy(clip: nn.Module) -> nn.Module:
     if is_peft_model(clip):
         # copy the wrapper, then take the adapters out of the copy (no merging: the original weights come back)
         return copy.deepcopy(clip).unload()
-    from .models import base_model
+    from ..models import base_model
 
     return copy.deepcopy(base_model(clip))
 
