@@ -6,25 +6,25 @@ not pay for torch and transformers; `from mmt_ard import MMTARDTrainer` works as
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from . import _aliases
-from ._version import __version__
+from ._lazy import lazy_exports
+from ._version import __version__ as __version__
 
 # public name -> the module that defines it
 _PUBLIC = {
-    "MMTARDConfig": "mmt_ard.training.config",
-    "MMTARDTrainer": "mmt_ard.training.trainer",
-    "PRESETS": "mmt_ard.training.presets",
-    "StudentBundle": "mmt_ard.training.trainer",
-    "Teacher": "mmt_ard.training.teachers",
-    "WEIGHTINGS": "mmt_ard.training.weighting",
-    "ZeroShotCLIP": "mmt_ard.models",
-    "build_text_head": "mmt_ard.models",
-    "export_to_lvlm": "mmt_ard.export",
-    "load_clip": "mmt_ard.models",
-    "make_weighting": "mmt_ard.training.weighting",
+    "MMTARDConfig": ".training.config",
+    "MMTARDTrainer": ".training.trainer",
+    "PRESETS": ".training.presets",
+    "StudentBundle": ".training.trainer",
+    "Teacher": ".training.teachers",
+    "WEIGHTINGS": ".training.weighting",
+    "ZeroShotCLIP": ".models",
+    "build_text_head": ".models",
+    "export_to_lvlm": ".export",
+    "load_clip": ".models",
+    "make_weighting": ".training.weighting",
 }
 
 __all__ = [
@@ -43,20 +43,7 @@ __all__ = [
 assert sorted(__all__) == sorted(_PUBLIC)
 
 _aliases.install()
-
-
-def __getattr__(name: str):
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmt_ard' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_PUBLIC))
-
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
 
 if TYPE_CHECKING:
     from .export import export_to_lvlm

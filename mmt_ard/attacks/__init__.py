@@ -5,18 +5,28 @@ They need only a model that maps pixels to logits (`models.logits_of`); nothing 
 evaluation.
 """
 
-from .auto_pgd import apgd, apgd_ce, apgd_objective, apgd_t, apgd_worst_case
-from .projected_gradient import (
-    ce_inner_loss,
-    check_attack_args,
-    embedding_l2_inner_loss,
-    eval_mode,
-    kl_inner_loss,
-    pgd,
-    project,
-    random_start,
-)
-from .random_streams import generators, per_sample_rand, stable_seed
+from .._lazy import lazy_exports
+
+# public name -> the module that defines it, imported on first use (mmt_ard/_lazy.py)
+_EXPORTS = {
+    "apgd": ".auto_pgd",
+    "apgd_ce": ".auto_pgd",
+    "apgd_objective": ".auto_pgd",
+    "apgd_t": ".auto_pgd",
+    "apgd_worst_case": ".auto_pgd",
+    "ce_inner_loss": ".projected_gradient",
+    "check_attack_args": ".projected_gradient",
+    "embedding_l2_inner_loss": ".projected_gradient",
+    "eval_mode": ".projected_gradient",
+    "kl_inner_loss": ".projected_gradient",
+    "pgd": ".projected_gradient",
+    "project": ".projected_gradient",
+    "random_start": ".projected_gradient",
+    "generators": ".random_streams",
+    "per_sample_rand": ".random_streams",
+    "stable_seed": ".random_streams",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "apgd",

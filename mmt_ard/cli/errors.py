@@ -33,6 +33,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .verbosity import VERBOSE_ENV, VERBOSE_FLAG, quiet_libraries, verbose_requested
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -106,11 +108,17 @@ def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    """List `--debug` in a command's `--help` (the command wrapper takes it off the command line itself)."""
+    """List `--debug` and `--verbose` in a command's `--help` (the command wrapper takes them off the command line
+    itself)."""
     parser.add_argument(
         DEBUG_FLAG,
         action="store_true",
         help=f"Print the Python traceback of an error (also: {DEBUG_ENV}=1).",
+    )
+    parser.add_argument(
+        VERBOSE_FLAG,
+        action="store_true",
+        help=f"Also print the libraries' warnings and progress bars (also: {VERBOSE_ENV}=1).",
     )
 
 
@@ -156,7 +164,7 @@ def in_command() -> bool:
 # failures while running wherever they are raised (looked up only once their module is imported: a module not
 # imported cannot have raised them, and the commands stay quick to start)
 RUN_TIME_ERRORS = (
-    ("mmt_ard.data", "BadSampleError"),
+    ("mmt_ard.data.bad_samples", "BadSampleError"),
     ("mmt_ard.cli.publish", "HubPushError"),
     ("mmt_ard.training.memory", "TrainingOutOfMemoryError"),
     ("mmt_ard.training.nonfinite", "NonFiniteLossError"),
@@ -216,9 +224,13 @@ def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[s
     Args:
         prog: the command's name, the start of every error line (`mmt-ard-eval`).
         main: the command: parses `argv`, checks, calls `running()` when the run starts, returns a status (None: 0).
-        argv: the arguments (default: `sys.argv[1:]`); a bare `--debug` is taken off and turns tracebacks on.
+        argv: the arguments (default: `sys.argv[1:]`); a bare `--debug` is taken off and turns tracebacks on,
+            `--verbose` is taken off and keeps the libraries' warnings and progress bars (`verbosity.py`).
     """
     argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    argv, verbose = verbose_requested(argv)
+    if not verbose:
+        quiet_libraries()
     context = _Context(prog, debug)
     _ACTIVE.append(context)
     try:

@@ -17,6 +17,7 @@ import os
 import sys
 
 from .errors import UsageError, add_debug_flag, command, one_line_errors, running
+from .help_format import DefaultsHelpFormatter
 from .names import check_device, check_model_name
 
 PROG = "mmt-ard-eval-lvlm"
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Clean and adversarial captioning (CIDEr) and VQA (VQA accuracy) scores of LVLMs under APGD on "
         "the language model's loss of the references (per-sample worst case), and targeted-attack success rates. "
         "Defaults follow RobustVLM.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--models", nargs="+", required=True, help="LVLM folders or Hub ids (LlavaForConditionalGeneration)."

@@ -27,6 +27,7 @@ from fractions import Fraction
 
 from ..evaluation.protocols import ATTACKS, NORMS, PROTOCOLS, TEMPLATE_MODES
 from .errors import UsageError, add_debug_flag, command, one_line_errors, running
+from .help_format import DefaultsHelpFormatter
 from .names import check_data_files, check_dataset_name, check_device, check_files, check_model_name
 
 PROG = "mmt-ard-eval"
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Robust zero-shot accuracy (PGD, APGD-CE, APGD-T; per-image worst case) with gradient-masking "
         "checks. Every unset option takes the protocol's value.",
         epilog=f"Protocols: {protocols}",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--models",

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from ..training.lora import merge_and_save
-from ..training.trainer import MMTARDTrainer
+if TYPE_CHECKING:
+    from ..training.trainer import MMTARDTrainer
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 NOT_PUSHED = ["checkpoint-*", "checkpoint-*/**", "runs/**", "checksum_rank*"]
@@ -42,6 +43,8 @@ def save_student(trainer: MMTARDTrainer, output_dir: str, lora: bool = False, me
                 os.makedirs(adapter_dir, exist_ok=True)
                 os.replace(path, os.path.join(adapter_dir, name))
         peft_model = trainer.accelerator.unwrap_model(trainer.model).student.clip
+        from ..training.lora import merge_and_save
+
         merge_and_save(peft_model, output_dir, inplace=True)
     return "merged weights (adapter in lora_adapter/)"
 

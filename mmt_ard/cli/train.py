@@ -18,36 +18,15 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..runtime.distributed import shutdown_process_group
-from ..training.config import MMTARDConfig
-from ..training.model_card import save_model_card
-from ..training.trainer import MMTARDTrainer
 from .errors import run_command, running
-from .publish import HubPushError, push_to_hub, save_student
-from .run_dir import (
-    RunSettingsCallback,
-    check_resume,
-    clear_run,
-    run_settings,
-    warn_settings_changes,
-    write_run_settings,
-)
+from .publish import HubPushError
 from .train_args import ScriptArguments, make_parser, parse_args, parse_eps
-from .train_checks import check_run
-from .train_inputs import load_run_inputs
-from .train_report import (
-    collect_results,
-    collect_skipped_samples,
-    pgd_rows,
-    print_summary,
-    rows_before_training,
-    teacher_confidence_report,
-    weights_checksum,
-    write_checksum,
-)
+
+if TYPE_CHECKING:
+    from ..training.config import MMTARDConfig
+    from ..training.trainer import MMTARDTrainer
 
 __all__ = ["HubPushError", "ScriptArguments", "cli", "main", "make_parser", "parse_args"]
 
@@ -61,6 +40,24 @@ def main(script_args: ScriptArguments, config: MMTARDConfig, explicit: set[str] 
 
     A flag the run would ignore, a name that cannot be found, or an `output_dir` holding another run raise a
     `UsageError` (`check_run`) before anything is loaded or written."""
+    # imported here, not at the top: `mmt-ard-train --help` and a refused flag need only the parser
+    from ..training.model_card import save_model_card
+    from ..training.trainer import MMTARDTrainer
+    from .publish import push_to_hub, save_student
+    from .run_dir import RunSettingsCallback, run_settings, write_run_settings
+    from .train_checks import check_run
+    from .train_inputs import load_run_inputs
+    from .train_report import (
+        collect_results,
+        collect_skipped_samples,
+        pgd_rows,
+        print_summary,
+        rows_before_training,
+        teacher_confidence_report,
+        weights_checksum,
+        write_checksum,
+    )
+
     start = time.perf_counter()
     sa = script_args
     check_run(sa, config, explicit)
@@ -128,6 +125,8 @@ def main(script_args: ScriptArguments, config: MMTARDConfig, explicit: set[str] 
 def _prepare_output_dir(trainer: MMTARDTrainer, sa: ScriptArguments, config: MMTARDConfig, settings: dict) -> None:
     """`--overwrite_output_dir`: delete the earlier run now that this one starts; `--resume_from_checkpoint`: warn
     about settings that differ from the checkpoint's."""
+    from .run_dir import check_resume, clear_run, warn_settings_changes
+
     if trainer.is_world_process_zero():
         if sa.overwrite_output_dir:
             clear_run(config.output_dir)
@@ -138,6 +137,7 @@ def _prepare_output_dir(trainer: MMTARDTrainer, sa: ScriptArguments, config: MMT
 
 def _setup(sa: ScriptArguments, config: MMTARDConfig) -> None:
     """Logging, torch threads (1 for the embedded default's tiny matrices) and the seed."""
+    import torch
     from transformers import set_seed
 
     _configure_logging()
@@ -162,6 +162,8 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         return run_command(PROG, _command, argv)
     finally:
+        from ..runtime.distributed import shutdown_process_group
+
         shutdown_process_group()  # every rank exits cleanly (a live gloo group can abort one at interpreter exit)
 
 

@@ -26,6 +26,7 @@ from ..embedded.recipe import DISTILLATION_DEFAULTS, QUICK_DEFAULTS
 from ..training.config import MMTARDConfig
 from .config_file import flags_given, read_config_file, split_config_path
 from .errors import UsageError, plain_usage_error
+from .help_format import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ DEFAULT_OUTPUT_DIR = os.path.join("outputs", "mmt-ard")
 # options that ask for step checkpoints: given without a `save_strategy`, they turn step saving on
 STEP_SAVING_OPTIONS = ("save_steps", "save_total_limit")
 EPILOG = (
-    "--debug (alone) prints the Python traceback of an error (also MMT_ARD_DEBUG=1). Exit status: 0 done, 1 a failure "
+    "--debug (alone) prints the Python traceback of an error (also MMT_ARD_DEBUG=1); --verbose also prints the "
+    "libraries' warnings and progress bars (also MMT_ARD_VERBOSE=1). Exit status: 0 done, 1 a failure "
     "while running, 2 a wrong command line or configuration (nothing ran, nothing on disk changed), 75 preempted "
     "(resume with --resume_from_checkpoint true)."
 )
@@ -171,7 +173,12 @@ class TrainArgumentParser(HfArgumentParser):
     def __init__(self, prog: str | None = None):
         # no abbreviations: every option given is known by its full name (what `check_flags_used` checks)
         super().__init__(
-            (ScriptArguments, MMTARDConfig), prog=prog, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False
+            (ScriptArguments, MMTARDConfig),
+            prog=prog,
+            description=DESCRIPTION,
+            epilog=EPILOG,
+            allow_abbrev=False,
+            formatter_class=DefaultsHelpFormatter,
         )
 
     def error(self, message: str):

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import re
 
 import torch
 
@@ -334,3 +335,8 @@ def print_summary(results: dict, output_dir: str) -> None:
         f"{training['hardware']} ({training.get('distributed_setup', 'single process')})"
     )
     print(f"Saved the student, its processor and README.md (model card) in {os.path.abspath(output_dir)}")
+    checkpoints = sorted(
+        (d for d in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", d)), key=lambda d: int(d.split("-")[1])
+    )
+    if checkpoints:
+        print(f"Step checkpoints (resume points; `--save_strategy no` writes none): {', '.join(checkpoints)}")

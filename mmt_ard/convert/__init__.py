@@ -4,18 +4,29 @@
 files); `mmt_ard.load_clip` dispatches to it, so `Teacher(...)`, the example script and `mmt-ard-eval` accept them.
 """
 
-from .open_clip_arch import KNOWN_ARCHS, OpenCLIPArch, arch_from_model_cfg, arch_from_state_dict, clip_config
-from .open_clip_loader import load_open_clip
-from .open_clip_processor import build_image_processor, resolve_tokenizer
-from .open_clip_sources import (
-    OpenCLIPSource,
-    describe_source,
-    fetch_files,
-    hub_repo_has_open_clip_config,
-    is_open_clip_source,
-    parse_source,
-)
-from .open_clip_weights import normalise_keys, read_checkpoint, to_transformers
+from .._lazy import lazy_exports
+
+# public name -> the module that defines it, imported on first use (mmt_ard/_lazy.py)
+_EXPORTS = {
+    "KNOWN_ARCHS": ".open_clip_arch",
+    "OpenCLIPArch": ".open_clip_arch",
+    "arch_from_model_cfg": ".open_clip_arch",
+    "arch_from_state_dict": ".open_clip_arch",
+    "clip_config": ".open_clip_arch",
+    "load_open_clip": ".open_clip_loader",
+    "build_image_processor": ".open_clip_processor",
+    "resolve_tokenizer": ".open_clip_processor",
+    "OpenCLIPSource": ".open_clip_sources",
+    "describe_source": ".open_clip_sources",
+    "fetch_files": ".open_clip_sources",
+    "hub_repo_has_open_clip_config": ".open_clip_sources",
+    "is_open_clip_source": ".open_clip_sources",
+    "parse_source": ".open_clip_sources",
+    "normalise_keys": ".open_clip_weights",
+    "read_checkpoint": ".open_clip_weights",
+    "to_transformers": ".open_clip_weights",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "KNOWN_ARCHS",

@@ -19,27 +19,35 @@
 >>> batch = collate([ds[0], ds[1]])  # {"pixel_values": (2, 3, 224, 224) in [0,1], "labels": (2,), "sample_id": (2,)}
 """
 
-from .bad_samples import BAD_SAMPLE_POLICIES, BadSampleError, bad_sample, bad_sample_policy, label_id, read_skip_logs
-from .class_names import (
-    check_labels_in_classes,
-    class_names_with_source,
-    read_class_names_file,
-    read_sidecar,
-    resolve_class_names,
-)
-from .collate import ImageClassificationCollator
-from .images import decode_image, load_image
-from .sources import (
-    ID_COLUMN,
-    IMAGE_COLUMNS,
-    LABEL_COLUMNS,
-    ImageSource,
-    find_columns,
-    load_image_dataset,
-    open_image_source,
-    prepare_dataset,
-    short_name,
-)
+from .._lazy import lazy_exports
+
+# public name -> the module that defines it, imported on first use (mmt_ard/_lazy.py)
+_EXPORTS = {
+    "BAD_SAMPLE_POLICIES": ".bad_samples",
+    "BadSampleError": ".bad_samples",
+    "bad_sample": ".bad_samples",
+    "bad_sample_policy": ".bad_samples",
+    "label_id": ".bad_samples",
+    "read_skip_logs": ".bad_samples",
+    "check_labels_in_classes": ".class_names",
+    "class_names_with_source": ".class_names",
+    "read_class_names_file": ".class_names",
+    "read_sidecar": ".class_names",
+    "resolve_class_names": ".class_names",
+    "ImageClassificationCollator": ".collate",
+    "decode_image": ".images",
+    "load_image": ".images",
+    "ID_COLUMN": ".sources",
+    "IMAGE_COLUMNS": ".sources",
+    "LABEL_COLUMNS": ".sources",
+    "ImageSource": ".sources",
+    "find_columns": ".sources",
+    "load_image_dataset": ".sources",
+    "open_image_source": ".sources",
+    "prepare_dataset": ".sources",
+    "short_name": ".sources",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "BAD_SAMPLE_POLICIES",

@@ -6,17 +6,36 @@ docs/evaluation.md."""
 
 import os
 
-from .attack_runner import attack_batch, run_attack
-from .callback import RobustEvalCallback
-from .checks import run_checks
-from .datasets import EvalData, load_eval_data, subset_indices
-from .protocols import PROTOCOLS, Protocol, format_eps, get_protocol
-from .report import markdown_table, plot_robustness, write_reports
-from .robust_eval import ensure_fp32, evaluate_robustness, load_eval_model
-from .sample_keys import SampleKeys
-from .sample_loop import EvaluationPreempted, evaluate_on_data
-from .samples import SampleFile, read_records
-from .sharding import EvalGroup, init_eval_group
+from .._lazy import lazy_exports
+
+# public name -> the module that defines it, imported on first use (mmt_ard/_lazy.py)
+_EXPORTS = {
+    "attack_batch": ".attack_runner",
+    "run_attack": ".attack_runner",
+    "RobustEvalCallback": ".callback",
+    "run_checks": ".checks",
+    "EvalData": ".datasets",
+    "load_eval_data": ".datasets",
+    "subset_indices": ".datasets",
+    "PROTOCOLS": ".protocols",
+    "Protocol": ".protocols",
+    "format_eps": ".protocols",
+    "get_protocol": ".protocols",
+    "markdown_table": ".report",
+    "plot_robustness": ".report",
+    "write_reports": ".report",
+    "ensure_fp32": ".robust_eval",
+    "evaluate_robustness": ".robust_eval",
+    "load_eval_model": ".robust_eval",
+    "SampleKeys": ".sample_keys",
+    "EvaluationPreempted": ".sample_loop",
+    "evaluate_on_data": ".sample_loop",
+    "SampleFile": ".samples",
+    "read_records": ".samples",
+    "EvalGroup": ".sharding",
+    "init_eval_group": ".sharding",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 METRIC_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "metrics", "robust_accuracy")
 """Directory of the `evaluate` metric module: `evaluate.load(METRIC_PATH)` (works offline)."""

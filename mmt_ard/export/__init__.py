@@ -1,11 +1,22 @@
 """Export a robust student's vision tower into Hugging Face LVLM checkpoints (LLaVA, LLaVA-NeXT, and LVLMs with a
 SigLIP tower: PaliGemma, LLaVA-OneVision). See docs/lvlm.md and the `mmt-ard-export` command."""
 
-from .families import LVLM_FAMILIES, LVLMFamily, supported_families
-from .lvlm_export import ExportReport, export_to_lvlm
-from .position import resize_position_embedding
-from .students import StudentTower, load_student
-from .tower import ExportError, fold_normalization
+from .._lazy import lazy_exports
+
+# public name -> the module that defines it, imported on first use (mmt_ard/_lazy.py)
+_EXPORTS = {
+    "LVLM_FAMILIES": ".families",
+    "LVLMFamily": ".families",
+    "supported_families": ".families",
+    "ExportReport": ".lvlm_export",
+    "export_to_lvlm": ".lvlm_export",
+    "resize_position_embedding": ".position",
+    "StudentTower": ".students",
+    "load_student": ".students",
+    "ExportError": ".tower",
+    "fold_normalization": ".tower",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "LVLM_FAMILIES",

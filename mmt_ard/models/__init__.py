@@ -1,18 +1,27 @@
 """Models: the families of CLIP-like models (`families`), the zero-shot wrapper (`zero_shot`), and loading
 (`loading`, which sits above the wrapper and the open_clip converter)."""
 
-from .families import (
-    FAMILIES,
-    ModelFamily,
-    PixelLayout,
-    UnsupportedModelError,
-    base_model,
-    check_processor,
-    family_of,
-    register_family,
-)
-from .loading import load_clip, load_processor
-from .zero_shot import ZeroShotCLIP, ZeroShotOutput, build_text_head, compute_text_head, logits_of
+from .._lazy import lazy_exports
+
+# public name -> the module that defines it, imported on first use (mmt_ard/_lazy.py)
+_EXPORTS = {
+    "FAMILIES": ".families",
+    "ModelFamily": ".families",
+    "PixelLayout": ".families",
+    "UnsupportedModelError": ".families",
+    "base_model": ".families",
+    "check_processor": ".families",
+    "family_of": ".families",
+    "register_family": ".families",
+    "load_clip": ".loading",
+    "load_processor": ".loading",
+    "ZeroShotCLIP": ".zero_shot",
+    "ZeroShotOutput": ".zero_shot",
+    "build_text_head": ".zero_shot",
+    "compute_text_head": ".zero_shot",
+    "logits_of": ".zero_shot",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "FAMILIES",

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -81,6 +83,8 @@ class PixelLayout:
         """`(B, 3, S, S)` normalised images -> the keyword arguments of the tower's forward / `get_image_features`."""
         if self.patch_size is None:
             return {"pixel_values": x}
+        import torch  # here, so that listing the families (a command's --help) does not import torch
+
         b, c, h, w = x.shape
         p = self.patch_size
         gh, gw = h // p, w // p

@@ -9,10 +9,18 @@
 - `checkpointing`, `model_card`: atomic checkpoint folders, and the saved student's card with its robustness table.
 """
 
-from .config import MMTARDConfig
-from .presets import PRESETS
-from .teachers import Teacher
-from .trainer import MMTARDTrainer, StudentBundle
-from .weighting import WEIGHTINGS, make_weighting
+from .._lazy import lazy_exports
+
+# public name -> the module that defines it, imported on first use (mmt_ard/_lazy.py)
+_EXPORTS = {
+    "MMTARDConfig": ".config",
+    "PRESETS": ".presets",
+    "Teacher": ".teachers",
+    "MMTARDTrainer": ".trainer",
+    "StudentBundle": ".trainer",
+    "WEIGHTINGS": ".weighting",
+    "make_weighting": ".weighting",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["MMTARDConfig", "MMTARDTrainer", "PRESETS", "StudentBundle", "Teacher", "WEIGHTINGS", "make_weighting"]

@@ -1,12 +1,27 @@
 """Robustness of vision-language models themselves (RobustVLM's protocol): APGD on the language model's loss,
 CIDEr and VQA accuracy, clean and adversarial. See docs/lvlm.md and the `mmt-ard-eval-lvlm` command."""
 
-from .attack import targeted_batch, text_attack, worst_case_batch
-from .data import LVLMSample, LVLMTaskData, load_lvlm_data
-from .metrics import cider_scores, normalize_vqa_answer, ptb_tokenize, vqa_accuracy
-from .model import LVLMAdapter, load_lvlm
-from .protocol import LVLMProtocol
-from .runner import evaluate_lvlm, evaluate_lvlm_on_data
+from ..._lazy import lazy_exports
+
+# public name -> the module that defines it, imported on first use (mmt_ard/_lazy.py)
+_EXPORTS = {
+    "targeted_batch": ".attack",
+    "text_attack": ".attack",
+    "worst_case_batch": ".attack",
+    "LVLMSample": ".data",
+    "LVLMTaskData": ".data",
+    "load_lvlm_data": ".data",
+    "cider_scores": ".metrics",
+    "normalize_vqa_answer": ".metrics",
+    "ptb_tokenize": ".metrics",
+    "vqa_accuracy": ".metrics",
+    "LVLMAdapter": ".model",
+    "load_lvlm": ".model",
+    "LVLMProtocol": ".protocol",
+    "evaluate_lvlm": ".runner",
+    "evaluate_lvlm_on_data": ".runner",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "LVLMAdapter",

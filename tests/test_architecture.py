@@ -1,0 +1,104 @@
+"""The package layout: old module paths as aliases, lazy package namespaces, and commands whose --help and refusals
+need neither torch nor transformers."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import mmt_ard
+from mmt_ard._aliases import MOVED
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("old", ["mmt_ard.trainer", "mmt_ard.apgd", "mmt_ard.tiny"])
+def test_old_module_path_is_the_new_module_and_warns(old):
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(MOVED[old])
+    assert any(issubclass(w.category, FutureWarning) and MOVED[old] in str(w.message) for w in caught)
+
+
+def test_every_alias_points_at_an_existing_module():
+    for old, new in MOVED.items():
+        assert importlib.util.find_spec(new) is not None, (old, new)
+        assert not os.path.exists(os.path.join(REPO, *old.split(".")) + ".py"), f"{old} is still a file"
+
+
+def test_public_names_resolve_and_are_listed():
+    for name in mmt_ard.__all__:
+        assert getattr(mmt_ard, name) is not None
+        assert name in dir(mmt_ard)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mmt_ard.nope  # noqa: B018
+
+
+def test_package_root_holds_packages_and_the_documented_modules():
+    root = os.path.join(REPO, "mmt_ard")
+    modules = sorted(n for n in os.listdir(root) if n.endswith(".py"))
+    assert modules == ["__init__.py", "_aliases.py", "_lazy.py", "_version.py"]
+    with open(os.path.join(REPO, "docs", "architecture.md"), encoding="utf-8") as f:
+        page = f.read()
+    for name in modules[1:]:
+        assert f"`{name}`" in page
+
+
+def _imported_after(code: str) -> set[str]:
+    """The top-level modules a fresh interpreter has imported after running `code`."""
+    probe = code + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("command", ["export", "evaluate", "eval_lvlm"])
+def test_help_and_a_refused_flag_import_neither_torch_nor_transformers(command):
+    code = (
+        f"import contextlib, io\nfrom mmt_ard.cli.{command} import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "    assert main(['--help']) == 0\n    assert main(['--no-such-flag']) == 2\n"
+    )
+    loaded = _imported_after(code)
+    assert not {"torch", "transformers", "datasets"} & loaded
+
+
+def test_help_shows_only_defaults_that_say_something():
+    from mmt_ard.cli.evaluate import build_parser as eval_parser
+    from mmt_ard.cli.eval_lvlm import build_parser as lvlm_parser
+
+    for parser in (eval_parser(), lvlm_parser()):
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text
+        assert "(default). (default" not in text
+    assert "(default: 100)" in lvlm_parser().format_help()  # --n-iter: a default worth showing
+
+
+def test_quiet_libraries_silences_loading_bars_and_verbose_keeps_them(tmp_path):
+    script = (
+        "import sys\nsys.argv = ['x'] + sys.argv[1:]\n"
+        "from mmt_ard.cli.errors import run_command\n"
+        "def main(argv):\n"
+        "    from transformers import CLIPModel\n"
+        "    from mmt_ard.embedded.tiny import build_tiny_clip\n"
+        "    model, _ = build_tiny_clip()\n"
+        f"    model.save_pretrained({str(tmp_path)!r})\n"
+        f"    CLIPModel.from_pretrained({str(tmp_path)!r})\n"
+        "sys.exit(run_command('x', main))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MMT_ARD_VERBOSE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
+    verbose = subprocess.run(
+        [sys.executable, "-c", script, "--verbose"], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert "Loading weights" in verbose.stderr  # the control: the bar is there to silence
+    assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr
