@@ -71,8 +71,8 @@ def test_help_and_a_refused_flag_import_neither_torch_nor_transformers(command):
 
 
 def test_help_shows_only_defaults_that_say_something():
-    from mmt_ard.cli.evaluate import build_parser as eval_parser
     from mmt_ard.cli.eval_lvlm import build_parser as lvlm_parser
+    from mmt_ard.cli.evaluate import build_parser as eval_parser
 
     for parser in (eval_parser(), lvlm_parser()):
         text = parser.format_help()
@@ -81,24 +81,29 @@ def test_help_shows_only_defaults_that_say_something():
     assert "(default: 100)" in lvlm_parser().format_help()  # --n-iter: a default worth showing
 
 
-def test_quiet_libraries_silences_loading_bars_and_verbose_keeps_them(tmp_path):
-    script = (
-        "import sys\nsys.argv = ['x'] + sys.argv[1:]\n"
-        "from mmt_ard.cli.errors import run_command\n"
-        "def main(argv):\n"
-        "    from transformers import CLIPModel\n"
-        "    from mmt_ard.embedded.tiny import build_tiny_clip\n"
-        "    model, _ = build_tiny_clip()\n"
-        f"    model.save_pretrained({str(tmp_path)!r})\n"
-        f"    CLIPModel.from_pretrained({str(tmp_path)!r})\n"
-        "sys.exit(run_command('x', main))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("MMT_ARD_VERBOSE", "HF_HUB_DISABLE_PROGRESS_BARS")}
-    env.pop("TRANSFORMERS_VERBOSITY", None)
-    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
-    verbose = subprocess.run(
-        [sys.executable, "-c", script, "--verbose"], capture_output=True, text=True, env=env, cwd=REPO
-    )
-    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
-    assert "Loading weights" in verbose.stderr  # the control: the bar is there to silence
-    assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr
+def test_quiet_libraries_silences_loading_bars_and_verbose_keeps_them(tmp_path, capfd, monkeypatch):
+    from transformers import CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    from mmt_ard.cli.verbosity import quiet_libraries, verbose_requested
+    from mmt_ard.embedded.tiny import build_tiny_clip
+
+    assert verbose_requested(["--verbose", "--x", "1"]) == (["--x", "1"], True)
+    model, _ = build_tiny_clip()
+    model.save_pretrained(tmp_path)
+    for name in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+    verbosity = hf_logging.get_verbosity()
+    try:
+        hf_logging.enable_progress_bar()
+        capfd.readouterr()
+        CLIPModel.from_pretrained(tmp_path)
+        assert "Loading weights" in capfd.readouterr().err  # the control: the bar is there to silence
+        with quiet_libraries():
+            CLIPModel.from_pretrained(tmp_path)
+            assert hf_logging.get_verbosity() == hf_logging.ERROR
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == verbosity  # restored
+    finally:
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)

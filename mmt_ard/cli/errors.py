@@ -26,6 +26,7 @@ variable `MMT_ARD_DEBUG=1` prints the traceback before the line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -229,12 +230,11 @@ def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[s
     """
     argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
     argv, verbose = verbose_requested(argv)
-    if not verbose:
-        quiet_libraries()
     context = _Context(prog, debug)
     _ACTIVE.append(context)
     try:
-        status = main(argv)
+        with contextlib.nullcontext() if verbose else quiet_libraries():
+            status = main(argv)
         return EXIT_OK if status is None else int(status)
     except SystemExit as err:  # argparse's --help (0), preemption (75), a command's own sys.exit
         code = exit_code_for(err)

@@ -11,6 +11,7 @@ step when the output is not a terminal). A variable the user set (`TRANSFORMERS_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -32,19 +33,40 @@ def verbose_requested(argv: list[str]) -> tuple[list[str], bool]:
     return rest, len(rest) < len(argv) or env
 
 
-def quiet_libraries() -> None:
-    """Silence the libraries' warnings and progress bars (see the module docstring), before or after their import."""
+@contextlib.contextmanager
+def quiet_libraries():
+    """Silence the libraries' warnings and progress bars (see the module docstring) while the block runs, before or
+    after their import; everything is as it was afterwards (a Python caller of a command keeps its own settings)."""
+    saved_env = {name: os.environ.get(name) for name in _QUIET_ENV}
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
+    hf_logging = None
     # libraries imported already read their settings at import: set them directly too
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
+        saved_hf = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
             hf_logging.set_verbosity_error()
         if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
             hf_logging.disable_progress_bar()
+    datasets_bars = None
     if "datasets" in sys.modules and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1":
         import datasets
 
+        datasets_bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if hf_logging is not None:
+            hf_logging.set_verbosity(saved_hf[0])
+            if saved_hf[1]:
+                hf_logging.enable_progress_bar()
+        if datasets_bars:
+            datasets.enable_progress_bars()
