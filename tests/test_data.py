@@ -1,4 +1,4 @@
-"""Data loading, class names, image decoding and the collator (mmt_ard/data.py), on tiny files written in tmp."""
+"""Data loading, class names, image decoding and the collator (mmt_ard/data/), on tiny files written in tmp."""
 
 from __future__ import annotations
 

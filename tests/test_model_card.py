@@ -1,4 +1,4 @@
-"""The model card is a pure function of a results dictionary (mmt_ard/model_card.py)."""
+"""The model card is a pure function of a results dictionary (mmt_ard/training/model_card.py)."""
 
 from __future__ import annotations
 

@@ -28,21 +28,4 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "apgd",
-    "apgd_ce",
-    "apgd_objective",
-    "apgd_t",
-    "apgd_worst_case",
-    "ce_inner_loss",
-    "check_attack_args",
-    "embedding_l2_inner_loss",
-    "eval_mode",
-    "generators",
-    "kl_inner_loss",
-    "per_sample_rand",
-    "pgd",
-    "project",
-    "random_start",
-    "stable_seed",
-]
+__all__ = sorted([*_EXPORTS])

@@ -1,6 +1,6 @@
 """`mmt-ard-train`: make a CLIP image encoder adversarially robust with MMT-ARD, evaluate it, save it, push it.
 
-    mmt-ard-train --output_dir runs/digits                       # the embedded default, offline (see embedded.py)
+    mmt-ard-train --output_dir runs/digits                       # the embedded default, offline (see mmt_ard/embedded/)
     mmt-ard-train run.yaml --max_steps 100                       # a YAML/JSON config; flags override it
     accelerate launch -m mmt_ard.cli.train --student openai/clip-vit-base-patch32 ...   # several processes
 

@@ -28,22 +28,4 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "KNOWN_ARCHS",
-    "OpenCLIPArch",
-    "OpenCLIPSource",
-    "arch_from_model_cfg",
-    "arch_from_state_dict",
-    "build_image_processor",
-    "clip_config",
-    "describe_source",
-    "fetch_files",
-    "hub_repo_has_open_clip_config",
-    "is_open_clip_source",
-    "load_open_clip",
-    "normalise_keys",
-    "parse_source",
-    "read_checkpoint",
-    "resolve_tokenizer",
-    "to_transformers",
-]
+__all__ = sorted([*_EXPORTS])

@@ -49,28 +49,4 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "BAD_SAMPLE_POLICIES",
-    "BadSampleError",
-    "ID_COLUMN",
-    "IMAGE_COLUMNS",
-    "ImageClassificationCollator",
-    "ImageSource",
-    "LABEL_COLUMNS",
-    "bad_sample",
-    "bad_sample_policy",
-    "check_labels_in_classes",
-    "class_names_with_source",
-    "decode_image",
-    "find_columns",
-    "label_id",
-    "load_image",
-    "load_image_dataset",
-    "open_image_source",
-    "prepare_dataset",
-    "read_class_names_file",
-    "read_sidecar",
-    "read_skip_logs",
-    "resolve_class_names",
-    "short_name",
-]
+__all__ = sorted([*_EXPORTS])

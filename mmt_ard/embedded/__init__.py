@@ -19,15 +19,4 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "DEFAULT_CACHE_DIR",
-    "DISTILLATION_DEFAULTS",
-    "QUICK_DEFAULTS",
-    "QUICK_MAX_EVAL_SAMPLES",
-    "QUICK_RECIPE",
-    "EmbeddedRecipe",
-    "build_embedded_models",
-    "digits_splits",
-    "simplex_text_head",
-    "train_zero_shot",
-]
+__all__ = sorted([*_EXPORTS])

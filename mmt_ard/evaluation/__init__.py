@@ -40,30 +40,4 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 METRIC_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "metrics", "robust_accuracy")
 """Directory of the `evaluate` metric module: `evaluate.load(METRIC_PATH)` (works offline)."""
 
-__all__ = [
-    "METRIC_PATH",
-    "PROTOCOLS",
-    "EvalData",
-    "EvalGroup",
-    "EvaluationPreempted",
-    "Protocol",
-    "RobustEvalCallback",
-    "SampleFile",
-    "SampleKeys",
-    "attack_batch",
-    "ensure_fp32",
-    "evaluate_on_data",
-    "evaluate_robustness",
-    "format_eps",
-    "get_protocol",
-    "init_eval_group",
-    "load_eval_data",
-    "load_eval_model",
-    "markdown_table",
-    "plot_robustness",
-    "read_records",
-    "run_attack",
-    "run_checks",
-    "subset_indices",
-    "write_reports",
-]
+__all__ = sorted([*_EXPORTS, 'METRIC_PATH'])

@@ -18,15 +18,4 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "LVLM_FAMILIES",
-    "ExportError",
-    "ExportReport",
-    "LVLMFamily",
-    "StudentTower",
-    "export_to_lvlm",
-    "fold_normalization",
-    "load_student",
-    "resize_position_embedding",
-    "supported_families",
-]
+__all__ = sorted([*_EXPORTS])

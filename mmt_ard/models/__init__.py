@@ -23,20 +23,4 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "FAMILIES",
-    "ModelFamily",
-    "PixelLayout",
-    "UnsupportedModelError",
-    "ZeroShotCLIP",
-    "ZeroShotOutput",
-    "base_model",
-    "build_text_head",
-    "check_processor",
-    "compute_text_head",
-    "family_of",
-    "load_clip",
-    "load_processor",
-    "logits_of",
-    "register_family",
-]
+__all__ = sorted([*_EXPORTS])

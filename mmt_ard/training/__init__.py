@@ -23,4 +23,4 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = ["MMTARDConfig", "MMTARDTrainer", "PRESETS", "StudentBundle", "Teacher", "WEIGHTINGS", "make_weighting"]
+__all__ = sorted([*_EXPORTS])

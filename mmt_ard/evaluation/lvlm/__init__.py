@@ -23,20 +23,4 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "LVLMAdapter",
-    "LVLMProtocol",
-    "LVLMSample",
-    "LVLMTaskData",
-    "cider_scores",
-    "evaluate_lvlm",
-    "evaluate_lvlm_on_data",
-    "load_lvlm",
-    "load_lvlm_data",
-    "normalize_vqa_answer",
-    "ptb_tokenize",
-    "targeted_batch",
-    "text_attack",
-    "vqa_accuracy",
-    "worst_case_batch",
-]
+__all__ = sorted([*_EXPORTS])
