@@ -79,23 +79,9 @@ class UsageError(CommandError, ValueError):
     exit_code = EXIT_USAGE
 
 
-class RunError(CommandError, RuntimeError):
-    """A failure while running that the user can act on (exit status 1)."""
-
-    exit_code = EXIT_FAILURE
-
-
 def plain_usage_error(message: str) -> UsageError:
     """A `UsageError` with a ready-made message (argparse's, say)."""
     return UsageError("", None, message.rstrip("."))
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose errors go through the commands' error path (one line, exit 2), not argparse's
-    usage-plus-message."""
-
-    def error(self, message: str):
-        raise plain_usage_error(f"{message.rstrip('.')} (see --help)")
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -155,11 +141,6 @@ def running() -> None:
     run-time failure (exit 1), not a configuration error (exit 2). A no-op outside a command."""
     if _ACTIVE:
         _ACTIVE[-1].phase = "run"
-
-
-def in_command() -> bool:
-    """Whether a command wrapper is active (a Python caller of a command's pieces gets plain exceptions)."""
-    return bool(_ACTIVE)
 
 
 # failures while running wherever they are raised (looked up only once their module is imported: a module not
@@ -262,7 +243,6 @@ def command(prog: str) -> Callable[[Callable[[list[str]], int | None]], Callable
         def runner(argv: list[str] | None = None) -> int:
             return run_command(prog, main, argv)
 
-        runner.unwrapped = main  # type: ignore[attr-defined]
         return runner
 
     return wrap
