@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def test_help_shows_only_defaults_that_say_something():
     assert "(default: 100)" in lvlm_parser().format_help()  # --n-iter: a default worth showing
 
 
-def test_quiet_libraries_silences_loading_bars_and_verbose_keeps_them(tmp_path, capfd, monkeypatch):
+def test_quiet_libraries_silences_loading_bars_and_notices_and_restores_them(tmp_path, capfd, monkeypatch, caplog):
     from transformers import CLIPModel
     from transformers.utils import logging as hf_logging
 
@@ -91,19 +92,18 @@ def test_quiet_libraries_silences_loading_bars_and_verbose_keeps_them(tmp_path, 
     assert verbose_requested(["--verbose", "--x", "1"]) == (["--x", "1"], True)
     model, _ = build_tiny_clip()
     model.save_pretrained(tmp_path)
-    for name in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
         monkeypatch.delenv(name, raising=False)
-    verbosity = hf_logging.get_verbosity()
-    try:
-        hf_logging.enable_progress_bar()
-        capfd.readouterr()
+    notice = logging.getLogger("transformers.trainer_utils")
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    CLIPModel.from_pretrained(tmp_path)
+    assert "Loading weights" in capfd.readouterr().err  # the control: the bar is there to silence
+    with quiet_libraries(), caplog.at_level(logging.WARNING):
         CLIPModel.from_pretrained(tmp_path)
-        assert "Loading weights" in capfd.readouterr().err  # the control: the bar is there to silence
-        with quiet_libraries():
-            CLIPModel.from_pretrained(tmp_path)
-            assert hf_logging.get_verbosity() == hf_logging.ERROR
-        assert "Loading weights" not in capfd.readouterr().err
-        assert hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == verbosity  # restored
-    finally:
-        hf_logging.enable_progress_bar()
-        hf_logging.set_verbosity(verbosity)
+        notice.warning("The tokenizer has new PAD/BOS/EOS tokens that differ from the model config")
+        notice.warning("another warning")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert "PAD/BOS/EOS" not in caplog.text and "another warning" in caplog.text
+    assert hf_logging.is_progress_bar_enabled() and not notice.filters  # restored
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ

@@ -1,29 +1,41 @@
-"""What the commands print of the libraries they use: by default, their own messages and progress, and the libraries'
-errors; `--verbose` (or `MMT_ARD_VERBOSE=1`) brings back the libraries' warnings and progress bars.
+"""What the commands print of the libraries they use: by default their warnings, but not their loading, writing and
+data-preparation progress bars nor the notices that say nothing to a user of these commands; `--verbose` (or
+`MMT_ARD_VERBOSE=1`) brings everything back.
 
-Silenced by default: transformers' warnings and infos (a tiny tokenizer's `bos_token_id` notice, generation-config
-notes), and the progress bars of loading and writing weights (transformers, huggingface_hub) and of preparing data
-(datasets). Not silenced: `mmt_ard`'s own log lines (its checks say what matters about a model or a dataset),
-transformers' errors, Python warnings, and the training progress (the Trainer's bar, or a plain line per logging
-step when the output is not a terminal). A variable the user set (`TRANSFORMERS_VERBOSITY`,
-`HF_HUB_DISABLE_PROGRESS_BARS`, `HF_DATASETS_DISABLE_PROGRESS_BARS`) wins.
+Silenced by default:
+- the progress bars of loading and writing weights (transformers, huggingface_hub) and of preparing data
+  (datasets); a variable the user set (`HF_HUB_DISABLE_PROGRESS_BARS`, `HF_DATASETS_DISABLE_PROGRESS_BARS`) wins;
+- transformers' notice that the tokenizer's PAD/BOS/EOS ids (`bos_token_id`, ...) differ from the model config's,
+  which the Trainer logs for every tiny or zero-shot text tower: nothing here generates text with them.
+
+Not silenced: `mmt_ard`'s own log lines, every other library warning and error, Python warnings, and the training
+progress (the Trainer's bar on a terminal; transformers' verbosity is left alone because it also decides whether
+the Trainer shows that bar).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 
 VERBOSE_FLAG = "--verbose"
 VERBOSE_ENV = "MMT_ARD_VERBOSE"
 
-# set before the libraries are imported, and inherited by the processes a launcher starts
-_QUIET_ENV = {
-    "TRANSFORMERS_VERBOSITY": "error",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-}
+# set before the libraries are imported (they read them at import), and inherited by the processes a launcher starts
+_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+# (logger, start of the message) of library notices that say nothing to a user of the commands
+_NOISE = (("transformers.trainer_utils", "The tokenizer has new PAD/BOS/EOS tokens"),)
+
+
+class _DropNotices(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def verbose_requested(argv: list[str]) -> tuple[list[str], bool]:
@@ -35,22 +47,21 @@ def verbose_requested(argv: list[str]) -> tuple[list[str], bool]:
 
 @contextlib.contextmanager
 def quiet_libraries():
-    """Silence the libraries' warnings and progress bars (see the module docstring) while the block runs, before or
-    after their import; everything is as it was afterwards (a Python caller of a command keeps its own settings)."""
+    """Silence the libraries' progress bars and notices (see the module docstring) while the block runs, whether or
+    not they are imported yet; everything is as it was afterwards (a Python caller of a command keeps its settings)."""
     saved_env = {name: os.environ.get(name) for name in _QUIET_ENV}
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
-    hf_logging = None
+    filters = [(logging.getLogger(name), _DropNotices(prefix)) for name, prefix in _NOISE]
+    for logger, notice_filter in filters:
+        logger.addFilter(notice_filter)
     # libraries imported already read their settings at import: set them directly too
-    if "transformers" in sys.modules:
+    hf_logging = hf_bars = datasets = datasets_bars = None
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
         from transformers.utils import logging as hf_logging
 
-        saved_hf = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-        if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
-            hf_logging.set_verbosity_error()
-        if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
-            hf_logging.disable_progress_bar()
-    datasets_bars = None
+        hf_bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
     if "datasets" in sys.modules and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1":
         import datasets
 
@@ -64,9 +75,9 @@ def quiet_libraries():
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        if hf_logging is not None:
-            hf_logging.set_verbosity(saved_hf[0])
-            if saved_hf[1]:
-                hf_logging.enable_progress_bar()
+        for logger, notice_filter in filters:
+            logger.removeFilter(notice_filter)
+        if hf_bars:
+            hf_logging.enable_progress_bar()
         if datasets_bars:
             datasets.enable_progress_bars()
