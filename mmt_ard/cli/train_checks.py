@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..training.config import MMTARDConfig
 from .errors import UsageError
-from .names import check_data_files, check_dataset_name, check_files, check_model_name
+from .names import check_data_files, check_dataset_name, check_files, check_model_name, check_wds_folder
 from .run_dir import check_output_dir, resume_value
 from .train_args import ScriptArguments, parse_eps
 from .train_flags import check_flags_used
@@ -60,5 +60,6 @@ def check_run(sa: ScriptArguments, config: MMTARDConfig, explicit: set[str] | fr
         check_files("--class_names_file", sa.class_names_file)
         if sa.dataset_name:
             check_dataset_name("--dataset_name", sa.dataset_name)
+            check_wds_folder("--dataset_name", sa.dataset_name, [sa.train_split, sa.eval_split])
     config.resume_from_checkpoint = resume_value(config.resume_from_checkpoint)
     check_output_dir(config.output_dir, config.resume_from_checkpoint, sa.overwrite_output_dir)

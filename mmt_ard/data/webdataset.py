@@ -32,7 +32,17 @@ _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
 
 class ShardError(ValueError):
-    """A webdataset shard that cannot serve as one: missing, empty, not a tar, or not webdataset-shaped."""
+    """A webdataset shard that cannot serve as one: missing, empty, not a tar, or not webdataset-shaped.
+
+    Args:
+        path: the shard.
+        problem: what is wrong with it (`is empty (no files)`).
+        fix: what to do (a sentence).
+    """
+
+    def __init__(self, path: str, problem: str, fix: str):
+        self.path, self.problem, self.fix = path, problem, fix
+        super().__init__(f"Shard {path!r} {problem}: {fix}")
 
 
 def is_brace_pattern(text) -> bool:
@@ -121,7 +131,7 @@ def check_shard(path: str) -> None:
     """Raise a `ShardError` naming `path` when it is missing, empty, not a tar, or its first sample has no image
     (`.jpg`/`.jpeg`/`.png`/`.webp`): the first few headers are read, not the data."""
     if "://" not in path and not os.path.isfile(path):
-        raise ShardError(f"shard {path!r} does not exist: check the path or the brace pattern's range")
+        raise ShardError(path, "does not exist", "Check the path, or the brace pattern's range.")
     try:
         with _open(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
             first_key, exts = None, set()
@@ -135,14 +145,15 @@ def check_shard(path: str) -> None:
                     break
                 exts.add(ext)
     except tarfile.TarError as err:
-        raise ShardError(f"shard {path!r} is not a tar file ({err}): give webdataset tar shards") from err
+        raise ShardError(path, f"is not a tar file ({err})", "Give webdataset .tar shards.") from err
     if first_key is None:
-        raise ShardError(f"shard {path!r} is empty (no files): remove it from the list or rewrite it")
+        raise ShardError(path, "is empty (no files)", "Remove it from the list, or write it again.")
     if not exts & set(IMAGE_EXTENSIONS):
         raise ShardError(
-            f"shard {path!r} is not a webdataset of images: its first sample {first_key!r} has files "
-            f"{sorted('.' + e for e in exts)}, none of {['.' + e for e in IMAGE_EXTENSIONS]}. Give tars written by "
-            "img2dataset / webdataset (`<key>.jpg` beside `<key>.cls` or `<key>.json`)"
+            path,
+            f"is not a webdataset of images (its first sample {first_key!r} has files "
+            f"{sorted('.' + e for e in exts)}, none of {['.' + e for e in IMAGE_EXTENSIONS]})",
+            "Give tars written by img2dataset / webdataset: `<key>.jpg` beside `<key>.cls` or `<key>.json`.",
         )
 
 
@@ -195,8 +206,9 @@ def wds_split_files(root: str, split: str) -> list[str] | None:
             expected = f.read().strip()
         if expected.isdigit() and int(expected) != len(tars):
             raise ShardError(
-                f"{folder!r} holds {len(tars)} shards but its nshards.txt says {expected}: the copy is incomplete; "
-                "download the missing shards"
+                folder,
+                f"holds {len(tars)} shards but its nshards.txt says {expected}",
+                "The copy is incomplete: download the missing shards.",
             )
     return [os.path.join(folder, n) for n in tars]
 
