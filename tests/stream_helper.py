@@ -116,7 +116,10 @@ class CountingCollator(ImageClassificationCollator):
         return super().__call__(examples)
 
 
-def build_trainer(output_dir: str, stream: ShardedStream, workers: int = 2, callbacks=(), **overrides):
+def build_trainer(
+    output_dir: str, stream: ShardedStream | None, workers: int = 2, callbacks=(), train_dataset=None, **overrides
+):
+    """The run on `stream` (or on a map-style `train_dataset`) with `workers` DataLoader workers."""
     student, processor = build_tiny_clip(hidden=32, image_size=16, seed=0)
     robust, robust_proc = build_tiny_clip(hidden=32, image_size=16, seed=1)
     clean, clean_proc = build_tiny_clip(hidden=32, image_size=16, seed=2)
@@ -149,7 +152,7 @@ def build_trainer(output_dir: str, stream: ShardedStream, workers: int = 2, call
         ],
         class_names=DIGIT_NAMES,
         processing_class=processor,
-        train_dataset=stream,
+        train_dataset=stream if train_dataset is None else train_dataset,
         data_collator=collator,
         callbacks=list(callbacks),
     )

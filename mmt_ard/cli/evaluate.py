@@ -25,7 +25,6 @@ import os
 import sys
 from fractions import Fraction
 
-from ..data.webdataset import is_brace_pattern
 from ..evaluation.protocols import ATTACKS, NORMS, PROTOCOLS, TEMPLATE_MODES
 from .errors import UsageError, add_debug_flag, command, one_line_errors, running
 from .names import (
@@ -240,6 +239,8 @@ def check_names(args: argparse.Namespace, datasets: list[str]) -> None:
                     "Give a model folder (CLIP, SigLIP), a training run's output_dir, or a Hub id.",
                 ) from err
     check_model_name("--processor", args.processor, "processor")
+    from ..data.webdataset import is_brace_pattern  # here: `--help` imports no torch
+
     for spec in datasets:
         if os.path.isfile(spec) or is_brace_pattern(spec):
             check_data_files("--datasets", spec)  # brace patterns of shards included
