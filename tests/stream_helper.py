@@ -123,24 +123,24 @@ def build_trainer(
     student, processor = build_tiny_clip(hidden=32, image_size=16, seed=0)
     robust, robust_proc = build_tiny_clip(hidden=32, image_size=16, seed=1)
     clean, clean_proc = build_tiny_clip(hidden=32, image_size=16, seed=2)
-    kwargs = dict(
-        output_dir=output_dir,
-        preset="mmt-ard",
-        attack_steps=1,
-        attack_eps=8 / 255,
-        attack_step_size=8 / 255,
-        learning_rate=1e-3,
-        max_steps=MAX_STEPS,
-        save_steps=SAVE_STEPS,
-        per_device_train_batch_size=BATCH,
-        logging_steps=1,
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=workers,
-        dataloader_pin_memory=False,
-        seed=7,
-    )
+    kwargs = {
+        "output_dir": output_dir,
+        "preset": "mmt-ard",
+        "attack_steps": 1,
+        "attack_eps": 8 / 255,
+        "attack_step_size": 8 / 255,
+        "learning_rate": 1e-3,
+        "max_steps": MAX_STEPS,
+        "save_steps": SAVE_STEPS,
+        "per_device_train_batch_size": BATCH,
+        "logging_steps": 1,
+        "use_cpu": True,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": workers,
+        "dataloader_pin_memory": False,
+        "seed": 7,
+    }
     kwargs.update(overrides)
     collator = CountingCollator(16, DIGIT_NAMES)
     return MMTARDTrainer(

@@ -215,3 +215,34 @@ def test_map_style_resume_decodes_nothing_already_done(tmp_path):
         assert max_abs_diff(helper.final_state(resumed), reference) <= TOL
     # the first new batch and the one Accelerate's loader reads ahead, at either point: nothing replayed
     assert decoded == {"checkpoint-3": 2 * helper.BATCH, "checkpoint-6": 2 * helper.BATCH}
+
+
+def test_a_hub_parquet_dataset_streams_from_its_data_files(data, monkeypatch, tmp_path):
+    """`--dataset_name <hub id> --streaming`: the Hub dataset's own parquet files (what `datasets` would stream) are
+    read as a `ShardedStream`; `datasets`' builder lookup and loading are pointed at local copies (no network)."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    from mmt_ard.cli.train_args import parse_args
+    from mmt_ard.cli.train_inputs import load_training_data
+
+    files, real_load = data["parquet"], datasets.load_dataset
+
+    def load_dataset(path, *args, **kwargs):
+        if path == "someone/digits":
+            return real_load("parquet", data_files={"train": files}, split="train", streaming=kwargs["streaming"])
+        return real_load(path, *args, **kwargs)
+
+    def load_dataset_builder(path, name=None, **kwargs):
+        assert path == "someone/digits"
+        return SimpleNamespace(name="parquet", config=SimpleNamespace(data_files={"train": files}))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(datasets, "load_dataset_builder", load_dataset_builder)
+    argv = ["--student", "s", "--dataset_name", "someone/digits", "--streaming", "true", "--max_steps", "4"]
+    argv += ["--eval_split", "none", "--class_names", *helper.DIGIT_NAMES, "--output_dir", str(tmp_path), "--use_cpu"]
+    script_args, config, _ = parse_args(argv)
+    train, evaluation, names = load_training_data(script_args, config)
+    assert isinstance(train, ShardedStream) and (train.files, train.kind) == (files, "parquet")
+    assert len(train.pieces) == 4 and names == helper.DIGIT_NAMES and evaluation is None

@@ -197,6 +197,7 @@ def test_mmt_ard_eval_reads_a_wds_folder_and_a_brace_pattern(workspace, monkeypa
         (["bad/empty.tar"], ["bad/empty.tar", "is empty"]),
         (["bad/nottar.tar"], ["bad/nottar.tar", "is not a tar file"]),
         (["bad/text.tar"], ["bad/text.tar", "not a webdataset of images"]),
+        (["wds_digits/train/0.tar", "--max_train_samples", "5"], ["--max_train_samples=5", "fewer shards"]),
     ],
 )
 def test_bad_shards_stop_the_command_before_anything_loads(workspace, monkeypatch, capsys, files, named):

@@ -20,6 +20,7 @@ from ..data import (
     prepare_dataset,
     resolve_class_names,
 )
+from ..data.sources import hub_data_files
 from ..data.stream import STREAM_FORMATS, ShardedStream
 from ..training.config import MMTARDConfig
 from ..training.lora import apply_lora
@@ -182,11 +183,14 @@ def load_training_data(sa: ScriptArguments, config: MMTARDConfig):
         logger.info("Class names from the %s of %s: %s", train.class_names_source, train.name, train.class_names)
     eval_source = None if sa.eval_split.lower() == "none" else (sa.eval_files or sa.dataset_name)
     evaluation = _open_source(sa, eval_source, sa.eval_split, **kwargs).dataset if eval_source else None
-    if sa.streaming and train.format in STREAM_FORMATS and train.files:
+    stream_files = (train.files, train.format) if train.format in STREAM_FORMATS and train.files else None
+    if sa.streaming and train.format == "hub":
+        stream_files = hub_data_files(train_source, sa.train_split, sa.dataset_config_name)
+    if sa.streaming and stream_files is not None:
         # a seekable stream: resumes from the position a checkpoint saved, without replay (`data.stream`)
         prepared = ShardedStream(
-            train.files,
-            train.format,
+            stream_files[0],
+            stream_files[1],
             sa.image_column,
             sa.label_column,
             label_json_field=sa.label_json_field,

@@ -184,6 +184,23 @@ def _load(source, split: str, config_name, streaming: bool, cache_dir, any_split
     return loaded, "hub", []
 
 
+def hub_data_files(hub_id: str, split: str, config_name: str | None = None) -> tuple[list[str], str] | None:
+    """`(data file URLs, format)` of one split of a Hub dataset stored as parquet, arrow or webdataset files
+    (`hf://datasets/<id>@<revision>/...`, what `datasets` itself would stream), or None for other datasets (a
+    loading script, an image folder): what `--streaming` needs to read a Hub dataset as a `ShardedStream`."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(hub_id, config_name)
+    except Exception:  # noqa: BLE001 - unreachable, gated, a script: stream through `datasets` instead
+        return None
+    kind = getattr(builder, "name", None)
+    files = (getattr(builder.config, "data_files", None) or {}).get(split)
+    if kind not in ("parquet", "arrow", "webdataset") or not files:
+        return None
+    return [str(f) for f in files], kind
+
+
 def load_image_dataset(
     source: str | Sequence[str],
     split: str = "train",

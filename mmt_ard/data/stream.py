@@ -68,14 +68,10 @@ class Piece:
 
 def list_pieces(files: Sequence[str], kind: str) -> list[Piece]:
     """The pieces of `files` in order (file metadata only: parquet footers, arrow batch headers, nothing for tars)."""
-    import pyarrow as pa
-
     pieces, row = [], 0
     for path in files:
         if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            meta = pq.read_metadata(path)
+            meta = _parquet_file(path).metadata
             for g in range(meta.num_row_groups):
                 n = meta.row_group(g).num_rows
                 pieces.append(Piece(path, kind, g, row, n))
@@ -88,8 +84,18 @@ def list_pieces(files: Sequence[str], kind: str) -> list[Piece]:
             pieces.append(Piece(path, kind, 0, None, None))
         else:
             raise ValueError(f"`kind`={kind!r}: a stream reads {list(STREAM_FORMATS)} files.")
-    del pa
     return pieces
+
+
+def _parquet_file(path: str):
+    """A `pyarrow.parquet.ParquetFile` of a local path or an fsspec URL (`hf://datasets/...`: Hub data files)."""
+    import pyarrow.parquet as pq
+
+    if "://" in path:
+        import fsspec
+
+        return pq.ParquetFile(fsspec.open(path, "rb").open())
+    return pq.ParquetFile(path)
 
 
 def _arrow_reader(source):
@@ -208,9 +214,7 @@ class ShardedStream(torch.utils.data.IterableDataset):
 
         path = self.files[0]
         if self.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
+            return list(_parquet_file(path).schema_arrow.names)
         with pa.memory_map(path) as source:
             return list(_arrow_reader(source).schema.names)
 
@@ -279,14 +283,13 @@ class ShardedStream(torch.utils.data.IterableDataset):
         if piece.kind == "webdataset":
             for i, key, files in iter_tar_samples(piece.path, start):
                 _STATS["rows_read"] += 1
-                yield i, tar_example(
-                    piece.path, key, files, self.image_column, self.label_column, self.label_json_field
+                yield (
+                    i,
+                    tar_example(piece.path, key, files, self.image_column, self.label_column, self.label_json_field),
                 )
             return
         if piece.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.ParquetFile(piece.path).read_row_group(piece.index, columns=self._columns)
+            table = _parquet_file(piece.path).read_row_group(piece.index, columns=self._columns)
         else:
             batch = next(b for i, b in enumerate(_arrow_batches(piece.path)) if i == piece.index)
             table = batch.select(self._columns)
