@@ -75,6 +75,14 @@ class TestShardedStream:
         everything = [i for seen in per_slot.values() for i in seen]
         assert len(everything) == len(set(everything)) == 40  # disjoint, and all 40 read in a pass
 
+    def test_windows_run_across_piece_ends(self, data):
+        """Rows are shuffled in windows of 8 over the pieces (row groups of 10) in a row: the second window of a
+        pass holds the end of one piece and the start of the next (sorted data gets mixed across pieces)."""
+        stream = helper.make_stream(data["parquet"], "parquet")
+        it = stream.slot_examples(0)
+        second_window = [next(it) for _ in range(16)][8:]
+        assert len({ex["sample_id"] // 10 for ex in second_window}) == 2
+
     def test_resume_reads_at_most_one_window(self, data):
         stream = helper.make_stream(data["webdataset"], "webdataset")
         it = stream.slot_examples(0)
@@ -175,9 +183,8 @@ class FirstStep(TrainerCallback):
 
 def test_time_before_the_first_step_does_not_grow_with_the_steps_done(data, tmp_path):
     """In-process (0 workers, so the counters see every read): resuming at step 3 and at step 6 decodes one batch and
-    reads a bounded number of rows before training (the rest of the window it stops in, re-read, plus the windows
-    the first batch reaches into: at most 2 windows + a batch, whatever the step); a replay decodes every batch
-    done."""
+    reads a bounded number of rows before training (the window it stopped in, re-read, and the next one if the first
+    batch reaches into it: at most 2 windows + a batch, whatever the step); a replay decodes every batch done."""
     files = data["webdataset"]
     ref_dir = str(tmp_path / "reference")
     helper.build_trainer(ref_dir, helper.make_stream(files, "webdataset"), workers=0).train()

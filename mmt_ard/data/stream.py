@@ -13,12 +13,14 @@ with the same buffer problem. The order here is instead built to be seekable:
   `rank * num_workers + worker` reads pieces `slot, slot + S, slot + 2S, ...` (S slots). With fewer pieces than
   slots every slot reads all pieces and keeps every S-th sample (a warning says so; write more shards);
 * each slot reads its pieces pass after pass without end (`max_steps` ends training): pass `p` visits them in an
-  order drawn from `(seed, p)`, and shuffles each piece in windows of `shuffle_window` rows, window `w` of piece
-  `k` permuted by `(seed, p, k, w)`. Every sample of a slot is read once per pass; slots never share a sample;
-* the **position** of a slot is `(pass, piece number in the pass's order, row in the piece)`. Every batch carries
-  the position after its last sample (`stream_position`, stripped by the trainer), so a checkpoint stores where
-  each slot of each process stands. Resuming opens that piece, re-reads at most one window (bytes, nothing
-  decoded) and goes on: the time before the first new step does not depend on how many steps were done.
+  order drawn from `(seed, p)`, cut into windows of `shuffle_window` consecutive rows (across piece ends, so a
+  window of class-sorted files mixes several pieces), each window permuted by `(seed, p, piece, row)` of its
+  start. Every sample of a slot is read once per pass; slots never share a sample;
+* the **position** of a slot is `(pass, piece number in the pass's order, row, taken)`: where its current window
+  starts and how many of the window's examples are done. Every batch carries the position after its last sample
+  (`stream_position`, stripped by the trainer), so a checkpoint stores where each slot of each process stands.
+  Resuming opens that piece at that row, re-reads the one window (bytes, nothing decoded) and goes on: the time
+  before the first new step does not depend on how many steps were done.
 
 A DataLoader over a stream with W workers hands out batches round-robin, batch `t` from worker `t % W`, each batch
 made of one worker's samples; so the batches, and therefore the run, are a function of the seed, the files, the
@@ -42,7 +44,7 @@ from .webdataset import iter_tar_samples, tar_example
 
 logger = logging.getLogger(__name__)
 
-POSITION_KEY = "stream_position"  # (4,) int64 in every batch: slot, pass, piece number, next row
+POSITION_KEY = "stream_position"  # (5,) int64 in every batch: slot, pass, piece number, window row, taken
 STREAM_FORMATS = ("parquet", "arrow", "webdataset")
 _STATS = {"rows_read": 0}  # rows read in this process (tests count what a resume reads)
 
@@ -175,8 +177,12 @@ class ShardedStream(torch.utils.data.IterableDataset):
         self._columns = self._file_columns()
         # set per process by `for_process` (the trainer): which slots this process owns, where they start
         self.rank, self.world_size, self.num_workers = 0, 1, 0
-        self.start: dict[int, tuple[int, int, int]] = {}
+        self._table = None  # the last row group / record batch read: `(key, table)`
+        self.start: dict[int, tuple[int, int, int, int]] = {}
         self.first_worker_slot = 0  # the slot (of this process's) that DataLoader worker 0 reads
+
+    def __getstate__(self):  # to DataLoader workers: without the cached table
+        return {**self.__dict__, "_table": None}
 
     # ---- setup ----
     @staticmethod
@@ -241,8 +247,8 @@ class ShardedStream(torch.utils.data.IterableDataset):
         start: dict[int, Sequence[int]] | None = None,
         next_slot: int = 0,
     ) -> ShardedStream:
-        """Set the process this stream runs in and where its slots start (`{slot: (pass, piece, row)}`, default the
-        beginning); returns `self`.
+        """Set the process this stream runs in and where its slots start (`{slot: (pass, piece, row, taken)}`,
+        default the beginning); returns `self`.
 
         `next_slot` (0 .. workers - 1) is the slot whose batch comes next: a DataLoader takes its first batch from
         worker 0, so worker `w` reads slot `(w + next_slot) % workers` of this process, and a resumed run takes
@@ -250,7 +256,7 @@ class ShardedStream(torch.utils.data.IterableDataset):
         self.rank, self.world_size, self.num_workers = int(rank), int(world_size), int(num_workers)
         self.first_worker_slot = int(next_slot) % max(1, self.num_workers)
         slots = self.slots_of_process()
-        self.start = {s: tuple(int(v) for v in (start or {}).get(s, (0, 0, 0))) for s in slots}
+        self.start = {s: tuple(int(v) for v in (start or {}).get(s, (0, 0, 0, 0))) for s in slots}
         if len(self.pieces) < self.num_slots() and rank == 0:
             logger.warning(
                 "The training stream has %d pieces (row groups / record batches / tar shards) for %d readers "
@@ -260,9 +266,9 @@ class ShardedStream(torch.utils.data.IterableDataset):
             )  # fmt: skip
         return self
 
-    def start_positions(self) -> dict[int, tuple[int, int, int]]:
-        """`{slot: (pass, piece, row)}` where this process's slots start."""
-        return dict(self.start) if self.start else {s: (0, 0, 0) for s in self.slots_of_process()}
+    def start_positions(self) -> dict[int, tuple[int, int, int, int]]:
+        """`{slot: (pass, piece, row, taken)}` where this process's slots start (see `slot_examples`)."""
+        return dict(self.start) if self.start else {s: (0, 0, 0, 0) for s in self.slots_of_process()}
 
     # ---- reading ----
     def _slot_pieces(self, slot: int) -> tuple[list[int], int, int]:
@@ -288,11 +294,15 @@ class ShardedStream(torch.utils.data.IterableDataset):
                     tar_example(piece.path, key, files, self.image_column, self.label_column, self.label_json_field),
                 )
             return
-        if piece.kind == "parquet":
+        cached = getattr(self, "_table", None)
+        if cached is not None and cached[0] == (piece.path, piece.index):
+            table = cached[1]  # a window that ends inside a row group: the next one reads on from it
+        elif piece.kind == "parquet":
             table = _parquet_file(piece.path).read_row_group(piece.index, columns=self._columns)
         else:
             batch = next(b for i, b in enumerate(_arrow_batches(piece.path)) if i == piece.index)
             table = batch.select(self._columns)
+        self._table = ((piece.path, piece.index), table)
         row_index = start
         for batch in table.slice(start, max(0, piece.rows - start)).to_batches(max_chunksize=64):
             for row in batch.to_pylist():  # 64 rows at a time: a window holds rows, not the whole row group
@@ -301,54 +311,63 @@ class ShardedStream(torch.utils.data.IterableDataset):
                 yield row_index, row
                 row_index += 1
 
-    def _piece_examples(self, piece_id: int, pass_: int, start: int, stride: int, phase: int):
-        """`(row, example)` of one piece in its shuffled order, from the `start`-th on; with `stride` > 1 only the
-        rows `r` with `r % stride == phase` (in shuffled order)."""
-        piece, window = self.pieces[piece_id], self.shuffle_window
-        w = start // window if self.shuffle else 0
-        rows = self._rows(piece, w * window if self.shuffle else start)
-        position = w * window if self.shuffle else start
-        while True:
-            if self.shuffle:
-                chunk = [ex for _, (_, ex) in zip(range(window), rows)]
-                if not chunk:
-                    return
-                perm = np.random.default_rng([self.seed, pass_, piece_id, w]).permutation(len(chunk))
-                ordered = [chunk[i] for i in perm]
-            else:
-                ordered = [ex for _, ex in rows]
-            for ex in ordered:
-                if position >= start and position % stride == phase:
-                    yield position, ex
-                position += 1
-            if not self.shuffle:
-                return
-            w += 1
+    def _window(self, order: list[int], k: int, row: int) -> tuple[list[dict], int, int]:
+        """Up to `shuffle_window` examples read in order from row `row` of the `k`-th piece of `order` on, across
+        piece ends; returns them and where the next window starts `(k, row)`."""
+        window, size = [], self.shuffle_window
+        while k < len(order) and len(window) < size:
+            rows = self._rows(self.pieces[order[k]], row)
+            try:
+                for r, example in rows:
+                    window.append(example)
+                    row = r + 1
+                    if len(window) == size:
+                        break
+                else:  # the piece is done
+                    k, row = k + 1, 0
+            finally:
+                rows.close()
+        return window, k, row
 
-    def slot_examples(self, slot: int, start: Sequence[int] = (0, 0, 0)) -> Iterator[dict]:
-        """The endless examples of `slot` from position `start`, each with `POSITION_KEY`: the position after it."""
+    def slot_examples(self, slot: int, start: Sequence[int] = (0, 0, 0, 0)) -> Iterator[dict]:
+        """The endless examples of `slot` from position `start`, each with `POSITION_KEY`: the position after it.
+
+        A position is `(pass, piece number k, row, taken)`: the current window starts at `row` of the `k`-th piece
+        of the pass's order, and `taken` of its (shuffled) examples are done. A window holds the next
+        `shuffle_window` rows of the slot's pieces, across piece ends, and is permuted by `(seed, pass, piece,
+        row)` of its start; with fewer pieces than slots, a slot keeps the window's examples `j` with
+        `j % slots == slot`."""
         ids, stride, phase = self._slot_pieces(slot)
-        pass_, k, row = (int(v) for v in start)
+        pass_, k, row, taken = (int(v) for v in start)
         while True:
-            order = self._order(ids, pass_)
+            order, read = self._order(ids, pass_), 0
             while k < len(order):
-                for position, example in self._piece_examples(order[k], pass_, row, stride, phase):
-                    example[POSITION_KEY] = (slot, pass_, k, position + 1)
-                    yield example
-                k, row = k + 1, 0
-            pass_, k = pass_ + 1, 0
+                window, next_k, next_row = self._window(order, k, row)
+                read += len(window)
+                if self.shuffle:
+                    key = [self.seed, pass_, order[k], row]
+                    window = [window[i] for i in np.random.default_rng(key).permutation(len(window))]
+                for j in range(taken, len(window)):
+                    if j % stride == phase:
+                        example = window[j]
+                        example[POSITION_KEY] = (slot, pass_, k, row, j + 1)
+                        yield example
+                k, row, taken = next_k, next_row, 0
+            if not read and not start[1] and not start[2]:
+                raise ValueError(f"The pieces {[self.pieces[i].path for i in ids][:3]} of a stream hold no rows.")
+            pass_, k, row, start = pass_ + 1, 0, 0, (0, 0, 0, 0)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         slots = self.slots_of_process()
         slot = slots[(worker + self.first_worker_slot) % len(slots)]
-        return self.slot_examples(slot, self.start_positions().get(slot, (0, 0, 0)))
+        return self.slot_examples(slot, self.start_positions().get(slot, (0, 0, 0, 0)))
 
 
 class PositionCollator:
     """The training collator of a stream: the wrapped collator's batch plus `stream_position`, the position after the
-    batch's last example (`(slot, pass, piece, row)`, int64)."""
+    batch's last example (`(slot, pass, piece, row, taken)`, int64)."""
 
     def __init__(self, collate):
         self.collate = collate

@@ -3,7 +3,7 @@
 The trainer builds the DataLoader of a `ShardedStream` itself (`stream_loader`): each process reads its own slots
 (no `accelerate` dispatch from rank 0, no re-sharding), and every batch carries the position after it, which
 `StreamPositions` takes out of the batch before the model sees it. A checkpoint stores, per process,
-`data_state_rank<r>.json`: `{slot: [pass, piece, row]}` for each of its slots (one slot per DataLoader worker), with
+`data_state_rank<r>.json`: `{slot: [pass, piece, row, taken]}` for each of its slots (one slot per DataLoader worker), with
 what the positions are valid for (processes, workers, the stream's fingerprint). Resuming hands those positions to
 the stream, and `get_resumed_dataloader` skips nothing.
 
@@ -39,11 +39,11 @@ class StreamPositions:
     """Where each slot of this process stands, after the batches the training loop has taken.
 
     Args:
-        start: `{slot: (pass, piece, row)}` of the slots, at the start of this `train()`.
+        start: `{slot: (pass, piece, row, taken)}` of the slots, at the start of this `train()`.
         next_slot: the number (0 .. workers - 1, in this process) of the slot whose batch comes next.
     """
 
-    def __init__(self, start: dict[int, tuple[int, int, int]], next_slot: int = 0):
+    def __init__(self, start: dict[int, tuple[int, ...]], next_slot: int = 0):
         self.positions = {int(s): list(p) for s, p in start.items()}
         self.next_slot = int(next_slot) % max(1, len(self.positions))
 
@@ -98,8 +98,8 @@ def save_positions(trainer, checkpoint_dir: str) -> None:
         json.dump(state, f, indent=1)
 
 
-def positions_to_resume(trainer, checkpoint_dir: str) -> tuple[dict[int, tuple[int, int, int]], int] | None:
-    """`({slot: (pass, piece, row)}, next slot)` saved for this process, or None (with a warning saying why) when
+def positions_to_resume(trainer, checkpoint_dir: str) -> tuple[dict[int, tuple[int, ...]], int] | None:
+    """`({slot: (pass, piece, row, taken)}, next slot)` saved for this process, or None (with a warning saying why) when
     the resume must replay."""
     args, stream = trainer.args, trainer.train_dataset
     path = os.path.join(checkpoint_dir, DATA_STATE_PATTERN.format(rank=args.process_index))
