@@ -230,3 +230,14 @@ def test_a_label_outside_the_classes_stops_the_run_naming_shard_and_key(workspac
     lines = [line for line in err.splitlines() if line.startswith("mmt-ard-train: error: ")]
     assert code == 1 and len(lines) == 1, err
     assert "bad/badlabel.tar#k-bad" in lines[0] and "--bad_samples skip" in lines[0]
+
+
+def test_a_label_outside_the_classes_in_map_style_shards_is_refused_before_training(workspace, monkeypatch, capsys):
+    monkeypatch.chdir(workspace)
+    data = ["--train_files", "bad/badlabel.tar", "--class_names_file", "wds_digits/classnames.txt"]
+    code = train_cli.cli(train_args("run_badlabel_map", *data, "--eval_split", "none"))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("mmt-ard-train: error: ")]
+    assert code == 2 and len(lines) == 1, err
+    assert "labels [42] outside them" in lines[0] and "badlabel.tar" in lines[0] and "'k-bad'" in lines[0]
+    assert not (workspace / "run_badlabel_map").exists()

@@ -111,7 +111,9 @@ def positions_to_resume(trainer, checkpoint_dir: str) -> tuple[dict[int, tuple[i
     if not os.path.isfile(path):
         logger.warning(
             f"{checkpoint_dir} holds no data position ({os.path.basename(path)}; it was written by an earlier version "
-            f"of mmt_ard): resuming the stream by replay, {cost}. Checkpoints written from now on resume without."
+            f"of mmt_ard): resuming the stream by replay, {cost}. Checkpoints written from now on resume without. (A "
+            "run that streamed through `datasets` read its samples in another order: the resumed run goes on in this "
+            "stream's order, not bit-identical to where that run would have gone.)"
         )
         return None
     with open(path) as f:
