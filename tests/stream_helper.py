@@ -24,7 +24,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
-from transformers import TrainerCallback
 
 from mmt_ard import MMTARDConfig, MMTARDTrainer, Teacher
 from mmt_ard.data import ImageClassificationCollator
@@ -93,17 +92,6 @@ def write_data(folder: str, kind: str, label_json: bool = False) -> list[str]:
 def make_stream(files: list[str], kind: str, label_json: bool = False) -> ShardedStream:
     field = "label" if label_json else None
     return ShardedStream(files, kind, label_json_field=field, seed=7, shuffle_window=WINDOW)
-
-
-class CountCollated(TrainerCallback):
-    """Records how many examples the collator had decoded when the first optimizer step of this `train()` began."""
-
-    def __init__(self, collator: ImageClassificationCollator):
-        self.collator, self.at_first_step = collator, None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.at_first_step is None:
-            self.at_first_step = self.collator.decoded
 
 
 class CountingCollator(ImageClassificationCollator):

@@ -158,9 +158,12 @@ def test_hub_wds_repository_goes_through_the_hub_code_path(workspace, monkeypatc
 # ---- the commands ----
 def test_train_streams_shards_from_a_brace_pattern(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
-    data = ["--train_files", "wds_digits/train/{0..3}.tar", "--streaming", "true", "--eval_split", "none"]
+    data = ["--train_files", "wds_digits/train/{0..3}.tar", "--streaming", "true"]
+    data += ["--eval_files", "wds_digits/test/{0..1}.tar", "--max_eval_samples", "8"]
     code = train_cli.cli(train_args("run_stream", *data, "--save_steps", "1", "--save_strategy", "steps"))
     assert code == 0
+    results = json.loads((workspace / "run_stream" / "results.json").read_text())
+    assert [row["num_clean"] for row in results["robustness"]["rows"]] == [8]  # the streamed evaluation shards
     assert (workspace / "run_stream" / "checkpoint-2" / "model.safetensors").is_file()
     state = json.loads((workspace / "run_stream" / "checkpoint-1" / "data_state_rank0.json").read_text())
     assert state["kind"] == "sharded_stream" and state["positions"]["0"] != [0, 0, 0]

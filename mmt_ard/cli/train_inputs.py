@@ -232,7 +232,7 @@ def _open_source(sa: ScriptArguments, source, split: str, **kwargs):
     opened = open_image_source(source, split, label_column=label, label_json_field=sa.label_json_field, **kwargs)
     renames = {opened.image_column: sa.image_column, opened.label_column: sa.label_column}
     renames = {k: v for k, v in renames.items() if k != v}
-    if renames and not (kwargs.get("streaming") and opened.format in STREAM_FORMATS):
+    if renames:
         opened.dataset = opened.dataset.rename_columns(renames)
         opened.image_column, opened.label_column = sa.image_column, sa.label_column
     return opened

@@ -45,6 +45,7 @@ from .sources import (
     prepare_dataset,
     short_name,
 )
+from .stream import ShardedStream
 
 __all__ = [
     "BAD_SAMPLE_POLICIES",
@@ -54,6 +55,7 @@ __all__ = [
     "ImageClassificationCollator",
     "ImageSource",
     "LABEL_COLUMNS",
+    "ShardedStream",
     "bad_sample",
     "bad_sample_policy",
     "check_labels_in_classes",
