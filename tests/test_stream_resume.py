@@ -148,6 +148,21 @@ def test_streamed_resume_is_exact_in_every_pass(runs, kind, checkpoint, tmp_path
     assert diff <= TOL
 
 
+def test_exactness_depends_on_the_saved_position(runs, tmp_path):
+    """Control: the same checkpoint with the readers' turn swapped (`next_slot`) ends elsewhere, so the exactness
+    above comes from the saved positions, not from data the resumed run would read anyway."""
+    run = runs["webdataset"]
+    target = tmp_path / "resumed" / "checkpoint-3"
+    shutil.copytree(os.path.join(run["dir"], "checkpoint-3"), target)
+    state = json.loads((target / "data_state_rank0.json").read_text())
+    state["next_slot"] = 1 - state["next_slot"]
+    (target / "data_state_rank0.json").write_text(json.dumps(state))
+    stream = helper.make_stream(run["files"], "webdataset", run["label_json"])
+    trainer = helper.build_trainer(str(tmp_path / "resumed"), stream, workers=2)
+    trainer.train(resume_from_checkpoint=str(target))
+    assert max_abs_diff(helper.final_state(trainer), run["state"]) > 1e-6
+
+
 def test_a_checkpoint_without_a_position_resumes_by_replay_with_a_warning(runs, tmp_path, caplog):
     """A checkpoint of today's format (no data_state file) still resumes: by replay, which here is exact too."""
     with caplog.at_level("WARNING"):
@@ -253,3 +268,15 @@ def test_a_hub_parquet_dataset_streams_from_its_data_files(data, monkeypatch, tm
     train, evaluation, names = load_training_data(script_args, config)
     assert isinstance(train, ShardedStream) and (train.files, train.kind) == (files, "parquet")
     assert len(train.pieces) == 4 and names == helper.DIGIT_NAMES and evaluation is None
+
+
+def test_streamed_resume_with_gradient_accumulation_is_exact(data, tmp_path):
+    """2 batches per step, 2 workers: checkpoint-3 (6 batches, 24 rows per worker: the second pass) resumes exactly."""
+    files, settings = data["webdataset"], {"gradient_accumulation_steps": 2, "max_steps": 5}
+    reference = helper.build_trainer(str(tmp_path / "ga"), helper.make_stream(files, "webdataset"), **settings)
+    reference.train()
+    state = json.loads((tmp_path / "ga" / "checkpoint-3" / "data_state_rank0.json").read_text())
+    assert {p[0] for p in state["positions"].values()} == {1}
+    resumed = helper.build_trainer(str(tmp_path / "ga_resumed"), helper.make_stream(files, "webdataset"), **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "ga" / "checkpoint-3"))
+    assert max_abs_diff(helper.final_state(resumed), helper.final_state(reference)) <= TOL
