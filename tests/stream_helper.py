@@ -7,7 +7,8 @@ with a `label` field). Training streams them (`ShardedStream`, shuffle windows o
 with 2 DataLoader workers (or 2 processes) every reader passes over its 20 rows 2.5 batches at a time: checkpoint-3
 lies in the first pass, checkpoint-6 after it.
 
-    python tests/stream_helper.py --data DIR --kind webdataset --output_dir OUT [--resume CHECKPOINT] [--dump F]
+    python tests/stream_helper.py --data DIR --kind webdataset --output_dir OUT --dump F \
+        [--resume_from OUT/checkpoint-6 --resume_dir OUT2 --resume_dump F2]
 """
 
 from __future__ import annotations
@@ -164,14 +165,20 @@ def main(argv=None) -> None:
     parser.add_argument("--kind", default="parquet")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--resume", default=None)
     parser.add_argument("--dump", required=True)
+    parser.add_argument("--resume_from", default=None, help="then, in a new trainer: resume from this checkpoint")
+    parser.add_argument("--resume_dir", default=None, help="... into this output_dir")
+    parser.add_argument("--resume_dump", default=None, help="... and dump its final weights here")
     opts = parser.parse_args(argv)
     torch.set_num_threads(1)
     files = sorted(os.path.join(opts.data, n) for n in os.listdir(opts.data))
     trainer = build_trainer(opts.output_dir, make_stream(files, opts.kind), workers=opts.workers)
-    trainer.train(resume_from_checkpoint=opts.resume)
+    trainer.train()
     dump(trainer, opts.dump)
+    if opts.resume_from:  # a new trainer, loader and workers, from the checkpoint on disk (one launch less)
+        resumed = build_trainer(opts.resume_dir, make_stream(files, opts.kind), workers=opts.workers)
+        resumed.train(resume_from_checkpoint=opts.resume_from)
+        dump(resumed, opts.resume_dump)
     shutdown_process_group()
 
 

@@ -1,6 +1,7 @@
 """Streamed training on 2 processes (gloo, CPU) with a DataLoader worker each: every process reads its own shards and
 saves its own position; a run resumed from a checkpoint after the first pass ends bit-identical to the run it was
-cut from (`stream_helper.py`, webdataset shards)."""
+cut from (`stream_helper.py`, webdataset shards). One launch: the run, then, in the same processes, a new trainer
+(new loader, new workers) that resumes from the checkpoint on disk."""
 
 import json
 import os
@@ -18,20 +19,19 @@ HELPER = os.path.join(REPO, "tests", "stream_helper.py")
 def test_two_process_streamed_resume_after_the_first_pass_is_exact(tmp_path):
     data = str(tmp_path / "shards")
     helper.write_data(data, "webdataset")
-    run, full = tmp_path / "run", tmp_path / "full.safetensors"
-    common = ["--data", data, "--kind", "webdataset", "--workers", "1", "--output_dir", str(run)]
-    proc = launch_two_processes(free_port(), HELPER, *common, "--dump", str(full))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
+    run, full, resumed = tmp_path / "run", tmp_path / "full.safetensors", tmp_path / "resumed.safetensors"
     checkpoint = run / "checkpoint-6"
+    proc = launch_two_processes(
+        free_port(), HELPER, "--data", data, "--kind", "webdataset", "--workers", "1", "--output_dir", str(run),
+        "--dump", str(full), "--resume_from", str(checkpoint), "--resume_dir", str(tmp_path / "resumed"),
+        "--resume_dump", str(resumed),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "replay" not in proc.stderr
+
     states = [json.loads((checkpoint / f"data_state_rank{r}.json").read_text()) for r in (0, 1)]
     assert [sorted(s["positions"]) for s in states] == [["0"], ["1"]]  # one slot (reader) per process
     assert all(s["world_size"] == 2 and p[0] >= 1 for s in states for p in s["positions"].values())  # pass 2+
-
-    resumed = tmp_path / "resumed.safetensors"
-    proc = launch_two_processes(free_port(), HELPER, *common, "--resume", str(checkpoint), "--dump", str(resumed))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "replay" not in proc.stderr
     for path in (full, resumed):
         with safetensors.safe_open(str(path), "pt") as f:
             assert f.metadata()["setup"] == "DDP, 2 processes"
