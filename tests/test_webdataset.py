@@ -29,9 +29,19 @@ def offline(monkeypatch):
     monkeypatch.delenv("MMT_ARD_DEBUG", raising=False)
 
 
+def _webp(png: bytes) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buf, format="WEBP", lossless=True)
+    return buf.getvalue()
+
+
 def _wds_folder(root, splits: dict[str, int], label_json: bool = False) -> str:
     """A CLIP_benchmark-style folder: classnames.txt, templates, `<split>/0.tar, 1.tar, ...` + nshards.txt (12
-    digits per shard, `.png` + `.cls` or `.json`)."""
+    digits per shard: `.webp` in `test/` as CLIP_benchmark has them, `.png` elsewhere; `.cls` or `.json`)."""
     rows = helper.digit_pngs(sum(splits.values()) * 12)
     os.makedirs(root, exist_ok=True)
     i = 0
@@ -42,7 +52,8 @@ def _wds_folder(root, splits: dict[str, int], label_json: bool = False) -> str:
             for _ in range(12):
                 png, label = rows[i]
                 meta = {"json": json.dumps({"label": label}).encode()} if label_json else {"cls": str(label).encode()}
-                samples.append((f"{i:06d}", {"png": png, **meta}))
+                image = {"webp": _webp(png)} if split == "test" else {"png": png}
+                samples.append((f"{i:06d}", {**image, **meta}))
                 i += 1
             helper.write_tar(os.path.join(root, split, f"{s}.tar"), samples)
         with open(os.path.join(root, split, "nshards.txt"), "w") as f:
@@ -116,7 +127,7 @@ def test_shards_that_cannot_serve_are_named(workspace, name, problem):
 def test_local_wds_folder_brings_its_class_names_and_templates(workspace):
     source = open_image_source(str(workspace / "wds_digits"), "test")
     assert source.format == "webdataset" and len(source.dataset) == 24
-    assert (source.image_column, source.label_column) == ("png", "cls")
+    assert (source.image_column, source.label_column) == ("webp", "cls")
     assert source.class_names == DIGIT_NAMES and source.class_names_source == "classnames.txt"
     assert source.templates == ["a photo of the digit {}.", "the handwritten number {}."]
     pattern = open_image_source(str(workspace / "wds_digits" / "test" / "{0..1}.tar"), "test")
@@ -188,8 +199,13 @@ def test_mmt_ard_eval_reads_a_wds_folder_and_a_brace_pattern(workspace, monkeypa
     argv += ["--eps", "1/255", "--attacks", "pgd", "--pgd-steps", "1", "--num-samples", "16", "--no-checks"]
     argv += ["--no-progress", "--output-dir", "eval_out"]
     assert eval_cli.main(argv) == 0
-    text = json.dumps(json.loads(next((workspace / "eval_out").glob("*.json")).read_text()))
-    assert "classnames.txt" in text and "wds_digits" in text
+    results = json.loads((workspace / "eval_out" / "results.json").read_text())["results"]
+    assert len(results) == 2
+    for result in results:  # the folder and the pattern: the same 24 .webp samples, its class names and 2 prompts
+        assert (result["dataset_size"], result["num_samples"], result["num_templates"]) == (24, 16, 2)
+        assert result["data_meta"] == {
+            "templates_source": "dataset", "format": "webdataset", "classnames_source": "classnames.txt"
+        }  # fmt: skip
 
 
 @pytest.mark.parametrize(
