@@ -260,3 +260,14 @@ def test_a_label_outside_the_classes_in_map_style_shards_is_refused_before_train
     assert code == 2 and len(lines) == 1, err
     assert "labels [42] outside them" in lines[0] and "badlabel.tar" in lines[0] and "'k-bad'" in lines[0]
     assert not (workspace / "run_badlabel_map").exists()
+
+
+@pytest.mark.parametrize("spec", ["bad/empty.tar", "wds_digits/test/{5..6}.tar"])
+def test_mmt_ard_eval_refuses_bad_shards_in_one_line(workspace, monkeypatch, capsys, spec):
+    monkeypatch.chdir(workspace)
+    argv = ["--models", "student", "--datasets", spec, "--no-progress", "--output-dir", "eval_never"]
+    code = eval_cli.main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("mmt-ard-eval: error: ")]
+    assert code == 2 and len(lines) == 1 and f"--datasets='{spec}'" in lines[0], err
+    assert not (workspace / "eval_never").exists()
