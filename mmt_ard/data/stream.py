@@ -4,7 +4,9 @@ Why not `datasets`' streaming `IterableDataset`: its `state_dict()` records the 
 content of its shuffle buffer (`load_state_dict` warns that the buffer is refilled), so a resumed run sees other
 samples than an uninterrupted one; and the Trainer resumes a stream by reading and decoding every batch already
 done. torchdata's `StatefulDataLoader` (Accelerate's `use_stateful_dataloader`) would save the same dataset state,
-with the same buffer problem. The order here is instead built to be seekable:
+with the same buffer problem (and transformers' Trainer does not save a loader's state at all); Accelerate also
+dispatches an iterable dataset from rank 0 by default, so one process would read and decode for all. The order here
+is instead built to be seekable, and each process reads its own part:
 
 * the data files are cut into **pieces** that can be opened at any row without reading what comes before: a parquet
   row group, a record batch of an arrow file, a webdataset tar (whose headers let a reader step over the bytes of
