@@ -129,7 +129,8 @@ class ScriptArguments:
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     train_files: list[str] | None = field(
-        default=None, metadata={"help": "Local .parquet/.arrow training files or .tar shards (brace patterns allowed)."}
+        default=None,
+        metadata={"help": "Local .parquet/.arrow training files or .tar shards (brace patterns allowed)."},
     )
     eval_files: list[str] | None = field(
         default=None, metadata={"help": "Local .parquet/.arrow evaluation files or .tar shards."}
