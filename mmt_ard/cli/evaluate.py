@@ -28,7 +28,14 @@ from fractions import Fraction
 from ..evaluation.protocols import ATTACKS, NORMS, PROTOCOLS, TEMPLATE_MODES
 from .errors import UsageError, add_debug_flag, command, one_line_errors, running
 from .help_format import DefaultsHelpFormatter
-from .names import check_data_files, check_dataset_name, check_device, check_files, check_model_name
+from .names import (
+    check_data_files,
+    check_dataset_name,
+    check_device,
+    check_files,
+    check_model_name,
+    check_wds_folder,
+)
 
 PROG = "mmt-ard-eval"
 EXIT_FLAGGED = 3  # --fail-on-flag and a result failed a gradient-masking check
@@ -233,9 +240,13 @@ def check_names(args: argparse.Namespace, datasets: list[str]) -> None:
                     "Give a model folder (CLIP, SigLIP), a training run's output_dir, or a Hub id.",
                 ) from err
     check_model_name("--processor", args.processor, "processor")
+    from ..data.webdataset import is_brace_pattern  # here: `--help` imports no torch
+
     for spec in datasets:
-        if os.path.isfile(spec):
-            check_data_files("--datasets", spec)
+        if os.path.isfile(spec) or is_brace_pattern(spec):
+            check_data_files("--datasets", spec)  # brace patterns of shards included
+            continue
+        check_wds_folder("--datasets", spec, [args.split or "test"])
         key = None if os.path.exists(spec) else known_dataset(spec)
         check_dataset_name("--datasets", spec, HUB_IDS.get(key) if key else None, sorted(HUB_IDS))
     check_files("--class-names-json", args.class_names_json)

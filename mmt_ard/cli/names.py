@@ -191,14 +191,54 @@ def check_files(what: str, paths) -> None:
 
 def check_data_files(what: str, paths) -> None:
     """Every path is an existing file, and a `.parquet` / `.arrow` one can be opened as such (a footer or stream
-    header read, not the data)."""
-    check_files(what, paths)
+    header read, not the data); brace patterns (`shards/{00000..00099}.tar`) are expanded, and each webdataset shard
+    exists, is a tar, is not empty and holds an image in its first sample (`data.webdataset.check_shard`)."""
+    from ..data.webdataset import ShardError, check_shard, expand_braces, is_brace_pattern
+
+    expanded = []
     for path in [paths] if isinstance(paths, str) else list(paths or []):
+        if not is_brace_pattern(path):
+            expanded.append(path)
+            continue
+        try:
+            files = expand_braces(path)
+        except ValueError as err:
+            raise UsageError(what, path, str(err).rstrip("."), "Write ranges as {00000..00099} or lists as {a,b}.")
+        if not any(os.path.isfile(f) for f in files):
+            raise UsageError(
+                what, path, f"matches no file (it stands for {files[0]} ... {files[-1]})",
+                "Check the folder and the range of the brace pattern.",
+            )  # fmt: skip
+        expanded += files
+    for path in expanded:
+        if path.lower().endswith(".tar"):
+            try:
+                check_shard(path)
+            except ShardError as err:
+                raise UsageError(what, path, err.problem, err.fix) from err
+    paths = expanded
+    check_files(what, paths)
+    for path in paths:
         readable = _data_file_error(path)
         if readable:
             raise UsageError(
                 what, path, f"cannot be read ({readable})", "Give a file written by pyarrow or `datasets`."
             )
+
+
+def check_wds_folder(what: str, folder, splits) -> None:
+    """A local CLIP_benchmark-style `wds_*` folder: the shards of each of `splits` it has are complete and valid."""
+    from ..data.webdataset import ShardError, is_wds_folder, wds_split_files
+
+    if not isinstance(folder, str) or not is_wds_folder(folder):
+        return
+    for split in splits:
+        try:
+            files = wds_split_files(folder, split)
+        except ShardError as err:
+            raise UsageError(what, folder, f"{err.path} {err.problem}", err.fix) from err
+        if files:
+            check_data_files(what, files)
 
 
 def _data_file_error(path: str) -> str | None:

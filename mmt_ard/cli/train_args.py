@@ -68,12 +68,15 @@ class ScriptArguments:
             the adapter goes to `output_dir/lora_adapter`); otherwise save the adapter only.
         dataset_name: a Hub dataset id, or a local directory (image folder, parquet/arrow files, `save_to_disk`).
         dataset_config_name: the Hub dataset's configuration.
-        train_files: local `.parquet`/`.arrow` training files (instead of `dataset_name`).
-        eval_files: local `.parquet`/`.arrow` evaluation files.
+        train_files: local `.parquet`/`.arrow` training files, or webdataset `.tar` shards (brace patterns such as
+            `shards/{00000..00099}.tar` allowed), instead of `dataset_name`.
+        eval_files: local `.parquet`/`.arrow` evaluation files or `.tar` shards.
         train_split: training split of `dataset_name`.
         eval_split: evaluation split of `dataset_name` (`none`: no evaluation).
         image_column: the column holding images (encoded bytes, an `Image` feature, paths or arrays).
         label_column: the column holding integer labels (or class names).
+        label_json_field: webdataset shards: take the label from this field of each sample's `.json` instead of its
+            `.cls` file.
         class_names: class names in label-id order (default: the label column's `ClassLabel`, else a JSON sidecar
             `foo.json` next to a data file `foo.parquet`, else the built-in names of a known dataset such as
             `cifar10`; see `mmt_ard.data.open_image_source`).
@@ -127,12 +130,20 @@ class ScriptArguments:
         default=None, metadata={"help": "Hub dataset id or local dir (image folder / parquet / arrow / save_to_disk)."}
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    train_files: list[str] | None = field(default=None, metadata={"help": "Local .parquet/.arrow training files."})
-    eval_files: list[str] | None = field(default=None, metadata={"help": "Local .parquet/.arrow evaluation files."})
+    train_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Local .parquet/.arrow training files or .tar shards (brace patterns allowed)."},
+    )
+    eval_files: list[str] | None = field(
+        default=None, metadata={"help": "Local .parquet/.arrow evaluation files or .tar shards."}
+    )
     train_split: str = field(default="train", metadata={"help": "Training split."})
     eval_split: str = field(default="validation", metadata={"help": "Evaluation split ('none': no evaluation)."})
     image_column: str = field(default="image", metadata={"help": "Image column."})
     label_column: str = field(default="label", metadata={"help": "Label column (ints or class names)."})
+    label_json_field: str | None = field(
+        default=None, metadata={"help": "Webdataset shards: label from this field of each sample's .json (not .cls)."}
+    )
     class_names: list[str] | None = field(default=None, metadata={"help": "Class names in label order."})
     class_names_file: str | None = field(
         default=None, metadata={"help": "Class names file: one per line, a JSON list, or JSON with 'classes'."}

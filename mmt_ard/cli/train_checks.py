@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..training.config import MMTARDConfig
 from .errors import UsageError
-from .names import check_data_files, check_dataset_name, check_files, check_model_name
+from .names import check_data_files, check_dataset_name, check_files, check_model_name, check_wds_folder
 from .run_dir import check_output_dir, resume_value
 from .train_args import ScriptArguments, parse_eps
 from .train_flags import check_flags_used
@@ -36,6 +36,19 @@ def check_script_values(sa: ScriptArguments) -> None:
         raise UsageError("--lora_dropout", sa.lora_dropout, "must be in [0, 1)", "0.1 is the paper's.")
 
 
+def check_stream_subset(sa: ScriptArguments) -> None:
+    """`--max_train_samples` cannot cut a stream of webdataset shards: their samples are not counted ahead."""
+    from ..data.sources import is_webdataset_source
+
+    if sa.streaming and sa.max_train_samples and is_webdataset_source(sa.train_files or sa.dataset_name or []):
+        raise UsageError(
+            "--max_train_samples",
+            sa.max_train_samples,
+            "cannot cut a stream of webdataset shards (their samples are not counted ahead)",
+            "Give fewer shards instead, or leave out --streaming.",
+        )
+
+
 def check_run(sa: ScriptArguments, config: MMTARDConfig, explicit: set[str] | frozenset = frozenset()) -> None:
     """Refuse a run whose flags would be ignored, whose models or data cannot be found, or whose `output_dir` holds
     another run. Normalises `config.resume_from_checkpoint` (`true` -> True, `none` -> None).
@@ -60,5 +73,7 @@ def check_run(sa: ScriptArguments, config: MMTARDConfig, explicit: set[str] | fr
         check_files("--class_names_file", sa.class_names_file)
         if sa.dataset_name:
             check_dataset_name("--dataset_name", sa.dataset_name)
+            check_wds_folder("--dataset_name", sa.dataset_name, [sa.train_split, sa.eval_split])
+        check_stream_subset(sa)
     config.resume_from_checkpoint = resume_value(config.resume_from_checkpoint)
     check_output_dir(config.output_dir, config.resume_from_checkpoint, sa.overwrite_output_dir)

@@ -32,6 +32,7 @@ MODEL_AND_DATA_FLAGS = (
     "eval_split",
     "image_column",
     "label_column",
+    "label_json_field",
     "class_names",
     "class_names_file",
     "streaming",

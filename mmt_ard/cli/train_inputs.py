@@ -15,10 +15,13 @@ import torch
 from ..data import (
     ImageClassificationCollator,
     check_labels_in_classes,
+    is_webdataset_source,
     open_image_source,
     prepare_dataset,
     resolve_class_names,
 )
+from ..data.sources import hub_data_files
+from ..data.stream import STREAM_FORMATS, ShardedStream
 from ..training.config import MMTARDConfig
 from ..training.lora import apply_lora
 from ..training.teachers import Teacher
@@ -165,9 +168,8 @@ def load_training_data(sa: ScriptArguments, config: MMTARDConfig):
     if sa.streaming and config.max_steps <= 0:
         raise ValueError("`--streaming` reads datasets without a length: set `--max_steps` (e.g. 5000).")
     kwargs = {"config_name": sa.dataset_config_name, "streaming": sa.streaming, "cache_dir": sa.dataset_cache_dir}
-    columns = {"image_column": sa.image_column, "label_column": sa.label_column}
     names = {"class_names": sa.class_names, "class_names_file": sa.class_names_file}
-    train = open_image_source(train_source, sa.train_split, **names, **columns, **kwargs)
+    train = _open_source(sa, train_source, sa.train_split, **names, **kwargs)
     if train.class_names is None:
         resolve_class_names(train.dataset, sa.label_column)  # raises the error that says how to name the classes
     if config.bad_samples == "raise" and train.class_names_source not in ("ClassLabel", "folder names"):
@@ -180,10 +182,32 @@ def load_training_data(sa: ScriptArguments, config: MMTARDConfig):
     if train.class_names_source not in ("class_names", "class_names_file", "ClassLabel", "folder names"):
         logger.info("Class names from the %s of %s: %s", train.class_names_source, train.name, train.class_names)
     eval_source = None if sa.eval_split.lower() == "none" else (sa.eval_files or sa.dataset_name)
-    evaluation = open_image_source(eval_source, sa.eval_split, **columns, **kwargs).dataset if eval_source else None
-    prepared = prepare_dataset(
-        train.dataset, sa.image_column, sa.label_column, max_samples=sa.max_train_samples, seed=config.seed
-    )
+    evaluation = _open_source(sa, eval_source, sa.eval_split, **kwargs).dataset if eval_source else None
+    stream_files = (train.files, train.format) if train.format in STREAM_FORMATS and train.files else None
+    if sa.streaming and train.format == "hub":
+        stream_files = hub_data_files(train_source, sa.train_split, sa.dataset_config_name)
+    if sa.streaming and stream_files is not None:
+        # a seekable stream: resumes from the position a checkpoint saved, without replay (`data.stream`)
+        prepared = ShardedStream(
+            stream_files[0],
+            stream_files[1],
+            sa.image_column,
+            sa.label_column,
+            label_json_field=sa.label_json_field,
+            seed=config.seed,
+            max_samples=sa.max_train_samples,
+            features=getattr(train.dataset, "features", None),
+        )
+    else:
+        if sa.streaming:
+            logger.warning(
+                "%s is streamed through `datasets` (not parquet, arrow or webdataset files): a resumed run replays "
+                "the batches already done.",
+                train.name,
+            )
+        prepared = prepare_dataset(
+            train.dataset, sa.image_column, sa.label_column, max_samples=sa.max_train_samples, seed=config.seed
+        )
     if evaluation is not None:
         # a streamed evaluation set is not shuffled: its first `max_eval_samples` rows are used (a shuffle buffer
         # would read 10,000 images to yield the first one)
@@ -196,6 +220,22 @@ def load_training_data(sa: ScriptArguments, config: MMTARDConfig):
             shuffle=not sa.streaming,
         )
     return prepared, evaluation, train.class_names
+
+
+def _open_source(sa: ScriptArguments, source, split: str, **kwargs):
+    """`open_image_source` with the run's columns; webdataset shards have their columns named by file extension
+    (`jpg`, `cls`, ...), found and renamed to `--image_column` / `--label_column` (map-style data)."""
+    if not is_webdataset_source(source):
+        columns = {"image_column": sa.image_column, "label_column": sa.label_column}
+        return open_image_source(source, split, **columns, **kwargs)
+    label = sa.label_column if sa.label_json_field else None
+    opened = open_image_source(source, split, label_column=label, label_json_field=sa.label_json_field, **kwargs)
+    renames = {opened.image_column: sa.image_column, opened.label_column: sa.label_column}
+    renames = {k: v for k, v in renames.items() if k != v}
+    if renames:
+        opened.dataset = opened.dataset.rename_columns(renames)
+        opened.image_column, opened.label_column = sa.image_column, sa.label_column
+    return opened
 
 
 def prepare_from_args(sa: ScriptArguments, config: MMTARDConfig) -> RunInputs:

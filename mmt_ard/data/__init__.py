@@ -8,6 +8,9 @@
 - `images`: decoding (`decode_image`): RGB, the shorter side resized to the model's input size, centre-cropped,
   pixels kept in [0,1] (normalisation lives in the model, so attack budgets are in pixel units).
 - `collate`: `ImageClassificationCollator`, the training batch.
+- `webdataset`: tar shards (brace patterns, checks, reading with `tarfile`, CLIP_benchmark's `wds_*` layout).
+- `stream`: `ShardedStream`, the `--streaming` training stream over parquet / arrow / webdataset files, which
+  resumes from a saved position without replay.
 - `bad_samples`: the `bad_samples` policy: an unreadable/truncated image or a label outside the class list raises a
   `BadSampleError` naming the sample (`raise`), or is dropped from its batch, counted once per sample and logged
   (`skip`). Grayscale, RGBA, CMYK, palette and 16-bit images are converted to RGB, and images smaller than the input
@@ -46,6 +49,9 @@ _EXPORTS = {
     "open_image_source": ".sources",
     "prepare_dataset": ".sources",
     "short_name": ".sources",
+    "expand_data_files": ".sources",
+    "is_webdataset_source": ".sources",
+    "ShardedStream": ".stream",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

@@ -115,8 +115,22 @@ def check_labels_in_classes(dataset, label_column: str, class_names: Sequence[st
         shown = sorted(outside, key=str)[:10]
         raise ValueError(
             f"{described} gives {len(class_names)} class names but column {label_column!r} holds labels {shown} "
-            f"outside them: give one name per class, in label-id order."
+            f"outside them{_first_sample_with(dataset, label_column, outside)}: give one name per class, in label-id "
+            "order."
         )
+
+
+def _first_sample_with(dataset, label_column: str, values) -> str:
+    """` (first: shard 'x.tar', key '000123')` for webdataset rows read by `datasets` (`__url__`, `__key__`), else
+    ``."""
+    if not {"__url__", "__key__"} <= set(getattr(dataset, "column_names", None) or []):
+        return ""
+    bad = {str(v) for v in values}
+    for row, value in enumerate(dataset[label_column]):
+        if str(value) in bad:
+            found = dataset.select_columns(["__url__", "__key__"])[row]
+            return f" (first: shard {found['__url__']!r}, key {found['__key__']!r})"
+    return ""
 
 
 def resolve_class_names(

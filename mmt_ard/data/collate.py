@@ -82,6 +82,8 @@ class ImageClassificationCollator:
 
     def _sample_name(self, example: dict, position: int) -> str:
         name = f"sample_id={example[ID_COLUMN]}" if ID_COLUMN in example else f"position {position} of the batch"
+        if example.get("__url__") and example.get("__key__"):  # a webdataset sample read by `datasets`
+            return f"{name} (shard={example['__url__']!r}, key={example['__key__']!r})"
         for key in NAME_COLUMNS:
             if example.get(key):
                 return f"{name} ({key}={example[key]!r})"

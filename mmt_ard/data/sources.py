@@ -9,16 +9,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .class_names import _names_in, class_names_with_source, read_sidecar
+from .webdataset import expand_braces, is_brace_pattern, is_wds_folder, read_wds_texts, wds_split_files
 
 logger = logging.getLogger(__name__)
 
-DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".tar": "webdataset"}
 # column names tried, in order, when a caller names none (`find_columns`)
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "pixel_values")
 LABEL_COLUMNS = ("label", "labels", "cls", "fine_label", "target", "class")
 ID_COLUMN = "sample_id"
 # columns kept to name a sample in error messages
-NAME_COLUMNS = ("filename", "file_name", "path", "image_path", "id")
+NAME_COLUMNS = ("filename", "file_name", "path", "image_path", "id", "__url__", "__key__")
 
 # ---- loading ----
 
@@ -28,8 +29,9 @@ def _data_file_builder(paths: Sequence[str]) -> str:
     builders = {DATA_FILE_BUILDERS.get(e) for e in exts}
     if None in builders or len(builders) != 1:
         raise ValueError(
-            f"Data files {list(paths)[:3]} have extensions {sorted(exts)}: give only `.parquet` or only `.arrow` "
-            "files, a directory (image folder or parquet/arrow files) or a Hub dataset id."
+            f"Data files {list(paths)[:3]} have extensions {sorted(exts)}: give only `.parquet`, only `.arrow` or "
+            "only webdataset `.tar` files (a brace pattern such as `shards/{00000..00099}.tar` lists shards), a "
+            "directory (image folder, parquet/arrow files, CLIP_benchmark `wds_*` folder) or a Hub dataset id."
         )
     return builders.pop()
 
@@ -75,21 +77,62 @@ def _data_files_by_split(root: str) -> dict[str, list[str]]:
     return {name: files for name, files in by_split.items() if files}
 
 
+def expand_data_files(source) -> list[str]:
+    """Data files from a path, a brace pattern (`shards/{00000..00099}.tar`) or a list of them, in order; a
+    `FileNotFoundError` naming a pattern that matches no file, or the files that do not exist."""
+    files = []
+    for item in [source] if isinstance(source, str) else list(source):
+        expanded = expand_braces(item) if is_brace_pattern(item) else [item]
+        if len(expanded) > 1 and not any(os.path.isfile(f) for f in expanded):
+            raise FileNotFoundError(
+                f"The brace pattern {item!r} matches no file (it stands for {expanded[0]!r} ... {expanded[-1]!r}): "
+                "check the folder and the range."
+            )
+        files += expanded
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(
+            f"Data files {missing[:5]} do not exist{f' ({len(missing)} missing)' if len(missing) > 5 else ''}: check "
+            "the paths (and a brace pattern's range)."
+        )
+    return files
+
+
+def is_webdataset_source(source) -> bool:
+    """Whether `source` names webdataset shards: `.tar` files, a brace pattern of them, or a `wds_*` folder."""
+    items = [source] if isinstance(source, str) else list(source or [])
+    return any(
+        isinstance(i, str) and (i.lower().endswith(".tar") or (os.path.isdir(i) and is_wds_folder(i))) for i in items
+    )
+
+
 def _load(source, split: str, config_name, streaming: bool, cache_dir, any_split: bool):
-    """`(dataset, format, data files)` of `load_image_dataset` (format: parquet, arrow, imagefolder or hub)."""
+    """`(dataset, format, data files)` of `load_image_dataset` (format: parquet, arrow, webdataset, imagefolder or
+    hub)."""
     import datasets
 
-    if isinstance(source, (list, tuple)) or (isinstance(source, str) and os.path.isfile(source)):
-        files = [source] if isinstance(source, str) else list(source)
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise FileNotFoundError(f"Data files {missing} do not exist.")
+    if isinstance(source, str) and os.path.isdir(source) and is_wds_folder(source):
+        # CLIP_benchmark's layout: `<split>/0.tar, 1.tar, ...` beside classnames.txt
+        splits = {d: wds_split_files(source, d) for d in sorted(os.listdir(source))}
+        _, files = _pick_split({k: v for k, v in splits.items() if v}, split, source, any_split)
+        return _load(files, split, config_name, streaming, cache_dir, any_split)
+    if (
+        isinstance(source, (list, tuple))
+        or (isinstance(source, str) and os.path.isfile(source))
+        or is_brace_pattern(source)
+    ):
+        files = expand_data_files(source)
         builder = _data_file_builder(files)
         try:
             loaded = datasets.load_dataset(
                 builder, data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir
             )
         except Exception as err:  # pyarrow's ArrowInvalid, datasets' DatasetGenerationError, OSError
+            if builder == "webdataset":
+                from .webdataset import check_shard
+
+                for path in files:
+                    check_shard(path)  # the `ShardError` naming the shard, when one is at fault
             raise ValueError(
                 f"Data file {_unreadable_file(files, builder)!r} cannot be read as {builder} ({type(err).__name__}: "
                 f"{' '.join(str(err).split())}): give {builder} files written by pyarrow or `datasets`."
@@ -141,6 +184,23 @@ def _load(source, split: str, config_name, streaming: bool, cache_dir, any_split
     return loaded, "hub", []
 
 
+def hub_data_files(hub_id: str, split: str, config_name: str | None = None) -> tuple[list[str], str] | None:
+    """`(data file URLs, format)` of one split of a Hub dataset stored as parquet, arrow or webdataset files
+    (`hf://datasets/<id>@<revision>/...`, what `datasets` itself would stream), or None for other datasets (a
+    loading script, an image folder): what `--streaming` needs to read a Hub dataset as a `ShardedStream`."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(hub_id, config_name)
+    except Exception:  # noqa: BLE001 - unreachable, gated, a script: stream through `datasets` instead
+        return None
+    kind = getattr(builder, "name", None)
+    files = (getattr(builder.config, "data_files", None) or {}).get(split)
+    if kind not in ("parquet", "arrow", "webdataset") or not files:
+        return None
+    return [str(f) for f in files], kind
+
+
 def load_image_dataset(
     source: str | Sequence[str],
     split: str = "train",
@@ -176,12 +236,14 @@ _GENERIC = re.compile(r"^(train|test|testing|val|valid|validation|eval|data|imag
 def short_name(spec: str) -> str:
     """Display name: the registry name, the Hub id, or the base name of a local path, skipping generic parts
     (`cifar10/test` and `cifar10/data/test-00000-of-00001.parquet` are both `cifar10`)."""
+    if is_brace_pattern(spec):
+        spec = os.path.dirname(spec) or spec
     if not os.path.exists(spec):
         return spec
     parts = os.path.normpath(os.path.abspath(spec)).split(os.sep)
-    parts[-1] = re.sub(r"\.(parquet|arrow)$", "", parts[-1])
+    parts[-1] = re.sub(r"\.(parquet|arrow|tar)$", "", parts[-1])
     for part in reversed(parts):
-        if part and not _GENERIC.match(part):
+        if part and not _GENERIC.match(part) and not part.isdigit():  # `0.tar`: a shard number
             return part
     return parts[-1]
 
@@ -252,6 +314,7 @@ def open_image_source(
     streaming: bool = False,
     cache_dir: str | None = None,
     any_split: bool = False,
+    label_json_field: str | None = None,
 ) -> ImageSource:
     """Load one split of a labelled image set (`load_image_dataset`) and find its columns, class names and prompts.
 
@@ -267,10 +330,15 @@ def open_image_source(
         class_names: class names in label-id order (wins over everything the data says).
         class_names_file: a file of class names (see `read_class_names_file`).
         name: display name (default: `short_name` of the source).
+        label_json_field: webdataset shards: the label is this field of each sample's `.json` (column `json`),
+            put into `label_column` (default `label`); otherwise the `.cls` file (column `cls`) is the label.
     """
     from .known_datasets import known_dataset
 
     dataset, fmt, files = _load(source, split, config_name, streaming, cache_dir, any_split)
+    if label_json_field:
+        label_column = label_column or "label"
+        dataset = _label_from_json(dataset, label_json_field, label_column)
     image_column, label_column = find_columns(dataset, image_column, label_column)
     first = source if isinstance(source, str) else source[0]
     name = name or short_name(first)
@@ -280,6 +348,11 @@ def open_image_source(
     if fmt == "hub" and first.startswith("clip-benchmark/"):
         listed, templates = _clip_benchmark_files(first)
         listed_source = "classnames.txt"
+    elif fmt == "webdataset":
+        root = _wds_root(first if os.path.isdir(first) else files[0])
+        if root is not None:
+            listed, templates = read_wds_texts(root)
+            listed_source = "classnames.txt"
     names, origin = class_names_with_source(
         dataset, label_column, class_names, class_names_file, sidecar=listed, sidecar_source=listed_source, known=known
     )
@@ -289,6 +362,30 @@ def open_image_source(
     return ImageSource(
         dataset, name, image_column, label_column, names, origin, known, templates, fmt, location, list(files)
     )
+
+
+def _wds_root(path: str) -> str | None:
+    """The folder holding `classnames.txt` for a `wds_*` folder or one of its shards (`root/test/0.tar`), or None."""
+    for folder in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        if folder and os.path.isfile(os.path.join(folder, "classnames.txt")):
+            return folder
+    return None
+
+
+def _label_from_json(dataset, field_name: str, label_column: str):
+    """`dataset` with `label_column` taken from the field `field_name` of its `json` column (webdataset `.json`)."""
+    features = getattr(dataset, "features", None)
+    columns = list(features) if features else getattr(dataset, "column_names", None) or []
+    if columns and "json" not in columns:
+        raise ValueError(
+            f"`label_json_field`={field_name!r} but the data has no `.json` files (columns {columns}): leave it out to "
+            "read `.cls` labels, or give shards whose samples hold a `.json`."
+        )
+
+    def pick(meta):
+        return {label_column: meta.get(field_name) if isinstance(meta, dict) else None}
+
+    return dataset.map(pick, input_columns=["json"])
 
 
 def _clip_benchmark_files(hub_id: str) -> tuple[list[str] | None, list[str] | None]:

@@ -44,6 +44,7 @@ from ..data import (
     short_name,
 )
 from ..data.known_datasets import DEFAULT_TEMPLATES, HUB_IDS, TEMPLATES, known_dataset, normalize_template
+from ..data.webdataset import is_brace_pattern
 
 __all__ = ["EvalData", "load_eval_data", "load_user_meta", "short_name", "skipped_rows", "source_id", "subset_indices"]
 MAX_LISTED_SKIPS = 50  # skipped rows listed one by one in a result (all are counted)
@@ -235,7 +236,7 @@ def load_eval_data(
     if not isinstance(spec, str):
         raise TypeError(f"Dataset spec of type {type(spec).__name__}: pass a path, a Hub id, a name or an EvalData.")
     display = name or short_name(spec)
-    local = os.path.exists(spec)
+    local = os.path.exists(spec) or is_brace_pattern(spec)  # a brace pattern of local shards
     location = spec
     if not local:
         key = known_dataset(spec)
@@ -312,6 +313,10 @@ def _select_rows(ds, image_col: str, label_col: str, num_samples, seed) -> tuple
 def _row_name(row: int, value, source: str, files: list[str]) -> str:
     """Where a row lives, for messages: `row 12 of /data/x.parquet`, `row 3 (/data/cat/3.png)`."""
     path = value.get("path") if isinstance(value, dict) else None
+    if files and files[0].lower().endswith(".tar"):  # webdataset: the shard, and the sample's key in `path`
+        located = _locate_in_files(row, files)
+        if located is not None:
+            return f"sample {located[1]} ({path or 'no file name'}) of shard {located[0]} (row {row} of the split)"
     if path:
         return f"row {row} ({path})"
     if len(files) > 1:
@@ -323,13 +328,16 @@ def _row_name(row: int, value, source: str, files: list[str]) -> str:
 
 
 def _locate_in_files(row: int, files: list[str]) -> tuple[str, int] | None:
-    """`(file, row within it)` of a row of parquet `files` read one after the other; None when they are not parquet."""
+    """`(file, row within it)` of a row of parquet (or webdataset tar) `files` read one after the other; None when
+    they are neither."""
     import pyarrow.parquet as pq
+
+    from ..data.webdataset import count_tar_samples
 
     start = 0
     for path in files:
         try:
-            count = pq.read_metadata(path).num_rows
+            count = count_tar_samples(path) if path.lower().endswith(".tar") else pq.read_metadata(path).num_rows
         except Exception:  # noqa: BLE001 - not parquet, unreadable: no location
             return None
         if row < start + count:

@@ -52,6 +52,7 @@ from .memory import BatchSizeSearch
 from .nonfinite import NonFiniteGuard
 from .precision import PrecastForward
 from .step_metrics import timed_phase, weighted_sums
+from .stream_resume import is_stream, positions_to_resume, save_positions, stream_loader
 from .teacher_cache import TeacherOutputCache, sample_ids_of
 from .teachers import Teacher, build_teacher_module, frozen_copy
 from .validation import check_batch
@@ -641,9 +642,42 @@ class MMTARDTrainer(Trainer):
             family = self.accelerator.unwrap_model(self.model).student.family
             wrap_student_layers(plugin, self.model, family.encoder_layer_classes, family.title)
             self.model.to(self.args.device)
+        # a stream resumes from the positions its checkpoint saved (None: by replay, see `stream_resume`)
+        self._stream_start = None
+        if resume_from_checkpoint and is_stream(self.train_dataset):
+            self._stream_start = positions_to_resume(self, resume_from_checkpoint)
         return run_preemptible(
             self, super().train, resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs
         )
+
+    def get_train_dataloader(self):
+        """`Trainer`'s; a `ShardedStream` gets its own loader in each process, placed where the resume left it."""
+        if not is_stream(self.train_dataset):
+            return super().get_train_dataloader()
+        signals, workers = self.args.preemption_signals, self.args.dataloader_num_workers
+        worker_init = IgnoreSignalsInWorker(signals, None) if signals and workers > 0 else None
+        return stream_loader(self, self.train_dataset, getattr(self, "_stream_start", None), worker_init)
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """A stream placed at its saved position skips nothing; anything else as in `Trainer` (map-style: indices
+        only; a stream without a saved position: replay)."""
+        if is_stream(self.train_dataset) and getattr(self, "_stream_start", None) is not None:
+            return dataloader
+        return super().get_resumed_dataloader(dataloader, num_batches)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """`Trainer`'s; the position a stream's batch carries is recorded and removed before the model sees it."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        positions = getattr(self, "_stream_positions", None)
+        if positions is not None:
+            for batch in batches:
+                positions.take(batch)
+        return batches, num_items
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """`Trainer`'s, plus each process's stream position (`data_state_rank<r>.json`)."""
+        super()._save_rng_state(output_dir)
+        save_positions(self, output_dir)
 
     def _get_dataloader(self, *args, **kwargs):
         """`Trainer`'s data loader, whose worker processes ignore the preemption signals (only the main process
