@@ -303,3 +303,115 @@ def save_square_datasets(root: str, n: int = 6, seed: int = 0) -> tuple[str, str
     with open(os.path.join(vqa_dir, "annotations.json"), "w") as f:
         json.dump({"annotations": answers}, f)
     return cap_dir, vqa_dir
+
+
+# ---- tiny LVLMs of the classes with tiling or other image pipelines (issue 23) ----
+IDEFICS3_TOKENS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+]
+GEMMA3_TOKENS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+
+
+def _tokenizer_with(extra_specials, **named):
+    """`build_lvlm_tokenizer` plus more special tokens (named ones become tokenizer attributes)."""
+    tokenizer = build_lvlm_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": list(extra_specials)})
+    for name, value in named.items():
+        setattr(tokenizer, name, value)
+    return tokenizer
+
+
+def _llama_text(vocab_size: int):
+    return _text_config(vocab_size)
+
+
+def build_tiny_idefics3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2, seed=0, smolvlm=False):
+    """`(Idefics3ForConditionalGeneration or SmolVLMForConditionalGeneration, processor or image processor)`: a tiny
+    SigLIP-like tower at `image_size` px, images split into `image_size` crops plus the global image. With
+    `smolvlm=True` the processor is not built (SmolVLMProcessor needs the `num2words` package): the image processor
+    is returned instead."""
+    import transformers as T
+
+    tokenizer = _tokenizer_with(IDEFICS3_TOKENS)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision_kw = _vision_kw(image_size, patch_size, hidden, layers, heads)
+    scale = 2
+    seq_len = (image_size // patch_size) ** 2 // scale**2
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if smolvlm:
+            config = T.SmolVLMConfig(
+                vision_config=T.SmolVLMVisionConfig(**vision_kw),
+                text_config=_llama_text(len(tokenizer)),
+                image_token_id=image_token_id,
+                scale_factor=scale,
+            )
+            model = T.SmolVLMForConditionalGeneration(config).eval()
+        else:
+            config = T.Idefics3Config(
+                vision_config=T.Idefics3VisionConfig(**vision_kw),
+                text_config=_llama_text(len(tokenizer)),
+                image_token_id=image_token_id,
+                scale_factor=scale,
+            )
+            model = T.Idefics3ForConditionalGeneration(config).eval()
+    cls = T.SmolVLMImageProcessorPil if smolvlm else T.Idefics3ImageProcessorPil
+    image_processor = cls(
+        size={"longest_edge": 2 * image_size},
+        max_image_size={"longest_edge": image_size},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    model.generation_config.pad_token_id = 0
+    if smolvlm:
+        return model, image_processor
+    processor = T.Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len, chat_template=CHAT_TEMPLATE
+    )
+    return model, processor
+
+
+def build_tiny_gemma3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2, seed=0):
+    """`(Gemma3ForConditionalGeneration, Gemma3Processor)` with a tiny `SiglipVisionModel` tower; the image becomes
+    `mm_tokens_per_image` soft tokens (pooled 2x2)."""
+    import transformers as T
+
+    tokenizer = _tokenizer_with(
+        GEMMA3_TOKENS, boi_token="<start_of_image>", eoi_token="<end_of_image>", image_token="<image_soft_token>"
+    )
+    boi = tokenizer.convert_tokens_to_ids("<start_of_image>")
+    tokenizer.boi_token_id = boi
+    tokens_per_image = (image_size // patch_size) ** 2 // 4
+    text = T.Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        sliding_window=64,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = T.Gemma3Config(
+            vision_config=T.SiglipVisionConfig(**_vision_kw(image_size, patch_size, hidden, layers, heads)),
+            text_config=text,
+            mm_tokens_per_image=tokens_per_image,
+            boi_token_index=boi,
+            eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+        )
+        model = T.Gemma3ForConditionalGeneration(config).eval()
+    image_processor = T.Gemma3ImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    template = CHAT_TEMPLATE.replace("<image>", "<start_of_image>")
+    processor = T.Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens_per_image, chat_template=template
+    )
+    model.generation_config.pad_token_id = 0
+    return model, processor
