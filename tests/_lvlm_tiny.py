@@ -406,6 +406,9 @@ def build_tiny_gemma3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2,
             image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
         )
         model = T.Gemma3ForConditionalGeneration(config).eval()
+        # transformers initialises Gemma 3's image projection to zeros (the image would not reach the LM)
+        with torch.no_grad():
+            model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.5)
     image_processor = T.Gemma3ImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
@@ -415,3 +418,83 @@ def build_tiny_gemma3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2,
     )
     model.generation_config.pad_token_id = 0
     return model, processor
+
+
+def _image_only_onevision_processor_class():
+    import transformers as T
+
+    class ImageOnlyOnevisionProcessor(T.LlavaOnevisionProcessor):
+        """LlavaOnevisionProcessor without its video processor (which needs torchvision, not installed here)."""
+
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    return ImageOnlyOnevisionProcessor
+
+
+def _ImageOnlyOnevisionProcessor(**kwargs):
+    return _image_only_onevision_processor_class()(**kwargs)
+
+
+def build_tiny_onevision(image_size=16, patch_size=4, seed=0, pinpoints=None):
+    """`(LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor)`: tiny SigLIP tower, any-resolution grid
+    pinpoints up to 2x2 crops."""
+    import transformers as T
+
+    pinpoints = pinpoints or [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size],
+                              [2 * image_size, 2 * image_size]]
+    tokenizer = build_lvlm_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = T.SiglipVisionConfig(**_vision_kw(image_size, patch_size, 32, 2, 2))
+    text = T.Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = T.LlavaOnevisionConfig(
+            vision_config=vision, text_config=text, image_token_id=image_token_id, video_token_id=1,
+            image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
+        )
+        model = T.LlavaOnevisionForConditionalGeneration(config).eval()
+    image_processor = T.LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )
+    processor = _ImageOnlyOnevisionProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+        num_image_tokens=(image_size // patch_size) ** 2, vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
+def build_tiny_paligemma(image_size=16, patch_size=4, seed=0):
+    """`(PaliGemmaForConditionalGeneration, PaliGemmaProcessor)` with a tiny SigLIP tower."""
+    import transformers as T
+
+    model, image_processor, tokenizer = build_tiny_siglip_lvlm("paligemma", image_size, patch_size, seed=seed)
+    image_processor.image_seq_length = (image_size // patch_size) ** 2
+    processor = T.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
+def build_tiny_class(name: str, seed: int = 0):
+    """`(model, processor)` of a tiny LVLM of a registered class, by short name."""
+    if name == "llava":
+        return build_tiny_llava(image_size=16, seed=seed)
+    if name == "llava_next":
+        return build_tiny_llava(image_size=16, seed=seed, next_=True)
+    if name == "llava_onevision":
+        return build_tiny_onevision(seed=seed)
+    if name == "paligemma":
+        return build_tiny_paligemma(seed=seed)
+    if name == "idefics3":
+        return build_tiny_idefics3(seed=seed)
+    if name == "gemma3":
+        return build_tiny_gemma3(seed=seed)
+    raise KeyError(name)

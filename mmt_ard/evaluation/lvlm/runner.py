@@ -27,7 +27,7 @@ from ..robust_eval import load_results, package_versions
 from .attack import targeted_batch, worst_case_batch
 from .data import LVLMTaskData, load_lvlm_data
 from .metrics import METRIC_NAMES, cider_scores, postprocess_answer, postprocess_caption, sample_scores, vqa_accuracy
-from .model import DTYPES, LVLMAdapter, load_lvlm
+from .model import DTYPES, LVLMAdapter, load_lvlm, make_adapter
 from .protocol import LVLMProtocol
 from .report import markdown_table, write_lvlm_reports
 
@@ -209,6 +209,7 @@ def evaluate_lvlm_on_data(
         "clean": float(np.mean(clean_scores)),
         "adversarial": adversarial,
         "targeted": targeted,
+        "attack_space": adapter.attack_space(),
         "time_s": round(elapsed, 2),
         "seconds_per_sample": round(elapsed / max(n, 1), 3),
     }
@@ -238,6 +239,7 @@ def evaluate_lvlm(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     gradient_checkpointing: bool = False,
+    image_size: int | tuple[int, int] | None = None,
     resume: bool = True,
     progress: bool = True,
     verbose: bool = True,
@@ -256,7 +258,11 @@ def evaluate_lvlm(
         device: `cuda`, `cpu`, ... (default: CUDA when available).
         dtype: weights' dtype for models loaded here (`bfloat16`, `float16`, `float32`; default bf16 on CUDA, fp32 on
             CPU). The attack state (pixels, normalisation, loss) is fp32 whatever it is.
-        gradient_checkpointing: recompute decoder activations in the backward pass (for 7B LVLMs on one GPU).
+        gradient_checkpointing: recompute the activations of the language model's and the vision tower's layers in
+            the backward pass (for 7B LVLMs on one GPU; many crops per image multiply the tower's activations).
+        image_size: the attack space, `(H, W)` or one side: every image is brought to this size once before the
+            attack (default: single-crop classes their processor's input size, tiling classes the tower's input
+            size). Recorded in results.json (`attack_space`) with the number of crops the tower sees.
         resume: skip finished pairs and finished batches found in `output_dir`.
         progress: progress bars.
         verbose: print the protocol, one line per result and the table.
@@ -312,13 +318,15 @@ def evaluate_lvlm(
                 else load_lvlm_data(d_spec, name=d_name, num_samples=proto.num_samples, seed=proto.seed)
             )
             fingerprint = proto.fingerprint(m_source, data.source)
+            if image_size is not None:  # another attack space gives other numbers
+                fingerprint = f"{fingerprint}-{'x'.join(str(v) for v in _sides(image_size))}"
             done = records.get((m_name, data.name))
             if done is not None and done.get("protocol_fingerprint") == fingerprint:
                 if verbose:
                     print(f"[mmt-ard-eval-lvlm] skip {m_name} x {data.name}: finished under the same protocol")
                 continue
             if adapter is None:
-                adapter = _adapter(spec, device, dtype, gradient_checkpointing)
+                adapter = _adapter(spec, device, dtype, gradient_checkpointing, image_size)
             state_path = (
                 os.path.join(output_dir, STATE_DIR, f"{_safe(m_name)}__{_safe(data.name)}.json")
                 if output_dir
@@ -351,18 +359,22 @@ def _is_pair(obj) -> bool:
     return isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], torch.nn.Module)
 
 
-def _adapter(spec, device, dtype, gradient_checkpointing) -> LVLMAdapter:
+def _sides(image_size) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+
+
+def _adapter(spec, device, dtype, gradient_checkpointing, image_size=None) -> LVLMAdapter:
     if isinstance(spec, LVLMAdapter):
         return spec
     if _is_pair(spec):
         model, processor = spec
-        return LVLMAdapter(model.to(device), processor, gradient_checkpointing=gradient_checkpointing)
+        return make_adapter(model.to(device), processor, gradient_checkpointing, image_size)
     if not isinstance(spec, str):
         raise TypeError(
             f"model of type {type(spec).__name__}: pass a folder, a Hub id, (model, processor) or an adapter."
         )
     model, processor = load_lvlm(spec, dtype=dtype, device=device)
-    return LVLMAdapter(model, processor, gradient_checkpointing=gradient_checkpointing)
+    return make_adapter(model, processor, gradient_checkpointing, image_size)
 
 
 def _one_line(r: dict) -> str:
