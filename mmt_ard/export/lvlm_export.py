@@ -180,7 +180,7 @@ def export_to_lvlm(
 
     st: StudentTower = load_student(student, student_processor)
     layout = tensor_layout(lvlm_dir)
-    prefix = find_tower_prefix(layout, into)
+    prefix = find_tower_prefix(layout, into, family.tower_keys)
     lvlm_positions = layout[prefix + POSITION].shape[0] if prefix + POSITION in layout else None
     student_positions = st.state_dict[POSITION].shape[0] if POSITION in st.state_dict else None
     student_desc = f"{st.kind.title} " + describe_tower(st.vision_config, student_positions, st.kind.class_token)
@@ -217,11 +217,20 @@ def export_to_lvlm(
     say(f"LVLM {into!r}: {family.architecture}, {lvlm_desc}; tower tensors under `{prefix}`")
     if plan.resized:
         src, dst = plan.resized
+        stretch = dst / src
         say(
             f"resized the student's position embeddings from a {src}x{src} to a {dst}x{dst} grid (bicubic"
             + (", class position kept" if kind.class_token else "")
-            + f"); the LVLM's image size ({image_size} px) and its {dst * dst} patch tokens per image are unchanged"
+            + f"), stretched {stretch:.2f}x per side; the LVLM's image size ({image_size} px) and its {dst * dst} "
+            "patch positions per crop are unchanged"
         )
+        if stretch >= 2:
+            say(
+                f"the student's positions are stretched {stretch:.2f}x: it was trained at "
+                f"{config_value(st.vision_config, 'image_size')} px and runs at {image_size} px here, where its "
+                "robustness is not guaranteed; measure it with mmt-ard-eval-lvlm, or train the student at the "
+                "LVLM's resolution"
+            )
     if "default" in st.normalization_source or "default" in lvlm_norm_source:
         say(f"image normalisation: the student's from {st.normalization_source}, the LVLM's from {lvlm_norm_source}")
     if normalization == "adjusted":
@@ -240,6 +249,7 @@ def export_to_lvlm(
             "name": os.path.basename(os.path.abspath(output_dir)),
             "lvlm": into,
             "architecture": family.architecture,
+            "prompt": family.prompt,
             "tower": kind.name,
             "student": st.source,
             "student_path": st.path,

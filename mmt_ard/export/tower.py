@@ -78,16 +78,20 @@ def close(a, b, tol: float = 1e-5) -> bool:
     return len(a) == len(b) and all(abs(float(x) - float(y)) <= tol for x, y in zip(a, b))
 
 
-def find_tower_prefix(layout: dict[str, TensorInfo], where: str) -> str:
+def find_tower_prefix(layout: dict[str, TensorInfo], where: str, markers: tuple[str, ...] = ("vision_tower",)) -> str:
     """The key prefix of the vision tower in a checkpoint (`vision_tower.`, `vision_tower.vision_model.`,
-    `model.vision_tower.`, ...), found from its patch embedding."""
+    `model.vision_tower.`, Idefics3's `model.vision_model.`, ...), found from its patch embedding under one of the
+    registry entry's `markers`."""
     prefixes = sorted(
-        key[: -len(PATCH_WEIGHT)] for key in layout if key.endswith(PATCH_WEIGHT) and "vision_tower" in key
+        key[: -len(PATCH_WEIGHT)]
+        for key in layout
+        if key.endswith(PATCH_WEIGHT) and any(m.rstrip(".") in key for m in markers)
     )
     if len(prefixes) != 1:
         raise ExportError(
-            f"Could not find one vision tower in the checkpoint of {where!r} (patch embeddings under `vision_tower`: "
-            f"{prefixes or 'none'}); is it a supported LVLM saved by transformers?"
+            f"Could not find one vision tower in the checkpoint of {where!r} (patch embeddings under "
+            f"{' or '.join(f'`{m}`' for m in markers)}: {prefixes or 'none'}); is it a supported LVLM saved by "
+            "transformers?"
         )
     return prefixes[0]
 

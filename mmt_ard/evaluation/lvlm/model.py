@@ -314,6 +314,12 @@ class PipelineAdapter(LVLMAdapter):
         """Images brought to the attack space: `(B, 3, H, W)` fp32 in [0, 1]."""
         return torch.stack([self.to_attack_space(self.load_image(p)) for p in image_paths])
 
+    def pixels_from_arrays(self, arrays) -> torch.Tensor:
+        """`(h, w, 3)` uint8 arrays brought to the attack space: `(B, 3, H, W)` fp32 in [0, 1]."""
+        return torch.stack(
+            [self.to_attack_space(torch.from_numpy(np.asarray(a)).permute(2, 0, 1).float() / 255.0) for a in arrays]
+        )
+
     def image_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """`(3, H, W)` in [0, 1] -> the model's image keyword arguments (batch of one), differentiable; the pixel
         values in the model's dtype, the rest as the processor gives them."""

@@ -1,0 +1,158 @@
+"""Every registered LVLM class (mmt_ard.lvlm.LVLM_CLASSES) on a tiny random model built in-process from its own
+config and processor classes: the differentiable image pipeline equals the processor, the greedy reply equals
+`model.generate(**processor(...))`, the attack stays in budget and raises the loss, gradient checkpointing covers the
+tower. Export into each class: tests/test_lvlm_export.py."""
+
+import numpy as np
+import pytest
+import torch
+from _lvlm_tiny import build_tiny_class, build_tiny_idefics3
+from PIL import Image
+
+from mmt_ard.evaluation.lvlm import text_attack
+from mmt_ard.evaluation.lvlm.model import PipelineAdapter
+from mmt_ard.lvlm import LVLM_CLASSES, image_pipeline, lvlm_class, pil_resize
+from mmt_ard.lvlm.resample import BICUBIC, BILINEAR, LANCZOS
+
+CLASSES = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "paligemma": "PaliGemmaForConditionalGeneration",
+    "idefics3": "Idefics3ForConditionalGeneration",
+    "gemma3": "Gemma3ForConditionalGeneration",
+}
+# sizes that exercise the processors' branches: a wide and a tall image (pinpoints, padding, row/column splits), one
+# the size of a crop, one smaller than a crop, and one with odd sides
+SIZES = [(24, 40), (40, 23), (16, 16), (9, 13), (33, 50)]
+
+
+def _images(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
+
+
+def _tensor(arr):
+    return torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
+
+
+@pytest.fixture(scope="module", params=list(CLASSES))
+def tiny(request):
+    model, processor = build_tiny_class(request.param)
+    return request.param, model, processor
+
+
+def test_registry_covers_the_classes_and_refuses_others_in_one_line():
+    assert set(CLASSES.values()) | {"SmolVLMForConditionalGeneration"} <= set(LVLM_CLASSES)
+    with pytest.raises(ValueError) as err:
+        lvlm_class({"architectures": ["Qwen2VLForConditionalGeneration"]}, "some/qwen")
+    msg = str(err.value)
+    assert "\n" not in msg and "Qwen2VLForConditionalGeneration" in msg
+    assert all(name in msg for name in LVLM_CLASSES)
+
+
+@pytest.mark.parametrize("resample", [BILINEAR, BICUBIC, LANCZOS])
+def test_pil_resize_is_pillows_resize_with_a_gradient(resample):
+    rng = np.random.default_rng(resample)
+    for (h, w), (th, tw) in [((37, 53), (16, 16)), ((20, 20), (48, 31)), ((64, 48), (33, 33)), ((30, 40), (30, 17))]:
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ref = np.asarray(Image.fromarray(arr).resize((tw, th), resample=resample)).astype(np.float64) / 255
+        x = _tensor(arr).requires_grad_(True)
+        out = pil_resize(x, (th, tw), resample)
+        assert np.abs(out.detach().permute(1, 2, 0).double().numpy() - ref).max() < 1e-6
+        out.sum().backward()  # the weights of each output pixel sum to 1: the gradient sums to the output size
+        assert x.grad.sum().item() == pytest.approx(3 * th * tw, rel=1e-4)
+
+
+def test_pipeline_equals_the_processor_on_every_image_input(tiny):
+    name, _, processor = tiny
+    pipe = image_pipeline(processor, LVLM_CLASSES[CLASSES[name]].pipeline)
+    assert pipe.backend == "pil" and pipe.backend_note() is None
+    for arr in _images():
+        ref = processor.image_processor(images=[Image.fromarray(arr)], return_tensors="pt")
+        out = pipe(_tensor(arr))
+        for key, value in ref.items():
+            if key == "num_crops":  # Gemma 3's pan-and-scan count: not a model input, 0 without pan-and-scan
+                assert value.tolist() == [0]
+                continue
+            assert tuple(out[key].shape) == tuple(value.shape), (name, key, arr.shape)
+            assert (out[key].double() - value.double()).abs().max().item() <= 1e-5, (name, key, arr.shape)
+        assert set(out) <= set(ref), set(out) - set(ref)
+
+
+def test_smolvlm_pipeline_equals_its_image_processor():
+    _, image_processor = build_tiny_idefics3(smolvlm=True)
+    pipe = image_pipeline(image_processor, LVLM_CLASSES["SmolVLMForConditionalGeneration"].pipeline)
+    for arr in _images(1):
+        ref = image_processor(images=[Image.fromarray(arr)], return_tensors="pt")
+        out = pipe(_tensor(arr))
+        assert set(out) == set(ref)
+        for key in ref:
+            assert (out[key].double() - ref[key].double()).abs().max().item() <= 1e-5
+
+
+def test_greedy_reply_and_image_tokens_equal_the_processors(tiny):
+    name, model, processor = tiny
+    arr = _images(2)[0]  # 24 x 40: several crops for the tiling classes
+    adapter = PipelineAdapter(model, processor, image_size=arr.shape[:2])
+    prompt = adapter.prompt("describe this image")
+    enc = processor(text=[prompt], images=[Image.fromarray(arr)], return_tensors="pt")
+    assert adapter.text_inputs(prompt, arr.shape[:2])["input_ids"].equal(enc["input_ids"])  # image token count
+    ref = model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=0)[0, enc["input_ids"].shape[1] :]
+    x = adapter.pixels_from_arrays([arr])
+    assert adapter.generate_ids(x, [prompt], 5) == [ref.tolist()]
+    space = adapter.attack_space()
+    assert space["image_size"] == [24, 40] and space["crops"] >= 1
+
+
+def test_attack_stays_in_budget_and_raises_the_loss(tiny):
+    name, model, processor = tiny
+    adapter = PipelineAdapter(model, processor, image_size=(20, 28))
+    x = adapter.pixels_from_arrays(_images(3)[:2])
+    prompts = [adapter.prompt("describe this image")] * 2
+    refs = ["a red square", "a blue circle"]
+    eps = 16 / 255
+    with torch.no_grad():
+        clean = adapter.loss(x, prompts, refs)
+    x_adv, loss = text_attack(adapter, x, prompts, refs, eps=eps, n_iter=4, seed=0, keys=["a", "b"])
+    assert (x_adv - x).abs().max().item() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        again = adapter.loss(x_adv, prompts, refs)
+    assert torch.allclose(again, loss, atol=1e-4)
+    assert (loss > clean).all(), (name, clean, loss)
+    # one sample at a time: a sample's loss does not depend on the batch it is in
+    with torch.no_grad():
+        alone = adapter.loss(x[1:], prompts[1:], refs[1:])
+    assert alone.item() == pytest.approx(clean[1].item(), abs=1e-6)
+
+
+def test_gradient_checkpointing_covers_the_tower_and_changes_nothing(tiny):
+    name, model, processor = tiny
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    x = PipelineAdapter(model, processor, image_size=(24, 40)).pixels_from_arrays(_images(4)[:1])
+    prompt_target = (["a red square"], ["a blue circle"])
+    results = []
+    for checkpointing in (False, True):
+        adapter = PipelineAdapter(model, processor, gradient_checkpointing=checkpointing, image_size=(24, 40))
+        calls = []
+        tower_layers = [
+            m for n, m in model.named_modules() if isinstance(m, GradientCheckpointingLayer) and "vision" in n
+        ]
+        assert tower_layers, name
+        original = [layer._gradient_checkpointing_func for layer in tower_layers] if checkpointing else []
+        for layer in tower_layers if checkpointing else ():
+            layer._gradient_checkpointing_func = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(
+                layer._gradient_checkpointing_func
+            )
+        xr = x.clone().requires_grad_(True)
+        loss = adapter.loss(xr, [adapter.prompt("describe this image")], prompt_target[1])
+        loss.sum().backward()
+        results.append((loss.detach(), xr.grad))
+        for layer, f in zip(tower_layers, original):
+            layer._gradient_checkpointing_func = f
+        if checkpointing:
+            assert len(calls) >= len(tower_layers), (len(calls), len(tower_layers))  # every tower layer ran checkpointed
+            model.gradient_checkpointing_disable()
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
