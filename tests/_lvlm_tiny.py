@@ -420,22 +420,24 @@ def build_tiny_gemma3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2,
     return model, processor
 
 
-def _image_only_onevision_processor_class():
+def _ImageOnlyOnevisionProcessor(**kwargs):
+    """LlavaOnevisionProcessor without its video processor (which needs torchvision, not installed here)."""
     import transformers as T
 
-    class ImageOnlyOnevisionProcessor(T.LlavaOnevisionProcessor):
-        """LlavaOnevisionProcessor without its video processor (which needs torchvision, not installed here)."""
+    from mmt_ard.evaluation.lvlm.model import image_only_processor_class
 
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-    return ImageOnlyOnevisionProcessor
+    return image_only_processor_class(T.LlavaOnevisionProcessor)(**kwargs)
 
 
-def _ImageOnlyOnevisionProcessor(**kwargs):
-    return _image_only_onevision_processor_class()(**kwargs)
+def save_image_only_processor(folder: str, processor, **processor_config) -> str:
+    """Save an image-only processor's parts (its `save_pretrained` needs the video processor): the image processor,
+    the tokenizer with the chat template, and `processor_config.json` with `processor_config`."""
+    processor.image_processor.save_pretrained(folder)
+    processor.tokenizer.chat_template = processor.chat_template
+    processor.tokenizer.save_pretrained(folder)
+    with open(os.path.join(folder, "processor_config.json"), "w") as f:
+        json.dump({"processor_class": type(processor).__name__.removeprefix("ImageOnly"), **processor_config}, f)
+    return folder
 
 
 def build_tiny_onevision(image_size=16, patch_size=4, seed=0, pinpoints=None):
@@ -445,7 +447,7 @@ def build_tiny_onevision(image_size=16, patch_size=4, seed=0, pinpoints=None):
 
     pinpoints = pinpoints or [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size],
                               [2 * image_size, 2 * image_size]]
-    tokenizer = build_lvlm_tokenizer()
+    tokenizer = _tokenizer_with(["<video>"])  # its own video token: [UNK] would count as one
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision = T.SiglipVisionConfig(**_vision_kw(image_size, patch_size, 32, 2, 2))
     text = T.Qwen2Config(
@@ -455,7 +457,8 @@ def build_tiny_onevision(image_size=16, patch_size=4, seed=0, pinpoints=None):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         config = T.LlavaOnevisionConfig(
-            vision_config=vision, text_config=text, image_token_id=image_token_id, video_token_id=1,
+            vision_config=vision, text_config=text, image_token_id=image_token_id,
+            video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
             image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
         )
         model = T.LlavaOnevisionForConditionalGeneration(config).eval()

@@ -351,8 +351,15 @@ def test_cli(folders, tmp_path, capsys):
 
 
 def test_unsupported_lvlm_for_evaluation(tmp_path, capsys):
-    lvlm = save(str(tmp_path / "next"), *build_tiny_llava(image_size=16, next_=True))
+    from mmt_ard.lvlm import LVLM_CLASSES
+    from mmt_ard.tiny import build_tiny_clip
+
+    not_an_lvlm = save(str(tmp_path / "clip"), *build_tiny_clip(hidden=32, layers=1, heads=2))
     cap_dir, _ = save_square_datasets(str(tmp_path), n=2)
-    assert eval_main(["--models", lvlm, "--datasets", cap_dir, "--output-dir", str(tmp_path / "o")]) == 1
-    err = capsys.readouterr().err
-    assert "LlavaNextForConditionalGeneration" in err and "LlavaForConditionalGeneration" in err
+    out = tmp_path / "o"
+    capsys.readouterr()
+    assert eval_main(["--models", not_an_lvlm, "--datasets", cap_dir, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmt-ard-eval-lvlm: error: ") and "CLIPModel" in err[0]
+    assert all(name in err[0] for name in LVLM_CLASSES)  # the supported classes, listed
+    assert not out.exists()  # nothing written

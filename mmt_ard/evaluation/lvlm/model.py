@@ -51,8 +51,51 @@ def load_lvlm(spec: str, dtype: torch.dtype = torch.bfloat16, device: str | torc
     import transformers
 
     model = getattr(transformers, entry.architecture).from_pretrained(spec, dtype=dtype)
-    processor = transformers.AutoProcessor.from_pretrained(spec)
+    processor = load_processor(spec, entry.architecture)
     return model.to(device).eval().requires_grad_(False), processor
+
+
+def image_only_processor_class(processor_class):
+    """A subclass of an LVLM processor that accepts `video_processor=None`.
+
+    LLaVA-OneVision's and SmolVLM's processors hold a video processor, which transformers 5.x builds only where
+    torchvision is installed; images never go through it. This class lets such a processor be built (and used on
+    images) without one."""
+
+    class ImageOnlyProcessor(processor_class):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = f"ImageOnly{processor_class.__name__}"
+    return ImageOnlyProcessor
+
+
+def load_processor(spec: str, architecture: str):
+    """`AutoProcessor.from_pretrained(spec)`; where that fails only because the processor's video processor needs
+    torchvision, the same processor class without it (images only; `image_only_processor_class`)."""
+    import inspect
+
+    import transformers
+
+    try:
+        return transformers.AutoProcessor.from_pretrained(spec)
+    except ImportError as err:
+        name = architecture.replace("ForConditionalGeneration", "Processor")
+        if "video" not in str(err).lower() or not hasattr(transformers, name):
+            raise
+    cls = image_only_processor_class(getattr(transformers, name))
+    kwargs = {}
+    config_path = os.path.join(spec, "processor_config.json") if os.path.isdir(spec) else None
+    if config_path and os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            accepted = inspect.signature(cls.__init__).parameters
+            kwargs = {k: v for k, v in json.load(f).items() if k in accepted and k not in ("image_processor", "tokenizer")}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec)
+    kwargs.setdefault("chat_template", getattr(tokenizer, "chat_template", None))
+    image_processor = transformers.AutoImageProcessor.from_pretrained(spec)
+    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **kwargs)
 
 
 def make_adapter(model: nn.Module, processor, gradient_checkpointing: bool = False, image_size=None) -> "LVLMAdapter":
