@@ -325,7 +325,9 @@ def _llama_text(vocab_size: int):
     return _text_config(vocab_size)
 
 
-def build_tiny_idefics3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2, seed=0, smolvlm=False):
+def build_tiny_idefics3(
+    image_size=16, patch_size=4, hidden=32, layers=2, heads=2, seed=0, smolvlm=False, scale_factor=2, longest_edge=None
+):
     """`(Idefics3ForConditionalGeneration or SmolVLMForConditionalGeneration, processor or image processor)`: a tiny
     SigLIP-like tower at `image_size` px, images split into `image_size` crops plus the global image. With
     `smolvlm=True` the processor is not built (SmolVLMProcessor needs the `num2words` package): the image processor
@@ -335,7 +337,7 @@ def build_tiny_idefics3(image_size=16, patch_size=4, hidden=32, layers=2, heads=
     tokenizer = _tokenizer_with(IDEFICS3_TOKENS)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision_kw = _vision_kw(image_size, patch_size, hidden, layers, heads)
-    scale = 2
+    scale = scale_factor
     seq_len = (image_size // patch_size) ** 2 // scale**2
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -357,7 +359,7 @@ def build_tiny_idefics3(image_size=16, patch_size=4, hidden=32, layers=2, heads=
             model = T.Idefics3ForConditionalGeneration(config).eval()
     cls = T.SmolVLMImageProcessorPil if smolvlm else T.Idefics3ImageProcessorPil
     image_processor = cls(
-        size={"longest_edge": 2 * image_size},
+        size={"longest_edge": longest_edge or 2 * image_size},
         max_image_size={"longest_edge": image_size},
         image_mean=[0.5] * 3,
         image_std=[0.5] * 3,
@@ -371,7 +373,7 @@ def build_tiny_idefics3(image_size=16, patch_size=4, hidden=32, layers=2, heads=
     return model, processor
 
 
-def build_tiny_gemma3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2, seed=0):
+def build_tiny_gemma3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2, seed=0, tokens_per_image=None):
     """`(Gemma3ForConditionalGeneration, Gemma3Processor)` with a tiny `SiglipVisionModel` tower; the image becomes
     `mm_tokens_per_image` soft tokens (pooled 2x2)."""
     import transformers as T
@@ -381,7 +383,7 @@ def build_tiny_gemma3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2,
     )
     boi = tokenizer.convert_tokens_to_ids("<start_of_image>")
     tokenizer.boi_token_id = boi
-    tokens_per_image = (image_size // patch_size) ** 2 // 4
+    tokens_per_image = tokens_per_image or (image_size // patch_size) ** 2 // 4
     text = T.Gemma3TextConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
