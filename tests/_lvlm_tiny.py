@@ -447,30 +447,49 @@ def build_tiny_onevision(image_size=16, patch_size=4, seed=0, pinpoints=None):
     pinpoints up to 2x2 crops."""
     import transformers as T
 
-    pinpoints = pinpoints or [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size],
-                              [2 * image_size, 2 * image_size]]
+    pinpoints = pinpoints or [
+        [image_size, image_size],
+        [image_size, 2 * image_size],
+        [2 * image_size, image_size],
+        [2 * image_size, 2 * image_size],
+    ]
     tokenizer = _tokenizer_with(["<video>"])  # its own video token: [UNK] would count as one
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision = T.SiglipVisionConfig(**_vision_kw(image_size, patch_size, 32, 2, 2))
     text = T.Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         config = T.LlavaOnevisionConfig(
-            vision_config=vision, text_config=text, image_token_id=image_token_id,
+            vision_config=vision,
+            text_config=text,
+            image_token_id=image_token_id,
             video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
-            image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
+            image_grid_pinpoints=pinpoints,
+            vision_feature_layer=-1,
         )
         model = T.LlavaOnevisionForConditionalGeneration(config).eval()
     image_processor = T.LlavaOnevisionImageProcessorPil(
-        size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints,
-        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
     )
     processor = _ImageOnlyOnevisionProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-        num_image_tokens=(image_size // patch_size) ** 2, vision_feature_select_strategy="full",
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        num_image_tokens=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full",
         chat_template=CHAT_TEMPLATE,
     )
     model.generation_config.pad_token_id = 0

@@ -92,7 +92,7 @@ def test_smolvlm_pipeline_equals_its_image_processor():
 
 
 def test_greedy_reply_and_image_tokens_equal_the_processors(tiny):
-    name, model, processor = tiny
+    _, model, processor = tiny
     arr = _images(2)[0]  # 24 x 40: several crops for the tiling classes
     adapter = PipelineAdapter(model, processor, image_size=arr.shape[:2])
     prompt = adapter.prompt("describe this image")
@@ -127,32 +127,32 @@ def test_attack_stays_in_budget_and_raises_the_loss(tiny):
 
 
 def test_gradient_checkpointing_covers_the_tower_and_changes_nothing(tiny):
-    name, model, processor = tiny
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    name, model, processor = tiny
+    tower_layers = [m for n, m in model.named_modules() if isinstance(m, GradientCheckpointingLayer) and "vision" in n]
+    assert tower_layers, name
     x = PipelineAdapter(model, processor, image_size=(24, 40)).pixels_from_arrays(_images(4)[:1])
-    prompt_target = (["a red square"], ["a blue circle"])
+    calls = []
+
+    def counted(func):
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            return func(*args, **kwargs)
+
+        return wrapper
+
     results = []
     for checkpointing in (False, True):
         adapter = PipelineAdapter(model, processor, gradient_checkpointing=checkpointing, image_size=(24, 40))
-        calls = []
-        tower_layers = [
-            m for n, m in model.named_modules() if isinstance(m, GradientCheckpointingLayer) and "vision" in n
-        ]
-        assert tower_layers, name
-        original = [layer._gradient_checkpointing_func for layer in tower_layers] if checkpointing else []
-        for layer in tower_layers if checkpointing else ():
-            layer._gradient_checkpointing_func = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(
-                layer._gradient_checkpointing_func
-            )
+        if checkpointing:
+            for layer in tower_layers:
+                layer._gradient_checkpointing_func = counted(layer._gradient_checkpointing_func)
         xr = x.clone().requires_grad_(True)
-        loss = adapter.loss(xr, [adapter.prompt("describe this image")], prompt_target[1])
+        loss = adapter.loss(xr, [adapter.prompt("describe this image")], ["a blue circle"])
         loss.sum().backward()
         results.append((loss.detach(), xr.grad))
-        for layer, f in zip(tower_layers, original):
-            layer._gradient_checkpointing_func = f
-        if checkpointing:
-            assert len(calls) >= len(tower_layers), (len(calls), len(tower_layers))  # every tower layer ran checkpointed
-            model.gradient_checkpointing_disable()
+    model.gradient_checkpointing_disable()
+    assert len(calls) >= len(tower_layers), (len(calls), len(tower_layers))  # every tower layer ran checkpointed
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)

@@ -51,23 +51,21 @@ def test_siglip_student_trained_exported_into_smolvlm_and_onevision_shapes_and_e
     save(str(tmp_path / "teacher"), teacher, teacher_processor)
     train = _parquet(tmp_path)
     run = tmp_path / "run"
-    train_main(
-        *parse_args(
-            [
-                "--student", str(tmp_path / "student"), "--robust_teacher", str(tmp_path / "teacher"),
-                "--clean_teacher", str(tmp_path / "teacher"), "--train_files", train, "--output_dir", str(run),
-                "--max_steps", "2", "--per_device_train_batch_size", "8", "--attack_steps", "1",
-                "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
-                "--use_cpu", "true",
-            ]
-        )  # fmt: skip
-    )
+    args = [
+        "--student", str(tmp_path / "student"), "--robust_teacher", str(tmp_path / "teacher"),
+        "--clean_teacher", str(tmp_path / "teacher"), "--train_files", train, "--output_dir", str(run),
+        "--max_steps", "2", "--per_device_train_batch_size", "8", "--attack_steps", "1", "--eval_strategy", "no",
+        "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
+    ]  # fmt: skip
+    train_main(*parse_args(args))
 
     # 2. tiny LVLMs from their configs, saved as transformers users save them
     idefics3 = save(str(tmp_path / "idefics3"), *build_tiny_idefics3(image_size=16))
     onevision_model, onevision_processor = build_tiny_onevision(image_size=16)
     onevision = save(str(tmp_path / "onevision"), onevision_model)
-    save_image_only_processor(onevision, onevision_processor, num_image_tokens=16, vision_feature_select_strategy="full")
+    save_image_only_processor(
+        onevision, onevision_processor, num_image_tokens=16, vision_feature_select_strategy="full"
+    )
 
     # 3. export the trained student into both
     for lvlm in (idefics3, onevision):
@@ -91,7 +89,7 @@ def test_siglip_student_trained_exported_into_smolvlm_and_onevision_shapes_and_e
         "--no-refine", "--no-progress", "--image-size", "24x40",
     ]  # fmt: skip
     assert eval_main(argv) == 0
-    results = json.load(open(out / "results.json"))["results"]
+    results = json.loads((out / "results.json").read_text())["results"]
     assert [r["model"] for r in results] == ["idefics3", "idefics3-robust", "onevision", "onevision-robust"]
     for r in results:
         space = r["attack_space"]

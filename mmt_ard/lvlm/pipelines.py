@@ -108,7 +108,9 @@ class ImagePipeline:
             from transformers.image_transforms import get_resize_output_image_size
 
             new = get_resize_output_image_size(
-                np.empty((3, h, w), dtype=np.uint8), size=shortest, default_to_square=False,
+                np.empty((3, h, w), dtype=np.uint8),
+                size=shortest,
+                default_to_square=False,
                 input_data_format="channels_first",
             )
         elif _get(size, "height") and _get(size, "width"):
@@ -192,7 +194,9 @@ class ImagePipeline:
         if getattr(ip, "do_resize", True):
             from transformers.models.idefics3.image_processing_pil_idefics3 import get_resize_output_image_size
 
-            new = get_resize_output_image_size(np.empty((3, *x.shape[-2:]), dtype=np.uint8), _get(ip.size, "longest_edge"))
+            new = get_resize_output_image_size(
+                np.empty((3, *x.shape[-2:]), dtype=np.uint8), _get(ip.size, "longest_edge")
+            )
             x = pil_resize(x, tuple(new), self.resample)
         if getattr(ip, "do_image_splitting", True):
             h, w = x.shape[-2:]  # resize_for_vision_encoder: multiples of max_side

@@ -142,8 +142,7 @@ def lvlm_class(config: dict, where: str, flag: str = "--into") -> LVLMClass:
             return LVLM_CLASSES[arch]
     found = architectures[0] if architectures else f"model_type={config.get('model_type')!r}"
     raise ValueError(
-        f"`{flag}` {where!r} is a {found}: this LVLM class is not supported. Supported classes: "
-        f"{supported_classes()}."
+        f"`{flag}` {where!r} is a {found}: this LVLM class is not supported. Supported classes: {supported_classes()}."
     )
 
 
@@ -155,9 +154,7 @@ def tower_family_of(model_type: str | None, what: str) -> ModelFamily:
     for family in EXPORTABLE_FAMILIES:
         if model_type in family.model_types or model_type in family.vision_model_types:
             return family
-    known = "; ".join(
-        f"{f.title} ({', '.join([*f.model_types, *f.vision_model_types])})" for f in EXPORTABLE_FAMILIES
-    )
+    known = "; ".join(f"{f.title} ({', '.join([*f.model_types, *f.vision_model_types])})" for f in EXPORTABLE_FAMILIES)
     raise ValueError(
         f"{what} has model_type={model_type!r}: the exportable towers are {known}; "
         f"{', '.join(EXTRA_TOWER_TYPES)} (SigLIP)."

@@ -96,9 +96,7 @@ def _pillow(x255: torch.Tensor, size: tuple[int, int], resample: int) -> torch.T
     flat = x255.detach().round().clamp(0, 255).to(torch.uint8).cpu().reshape(-1, *x255.shape[-3:])
     out = []
     for img in flat:  # (C, H, W)
-        arrays = [
-            np.asarray(Image.fromarray(c.numpy(), mode="L").resize((w, h), resample=resample)) for c in img
-        ]
+        arrays = [np.asarray(Image.fromarray(c.numpy(), mode="L").resize((w, h), resample=resample)) for c in img]
         out.append(torch.from_numpy(np.stack(arrays)))
     return torch.stack(out).reshape(*x255.shape[:-2], h, w).to(device=x255.device, dtype=x255.dtype)
 

@@ -91,14 +91,16 @@ def load_processor(spec: str, architecture: str):
     if config_path and os.path.isfile(config_path):
         with open(config_path, encoding="utf-8") as f:
             accepted = inspect.signature(cls.__init__).parameters
-            kwargs = {k: v for k, v in json.load(f).items() if k in accepted and k not in ("image_processor", "tokenizer")}
+            kwargs = {
+                k: v for k, v in json.load(f).items() if k in accepted and k not in ("image_processor", "tokenizer")
+            }
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec)
     kwargs.setdefault("chat_template", getattr(tokenizer, "chat_template", None))
     image_processor = transformers.AutoImageProcessor.from_pretrained(spec)
     return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **kwargs)
 
 
-def make_adapter(model: nn.Module, processor, gradient_checkpointing: bool = False, image_size=None) -> "LVLMAdapter":
+def make_adapter(model: nn.Module, processor, gradient_checkpointing: bool = False, image_size=None) -> LVLMAdapter:
     """The adapter for a loaded LVLM: `LVLMAdapter` (batched) for single-crop LLaVAs, `PipelineAdapter` (the class's
     own image pipeline, one sample at a time) for every other registered class."""
     arch = type(model).__name__
@@ -387,7 +389,9 @@ class PipelineAdapter(LVLMAdapter):
             dummy = Image.new("RGB", (size[1], size[0]))
             enc = self.processor(text=[prompt], images=[dummy], return_tensors="pt")
             image_keys = set(self.pipeline(torch.zeros(3, *size)))
-            self._text[key] = {k: v for k, v in enc.items() if k not in image_keys and k not in ("labels", "num_crops")}
+            self._text[key] = {
+                k: v for k, v in enc.items() if k not in image_keys and k not in ("labels", "num_crops")
+            }
         return self._text[key]
 
     def prompt_ids(self, prompt: str) -> list[int]:
