@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vqa-max-new-tokens", type=int, default=d.vqa_max_new_tokens, help="Answer length.")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="Samples per attack batch.")
     parser.add_argument(
+        "--bad-samples",
+        choices=["error", "skip"],
+        default="error",
+        help="A missing, truncated or unreadable image: stop with an error naming the file, or leave the sample out "
+        "(counted in results.json).",
+    )
+    parser.add_argument(
         "--image-size",
         default=None,
         help="The attack space: every image is resized once to HxW (or SxS for one number) before the attack; the "
@@ -145,6 +152,7 @@ def main(argv: list[str]) -> int:
         dtype=args.dtype,
         gradient_checkpointing=args.gradient_checkpointing,
         image_size=image_size,
+        bad_samples=args.bad_samples,
         resume=not args.no_resume,
         progress=not args.no_progress,
     )

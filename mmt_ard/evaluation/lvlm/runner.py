@@ -47,6 +47,43 @@ def _read_state(path: str | None, fingerprint: str) -> dict:
     return {"fingerprint": fingerprint, "samples": {}}
 
 
+BAD_IMAGE_FIX = (
+    "Fix or remove the file, or pass --bad-samples skip (`bad_samples='skip'`) to leave such samples out (they are "
+    "counted in results.json)"
+)
+
+
+def screen_images(data: LVLMTaskData, bad_samples: str = "error") -> tuple[LVLMTaskData, dict[str, str]]:
+    """Decode every image of `data` once before anything is evaluated. A missing, truncated or unreadable file is
+    a bad sample: with `bad_samples="error"` a `BadSampleError` names the file, the sample and the dataset; with
+    `"skip"` the sample is left out. Grayscale, CMYK and palette images are fine (converted to RGB, as the
+    processors do).
+
+    Returns:
+        the data without the bad samples, and `{sample_id: why}` for those left out.
+    """
+    from PIL import Image
+
+    from ...data import bad_sample, bad_sample_policy
+
+    policy = bad_sample_policy(bad_samples)
+    keep, skipped = [], {}
+    for sample in data.samples:
+        try:
+            with Image.open(sample.image_path) as im:
+                im.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError, truncated files, ...
+            name = f"{sample.sample_id} (image {sample.image_path!r}) of dataset {data.name!r}"
+            skipped[sample.sample_id] = bad_sample(policy, name, err, BAD_IMAGE_FIX)
+            continue
+        keep.append(sample)
+    if not skipped:
+        return data, {}
+    if not keep:
+        raise ValueError(f"Every image of dataset {data.name!r} is unreadable ({len(skipped)} samples): nothing to do.")
+    return dataclasses.replace(data, samples=keep), skipped
+
+
 class _Scorer:
     """Per-sample scores of replies against the whole evaluated set (CIDEr's idf comes from all its references)."""
 
@@ -240,6 +277,7 @@ def evaluate_lvlm(
     dtype: str | torch.dtype | None = None,
     gradient_checkpointing: bool = False,
     image_size: int | tuple[int, int] | None = None,
+    bad_samples: str = "error",
     resume: bool = True,
     progress: bool = True,
     verbose: bool = True,
@@ -263,6 +301,8 @@ def evaluate_lvlm(
         image_size: the attack space, `(H, W)` or one side: every image is brought to this size once before the
             attack (default: single-crop classes their processor's input size, tiling classes the tower's input
             size). Recorded in results.json (`attack_space`) with the number of crops the tower sees.
+        bad_samples: a sample whose image file is missing, truncated or unreadable: `error` stops before the pair is
+            evaluated with a `BadSampleError` naming the file; `skip` leaves it out (`skipped` in results.json).
         resume: skip finished pairs and finished batches found in `output_dir`.
         progress: progress bars.
         verbose: print the protocol, one line per result and the table.
@@ -317,7 +357,10 @@ def evaluate_lvlm(
                 if isinstance(d_spec, LVLMTaskData)
                 else load_lvlm_data(d_spec, name=d_name, num_samples=proto.num_samples, seed=proto.seed)
             )
+            data, skipped = screen_images(data, bad_samples)
             fingerprint = proto.fingerprint(m_source, data.source)
+            if skipped:  # another set of samples gives other numbers
+                fingerprint = f"{fingerprint}-skip{len(skipped)}"
             if image_size is not None:  # another attack space gives other numbers
                 fingerprint = f"{fingerprint}-{'x'.join(str(v) for v in _sides(image_size))}"
             done = records.get((m_name, data.name))
@@ -344,6 +387,7 @@ def evaluate_lvlm(
                 "dataset_source": data.source,
                 "protocol_fingerprint": fingerprint,
                 **result,
+                **({"skipped": skipped} if skipped else {}),
             }
             flush()
             if verbose:
