@@ -570,3 +570,21 @@ def test_paligemma_card_advises_what_eval_lvlm_accepts(tmp_path):
     card = open(os.path.join(out, "README.md")).read()
     assert '--caption-prompt "caption en"' in card
     assert check_lvlm(out).architecture == "PaliGemmaForConditionalGeneration"  # the advised command accepts it
+
+
+def test_rectangular_and_classless_grids_resize_bicubic():
+    from mmt_ard.export import resize_position_embedding
+    from mmt_ard.export.position import grid_shape
+
+    g = torch.Generator().manual_seed(5)
+    grid = torch.randn(4 * 6, 8, generator=g)  # a 4 x 6 SigLIP grid (no class position)
+    out = resize_position_embedding(grid, 8 * 12, False, (4, 6), (8, 12))
+    expected = F.interpolate(grid.reshape(1, 4, 6, 8).permute(0, 3, 1, 2), size=(8, 12), mode="bicubic")
+    assert torch.allclose(out, expected.permute(0, 2, 3, 1).reshape(96, 8), atol=1e-6)
+    with_cls = torch.cat([torch.randn(1, 8, generator=g), grid])  # a CLIP-style class position is kept
+    out = resize_position_embedding(with_cls, 1 + 8 * 12, True, (4, 6), (8, 12))
+    assert torch.equal(out[0], with_cls[0]) and torch.allclose(out[1:], expected.permute(0, 2, 3, 1).reshape(96, 8))
+    assert grid_shape({"image_size": [32, 48], "patch_size": 8}, 24, False, "grid") == (4, 6)
+    assert grid_shape({"image_size": 32, "patch_size": 8}, 16, False, "grid") == (4, 4)
+    with pytest.raises(ValueError, match="do not match"):
+        resize_position_embedding(grid, 50, False, (4, 6), (5, 9))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..models.families import ModelFamily
 from .families import LVLMFamily, lvlm_family, tower_family_of
 from .model_card import read_front_matter, render_lvlm_card
+from .position import grid_shape
 from .safetensors_io import overwrite_tensors, read_tensor, tensor_layout
 from .students import StudentTower, load_student
 from .tower import (
@@ -42,8 +43,9 @@ class ExportReport:
         architecture: the LVLM class.
         tower: `clip` or `siglip`.
         image_size: the LVLM's input size (unchanged).
-        grid: the LVLM's patch grid side (unchanged).
-        resized_from: the student's grid side when the position grid was resized, else None.
+        grid: the LVLM's patch grid side (unchanged; `[rows, columns]` for a rectangular grid).
+        resized_from: the student's grid side (`[rows, columns]` if rectangular) when the position grid was resized,
+            else None.
         normalization: `same`, or `adjusted` when the patch embedding was rewritten for the LVLM's mean/std.
         dtype: the checkpoint dtype the tower's tensors were written in.
         tower_tensors: number of tensors rewritten.
@@ -57,8 +59,8 @@ class ExportReport:
     architecture: str
     tower: str
     image_size: int | None
-    grid: int | None
-    resized_from: int | None
+    grid: int | list[int] | None
+    resized_from: int | list[int] | None
     normalization: str
     dtype: str
     tower_tensors: int
@@ -207,21 +209,26 @@ def export_to_lvlm(
             )
         state = fold_normalization(state, kind, st.image_mean, st.image_std, lvlm_mean, lvlm_std)
         normalization = "adjusted"
-    plan = plan_tower(state, layout, prefix, kind, student_desc, lvlm_desc)
+    plan = plan_tower(state, layout, prefix, kind, student_desc, lvlm_desc, st.vision_config, vision_config)
 
     # ---- the log lines and the model card say what happens to the tower ----
     image_size = config_value(vision_config, "image_size")
-    grid = None if lvlm_positions is None else (lvlm_positions - (1 if kind.class_token else 0)) ** 0.5
-    grid = None if grid is None else round(grid)
+    lvlm_grid = None if lvlm_positions is None else grid_shape(vision_config, lvlm_positions, kind.class_token, "grid")
+    grid = None if lvlm_grid is None else (lvlm_grid[0] if lvlm_grid[0] == lvlm_grid[1] else list(lvlm_grid))
     say(f"student {st.source!r}" + (f" (weights from {st.path!r})" if st.path and st.path != st.source else ""))
     say(f"LVLM {into!r}: {family.architecture}, {lvlm_desc}; tower tensors under `{prefix}`")
     if plan.resized:
         src, dst = plan.resized
-        stretch = dst / src
+        stretch = max(dst[0] / src[0], dst[1] / src[1])
+        per_side = (
+            f"{stretch:.2f}x per side"
+            if dst[0] / src[0] == dst[1] / src[1]
+            else f"{dst[0] / src[0]:.2f}x in height, {dst[1] / src[1]:.2f}x in width"
+        )
         say(
-            f"resized the student's position embeddings from a {src}x{src} to a {dst}x{dst} grid (bicubic"
+            f"resized the student's position embeddings from a {src[0]}x{src[1]} to a {dst[0]}x{dst[1]} grid (bicubic"
             + (", class position kept" if kind.class_token else "")
-            + f"), stretched {stretch:.2f}x per side; the LVLM's image size ({image_size} px) and its {dst * dst} "
+            + f"), stretched {per_side}; the LVLM's image size ({image_size} px) and its {dst[0] * dst[1]} "
             "patch positions per crop are unchanged"
         )
         if stretch >= 2:
@@ -283,7 +290,9 @@ def export_to_lvlm(
         tower=kind.name,
         image_size=image_size,
         grid=grid,
-        resized_from=plan.resized[0] if plan.resized else None,
+        resized_from=(plan.resized[0][0] if plan.resized[0][0] == plan.resized[0][1] else list(plan.resized[0]))
+        if plan.resized
+        else None,
         normalization=normalization,
         dtype=",".join(dtypes),
         tower_tensors=len(plan.tensors),
