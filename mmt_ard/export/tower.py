@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.families import ModelFamily
-from .position import grid_shape, grid_side, resize_position_embedding
+from .position import grid_shape, resize_position_embedding
 from .safetensors_io import TensorInfo
 
 PATCH_WEIGHT = "embeddings.patch_embedding.weight"
