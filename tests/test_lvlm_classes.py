@@ -163,9 +163,9 @@ def test_evaluate_lvlm_runs_every_class_and_ignores_the_batch_size(tiny, tmp_pat
 
     from mmt_ard.evaluation.lvlm import LVLMProtocol, evaluate_lvlm
 
-    name, model, processor = tiny
+    _, model, processor = tiny
     cap_dir, _ = save_square_datasets(str(tmp_path), n=3)
-    settings = dict(eps=(16 / 255,), n_iter=2, max_references=1, refine=False, caption_max_new_tokens=4)
+    settings = {"eps": (16 / 255,), "n_iter": 2, "max_references": 1, "refine": False, "caption_max_new_tokens": 4}
     runs = []
     for batch_size in (1, 3):
         report = evaluate_lvlm(
@@ -182,5 +182,5 @@ def test_evaluate_lvlm_runs_every_class_and_ignores_the_batch_size(tiny, tmp_pat
     assert first["num_samples"] == 3 and first["attack_space"]["image_size"] == [20, 28]
     pixel_values = processor.image_processor(images=[Image.new("RGB", (28, 20))], return_tensors="pt")["pixel_values"]
     assert first["attack_space"]["crops"] == (1 if pixel_values.dim() == 4 else pixel_values.shape[1])  # as processed
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("time_s", "seconds_per_sample")}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("time_s", "seconds_per_sample")}
     assert strip(first) == strip(second)  # the same replies and scores at batch size 1 and 3
