@@ -4,6 +4,11 @@
 normalisation happens inside `loss` and `generate`, differentiably, so budgets are in [0, 1] pixel units), the
 prompts (the processor's chat template), the per-sample language-model cross-entropy of a reference text after the
 prompt, and greedy generation. Weights may be bf16; the pixels, the normalisation and the loss stay fp32.
+
+`LVLMAdapter` serves single-crop LLaVAs, batched. `PipelineAdapter` serves every class of the registry
+(`mmt_ard.lvlm.LVLM_CLASSES`): the attack space is the image at a stated size, and the class's own image pipeline
+(tiling, global image, padding, normalisation; `mmt_ard.lvlm.pipelines`) runs on it differentiably, one sample at a
+time. `make_adapter` picks one; `load_lvlm` loads any registered class.
 """
 
 from __future__ import annotations
