@@ -507,6 +507,56 @@ def build_tiny_paligemma(image_size=16, patch_size=4, seed=0):
     return model, processor
 
 
+AYA_TOKENS = ["<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>", "TILE", "TILE_GLOBAL"]
+
+
+def build_tiny_aya_vision(image_size=16, patch_size=4, seed=0, max_patches=4):
+    """`(AyaVisionForConditionalGeneration, AyaVisionProcessor)`: a tiny SigLIP tower, images cut into up to
+    `max_patches` tiles plus a thumbnail (GotOcr2ImageProcessor's `crop_to_patches`), pixel-shuffled 2x2."""
+    import transformers as T
+
+    tokenizer = _tokenizer_with(AYA_TOKENS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = T.AyaVisionConfig(
+            vision_config=T.SiglipVisionConfig(**_vision_kw(image_size, patch_size, 32, 2, 2)),
+            text_config=T.Cohere2Config(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                pad_token_id=0,
+                bos_token_id=2,
+                eos_token_id=3,
+                sliding_window=64,
+            ),
+            downsample_factor=2,
+            image_token_id=tokenizer.convert_tokens_to_ids("<|IMG_PATCH|>"),
+            vision_feature_layer=-1,
+        )
+        model = T.AyaVisionForConditionalGeneration(config).eval()
+    image_processor = T.GotOcr2ImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=max_patches,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    processor = T.AyaVisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        img_size=image_size,
+        downsample_factor=2,
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
 def build_tiny_class(name: str, seed: int = 0):
     """`(model, processor)` of a tiny LVLM of a registered class, by short name."""
     if name == "llava":
@@ -521,4 +571,6 @@ def build_tiny_class(name: str, seed: int = 0):
         return build_tiny_idefics3(seed=seed)
     if name == "gemma3":
         return build_tiny_gemma3(seed=seed)
+    if name == "aya_vision":
+        return build_tiny_aya_vision(seed=seed)
     raise KeyError(name)

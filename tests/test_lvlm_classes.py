@@ -21,6 +21,7 @@ CLASSES = {
     "paligemma": "PaliGemmaForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",
+    "aya_vision": "AyaVisionForConditionalGeneration",
 }
 # sizes that exercise the processors' branches: a wide and a tall image (pinpoints, padding, row/column splits), one
 # the size of a crop, one smaller than a crop, and one with odd sides
@@ -74,6 +75,9 @@ def test_pipeline_equals_the_processor_on_every_image_input(tiny):
         for key, value in ref.items():
             if key == "num_crops":  # Gemma 3's pan-and-scan count: not a model input, 0 without pan-and-scan
                 assert value.tolist() == [0]
+                continue
+            if key == "num_patches":  # Aya Vision's tile count: the processor uses it for the prompt only
+                assert value.tolist() == [out["pixel_values"].shape[0]]
                 continue
             assert tuple(out[key].shape) == tuple(value.shape), (name, key, arr.shape)
             assert (out[key].double() - value.double()).abs().max().item() <= 1e-5, (name, key, arr.shape)

@@ -487,8 +487,10 @@ def _siglip_student(tmp_path, image_size=16):
 
 
 def _build_class(name, image_size=16):
-    from _lvlm_tiny import build_tiny_gemma3, build_tiny_idefics3, build_tiny_onevision
+    from _lvlm_tiny import build_tiny_aya_vision, build_tiny_gemma3, build_tiny_idefics3, build_tiny_onevision
 
+    if name == "aya_vision":
+        return build_tiny_aya_vision(image_size=image_size)
     if name == "smolvlm":
         return build_tiny_idefics3(image_size=image_size, smolvlm=True)
     if name == "idefics3":
@@ -498,7 +500,7 @@ def _build_class(name, image_size=16):
     return build_tiny_onevision(image_size=image_size)
 
 
-@pytest.mark.parametrize("name", ["idefics3", "smolvlm", "gemma3", "onevision"])
+@pytest.mark.parametrize("name", ["idefics3", "smolvlm", "gemma3", "onevision", "aya_vision"])
 def test_siglip_student_into_every_siglip_class(tmp_path, name):
     student, siglip = _siglip_student(tmp_path)
     model, processor = _build_class(name)

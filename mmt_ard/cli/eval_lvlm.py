@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         help="LVLM folders or Hub ids of a registered class (docs/lvlm.md: LLaVA, LLaVA-NeXT, LLaVA-OneVision, "
-        "PaliGemma, Idefics3, SmolVLM, Gemma 3).",
+        "PaliGemma, Idefics3, SmolVLM, Aya Vision, Gemma 3).",
     )
     parser.add_argument(
         "--datasets",

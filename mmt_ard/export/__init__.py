@@ -1,5 +1,5 @@
 """Export a robust student's vision tower into Hugging Face LVLM checkpoints of every class of the shared registry
-(`mmt_ard.lvlm.LVLM_CLASSES`: LLaVA, LLaVA-NeXT, LLaVA-OneVision, PaliGemma, Idefics3, SmolVLM, Gemma 3). See
+(`mmt_ard.lvlm.LVLM_CLASSES`: LLaVA, LLaVA-NeXT, LLaVA-OneVision, PaliGemma, Idefics3, SmolVLM, Aya Vision, Gemma 3). See
 docs/lvlm.md and the `mmt-ard-export` command."""
 
 from .families import LVLM_FAMILIES, LVLMFamily, supported_families

@@ -11,6 +11,8 @@ tensor slicing, padding and normalisation for the rest, so gradients flow back t
 * `anyres`: LLaVA-NeXT / LLaVA-OneVision. The best grid pinpoint (`select_best_resolution`), the aspect-preserving
   resize to it, the centred zero padding, the cut into crops, the base image resized to the crop size first;
   `image_sizes` (and OneVision's `batch_num_images`) as the processor gives them.
+* `crop`: Aya Vision (GotOcr2ImageProcessor with `crop_to_patches`). The tiled canvas closest to the image's aspect
+  ratio (`get_optimal_tiled_canvas`), the resize to it, the tiles row by row, the thumbnail last.
 * `split`: Idefics3 / SmolVLM. The longest edge resized to `size`, then to multiples of `max_image_size`, the split
   into `max_image_size` crops row by row, the global image last, `pixel_attention_mask`.
 
@@ -54,7 +56,7 @@ class ImagePipeline:
     (`pixel_values` and, per kind, `image_sizes`, `batch_num_images`, `pixel_attention_mask`), normalised, fp32.
     """
 
-    KINDS = ("single", "anyres", "split")
+    KINDS = ("single", "anyres", "split", "crop")
 
     def __init__(self, image_processor, kind: str):
         if kind not in self.KINDS:
@@ -153,6 +155,8 @@ class ImagePipeline:
             return {"pixel_values": self._finish(x)[None]}
         if self.kind == "anyres":
             return self._anyres(x)
+        if self.kind == "crop":
+            return self._crop(x)
         return self._split(x)
 
     def _anyres(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -230,6 +234,23 @@ class ImagePipeline:
             mask[:fh, :fw] = 1
             masks.append(mask)
         return {"pixel_values": torch.stack(padded)[None], "pixel_attention_mask": torch.stack(masks)[None]}
+
+    def _crop(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ip = self.ip
+        sh, sw = int(_get(ip.size, "height")), int(_get(ip.size, "width"))
+        if getattr(ip, "crop_to_patches", False) and int(getattr(ip, "max_patches", 1)) > 1:
+            from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+            cols, rows = get_optimal_tiled_canvas(
+                tuple(x.shape[-2:]), (sh, sw), int(ip.min_patches), int(ip.max_patches)
+            )
+            canvas = pil_resize(x, (sh * rows, sw * cols), self.resample)
+            tiles = [canvas[:, r * sh : (r + 1) * sh, c * sw : (c + 1) * sw] for r in range(rows) for c in range(cols)]
+            if len(tiles) != 1:
+                tiles.append(pil_resize(x, (sh, sw), self.resample))  # the thumbnail
+        else:
+            tiles = [pil_resize(x, (sh, sw), self.resample) if getattr(ip, "do_resize", True) else x]
+        return {"pixel_values": torch.stack([self._normalize(t) for t in tiles])}  # (n, 3, S, S): no batch axis
 
     def layout(self, inputs: dict[str, torch.Tensor]) -> dict:
         """What the tower sees per image, for results.json: the number of crops and the crop size."""

@@ -32,7 +32,7 @@ class LVLMClass:
         feature_layer: which hidden state of the tower feeds the projector (a config field or a fixed description).
         prompt: `chat` (the processor's chat template with one image) or `prefix` (PaliGemma: a plain task prefix,
             the processor adds the image tokens and bos).
-        pipeline: the image pipeline kind (`single`, `anyres`, `split`; see `mmt_ard.lvlm.pipelines`).
+        pipeline: the image pipeline kind (`single`, `anyres`, `split`, `crop`; see `mmt_ard.lvlm.pipelines`).
         reply_token_type: the `token_type_ids` value of the reply's tokens when the processor returns
             `token_type_ids` (PaliGemma: 1, the suffix; Gemma 3 marks image tokens with 1, the reply is 0).
         example: a public checkpoint of the class, for docs.
@@ -113,6 +113,16 @@ LVLM_CLASSES: dict[str, LVLMClass] = {
             "chat",
             "split",
             example="HuggingFaceTB/SmolVLM-256M-Instruct",
+        ),
+        LVLMClass(
+            "AyaVisionForConditionalGeneration",
+            "Aya Vision (SigLIP 2 tower at fixed resolution, tiles plus a thumbnail)",
+            ("siglip",),
+            _TOWER,
+            "config.vision_feature_layer (-1)",
+            "chat",
+            "crop",
+            example="CohereLabs/aya-vision-8b",
         ),
         LVLMClass(
             "Gemma3ForConditionalGeneration",
