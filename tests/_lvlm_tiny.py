@@ -557,6 +557,65 @@ def build_tiny_aya_vision(image_size=16, patch_size=4, seed=0, max_patches=4):
     return model, processor
 
 
+def build_tiny_vipllava(image_size=16, patch_size=4, seed=0):
+    """`(VipLlavaForConditionalGeneration, LlavaProcessor)`: a tiny CLIP tower whose layers -2 and 1 feed the
+    projector (VipLLaVA reads several layers)."""
+    import transformers as T
+
+    _, processor = build_tiny_llava(image_size=image_size, patch_size=patch_size, seed=seed)
+    tokenizer = processor.tokenizer
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = T.VipLlavaConfig(
+            vision_config=T.CLIPVisionConfig(**_vision_kw(image_size, patch_size, 32, 3, 2)),
+            text_config=_text_config(len(tokenizer)),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            vision_feature_layer=[-2, 1],
+        )
+        model = T.VipLlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
+def build_tiny_llava_next_video(image_size=16, patch_size=4, seed=0):
+    """`(LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor without its video processor)`: images go
+    through LLaVA-NeXT's any-resolution pipeline."""
+    import transformers as T
+
+    from mmt_ard.evaluation.lvlm.model import image_only_processor_class
+
+    tokenizer = _tokenizer_with(["<video>"])
+    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = T.LlavaNextVideoConfig(
+            vision_config=T.CLIPVisionConfig(**_vision_kw(image_size, patch_size, 32, 3, 2)),
+            text_config=_text_config(len(tokenizer)),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+            image_grid_pinpoints=pinpoints,
+        )
+        model = T.LlavaNextVideoForConditionalGeneration(config).eval()
+    image_processor = T.LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    processor = image_only_processor_class(T.LlavaNextVideoProcessor)(
+        video_processor=None,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
 def build_tiny_class(name: str, seed: int = 0):
     """`(model, processor)` of a tiny LVLM of a registered class, by short name."""
     if name == "llava":
@@ -573,4 +632,8 @@ def build_tiny_class(name: str, seed: int = 0):
         return build_tiny_gemma3(seed=seed)
     if name == "aya_vision":
         return build_tiny_aya_vision(seed=seed)
+    if name == "vipllava":
+        return build_tiny_vipllava(seed=seed)
+    if name == "llava_next_video":
+        return build_tiny_llava_next_video(seed=seed)
     raise KeyError(name)

@@ -22,6 +22,8 @@ CLASSES = {
     "idefics3": "Idefics3ForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",
     "aya_vision": "AyaVisionForConditionalGeneration",
+    "vipllava": "VipLlavaForConditionalGeneration",
+    "llava_next_video": "LlavaNextVideoForConditionalGeneration",
 }
 # sizes that exercise the processors' branches: a wide and a tall image (pinpoints, padding, row/column splits), one
 # the size of a crop, one smaller than a crop, and one with odd sides

@@ -590,3 +590,25 @@ def test_rectangular_and_classless_grids_resize_bicubic():
     assert grid_shape({"image_size": 32, "patch_size": 8}, 16, False, "grid") == (4, 4)
     with pytest.raises(ValueError, match="do not match"):
         resize_position_embedding(grid, 50, False, (4, 6), (5, 9))
+
+
+@pytest.mark.parametrize("name", ["vipllava", "llava_next_video"])
+def test_clip_student_into_every_clip_class(work, tmp_path, name):
+    from _lvlm_tiny import build_tiny_llava_next_video, build_tiny_vipllava
+
+    model, processor = (build_tiny_vipllava if name == "vipllava" else build_tiny_llava_next_video)(image_size=16)
+    lvlm = save(str(tmp_path / name), model, processor.image_processor, processor.tokenizer)
+    out = str(tmp_path / "out")
+    export_to_lvlm(work["student"], lvlm, out, log=None)
+    loaded, info = _load(type(model).__name__, out)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ours = loaded.model.vision_tower(x, output_hidden_states=True).hidden_states
+        theirs = work["clip"].vision_model(x, output_hidden_states=True).hidden_states
+    assert len(ours) == 4 and max((a - b).abs().max().item() for a, b in zip(ours, theirs)) < 1e-5
+    _assert_non_tower_bit_equal(model, loaded)
+    siglip_dir, _ = _siglip_student(tmp_path)  # a SigLIP student does not go into a CLIP tower
+    with pytest.raises(ExportError, match="CLIP tower"):
+        export_to_lvlm(siglip_dir, lvlm, str(tmp_path / "refused"), log=None)
+    assert not os.path.exists(tmp_path / "refused") and _no_staging_left(tmp_path)
