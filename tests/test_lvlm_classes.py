@@ -190,3 +190,16 @@ def test_evaluate_lvlm_runs_every_class_and_ignores_the_batch_size(tiny, tmp_pat
     assert first["attack_space"]["crops"] == (1 if pixel_values.dim() == 4 else pixel_values.shape[1])  # as processed
     strip = lambda r: {k: v for k, v in r.items() if k not in ("time_s", "seconds_per_sample")}
     assert strip(first) == strip(second)  # the same replies and scores at batch size 1 and 3
+
+
+def test_unreproduced_processor_options_are_refused_with_the_fix():
+    import transformers as T
+
+    from mmt_ard.lvlm.resample import NEAREST, pil_weights
+
+    with pytest.raises(ValueError, match="do_pan_and_scan = False"):
+        image_pipeline(T.Gemma3ImageProcessorPil(do_pan_and_scan=True), "single")
+    with pytest.raises(ValueError, match="NEAREST.*BILINEAR, BICUBIC and LANCZOS"):
+        pil_weights(10, 5, NEAREST)
+    with pytest.raises(ValueError, match="`kind`='tiles'"):
+        image_pipeline(T.SiglipImageProcessorPil(), "tiles")

@@ -343,6 +343,8 @@ def test_cli(folders, tmp_path, capsys):
     assert eval_main(argv) == 0
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["protocol"]["eps_255"] == ["8/255"] and results["results"][0]["num_samples"] == 3
+    space = results["results"][0]["attack_space"]  # LLaVA: the processor's 16 x 16 grid, one crop
+    assert space["image_size"] == [16, 16] and space["crops"] == 1
     capsys.readouterr()
     assert eval_main(["--models", lvlm, "--datasets", str(tmp_path / "missing"), "--output-dir", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
