@@ -1,17 +1,16 @@
-"""PIL's 8-bit image resize, reproduced in torch so that gradients flow through it.
+"""PIL's 8-bit image resize, with a gradient, so that an attack can run through an image processor's resizes.
 
 The PIL backend of transformers' image processors (used where torchvision is not installed) resizes a uint8 image
-with Pillow: two separable passes (horizontal, then vertical), each a weighted sum whose weights Pillow computes in
-double precision, normalises to sum 1 and rounds to 22-bit fixed point; each pass rounds its result to uint8 and
-clips it to [0, 255]. `pil_resize` computes exactly that (the fixed-point weights and both roundings), so on an
-image whose pixels are multiples of 1/255 (a decoded 8-bit image) it returns Pillow's bytes / 255 exactly: the
-forward value is computed by Pillow itself on the image rounded to 8 bits (Pillow 13 picks the order of its two
-passes itself, and the order changes the rounding). The gradient is that of the same weighted sums without the
-rounding (a straight-through estimate, exact up to the two roundings), which is what an attack in [0, 1] pixel space
-needs. So the LVLM sees what its processor makes of the adversarial image stored as an 8-bit image.
+with Pillow: two separable passes, each a weighted sum whose weights Pillow computes in double precision, normalises
+to sum 1 and rounds to 22-bit fixed point; each pass rounds its result to uint8. Pillow 13 picks the order of the two
+passes itself, and the order changes the rounding, so `pil_resize` takes its forward value from Pillow itself (on the
+image rounded to 8 bits): on an image whose pixels are multiples of 1/255 (a decoded 8-bit image) it returns
+Pillow's bytes / 255 exactly. Its gradient is that of Pillow's weighted sums without the roundings (the same weights,
+`pil_weights`; a straight-through estimate), which is what an attack in [0, 1] pixel space needs. So the LVLM sees
+what its processor makes of the adversarial image stored as an 8-bit image.
 
-Pillow's filters and weights (`libImaging/Resample.c`): bilinear (support 1), bicubic (a = -0.5, support 2),
-lanczos (a = 3, support 3); the support is widened by the scale when downsampling (antialiasing).
+Pillow's filters (`libImaging/Resample.c`): bilinear (support 1), bicubic (a = -0.5, support 2), lanczos (a = 3,
+support 3); the support is widened by the scale when downsampling (antialiasing).
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ import math
 
 import numpy as np
 import torch
-
-PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
 
 # PIL.Image.Resampling values
 NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING = 0, 1, 2, 3, 4, 5
@@ -58,10 +55,9 @@ FILTERS = {BILINEAR: (_bilinear, 1.0), BICUBIC: (_bicubic, 2.0), LANCZOS: (_lanc
 
 
 @functools.lru_cache(maxsize=256)
-def pil_weights(in_size: int, out_size: int, resample: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pillow's resampling weights from `in_size` to `out_size` samples: `(exact, fixed)`, two `(out, in)` float64
-    matrices, the normalised weights and their 22-bit fixed-point integers (as Pillow's `precompute_coeffs` and
-    `normalize_coeffs_8bpc`)."""
+def pil_weights(in_size: int, out_size: int, resample: int) -> torch.Tensor:
+    """Pillow's resampling weights from `in_size` to `out_size` samples, before its fixed-point rounding: an
+    `(out, in)` float64 matrix (as Pillow's `precompute_coeffs`)."""
     if resample not in FILTERS:
         names = {NEAREST: "NEAREST", BOX: "BOX", HAMMING: "HAMMING"}
         raise ValueError(
@@ -74,7 +70,6 @@ def pil_weights(in_size: int, out_size: int, resample: int) -> tuple[torch.Tenso
     filterscale = max(scale, 1.0)
     support = base_support * filterscale
     exact = torch.zeros(out_size, in_size, dtype=torch.float64)
-    fixed = torch.zeros(out_size, in_size, dtype=torch.float64)
     for xx in range(out_size):
         center = (xx + 0.5) * scale
         xmin = max(int(center - support + 0.5), 0)
@@ -84,8 +79,7 @@ def pil_weights(in_size: int, out_size: int, resample: int) -> tuple[torch.Tenso
         for x, w in enumerate(ws):
             k = w / total if total != 0.0 else w
             exact[xx, xmin + x] = k
-            fixed[xx, xmin + x] = float(int(k * (1 << PRECISION_BITS) + (-0.5 if k < 0 else 0.5)))
-    return exact, fixed
+    return exact
 
 
 def _pillow(x255: torch.Tensor, size: tuple[int, int], resample: int) -> torch.Tensor:
@@ -96,7 +90,7 @@ def _pillow(x255: torch.Tensor, size: tuple[int, int], resample: int) -> torch.T
     flat = x255.detach().round().clamp(0, 255).to(torch.uint8).cpu().reshape(-1, *x255.shape[-3:])
     out = []
     for img in flat:  # (C, H, W)
-        arrays = [np.asarray(Image.fromarray(c.numpy(), mode="L").resize((w, h), resample=resample)) for c in img]
+        arrays = [np.asarray(Image.fromarray(c.numpy()).resize((w, h), resample=resample)) for c in img]
         out.append(torch.from_numpy(np.stack(arrays)))
     return torch.stack(out).reshape(*x255.shape[:-2], h, w).to(device=x255.device, dtype=x255.dtype)
 
@@ -108,8 +102,8 @@ def pil_resize(x: torch.Tensor, size: tuple[int, int], resample: int) -> torch.T
     H, W = x.shape[-2:]
     if (h, w) == (H, W):
         return x
-    exact_w = pil_weights(W, w, resample)[0].to(device=x.device, dtype=torch.float64)  # (w, W)
-    exact_h = pil_weights(H, h, resample)[0].to(device=x.device, dtype=torch.float64)  # (h, H)
+    exact_w = pil_weights(W, w, resample).to(device=x.device, dtype=torch.float64)  # (w, W)
+    exact_h = pil_weights(H, h, resample).to(device=x.device, dtype=torch.float64)  # (h, H)
     linear = (exact_h @ (x.double() * 255.0) @ exact_w.T).to(x.dtype)  # (..., C, h, w), Pillow without rounding
     value = _pillow(x * 255.0, (h, w), resample)
     return (linear + (value - linear).detach()) / 255.0
