@@ -26,12 +26,14 @@ WORDS = (
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
-def build_lvlm_tokenizer(words=WORDS):
-    """A word-level fast tokenizer with `<image>` as a special token (bos/eos/pad inside the vocabulary)."""
+def build_lvlm_tokenizer(words=WORDS, named_specials=None):
+    """A word-level fast tokenizer with `<image>` as a special token (bos/eos/pad inside the vocabulary);
+    `named_specials` (`{"boi_token": "<start_of_image>", ...}`) adds more, kept by `save_pretrained`."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "<s>", "</s>", "<image>"]
+    named = {"image_token": "<image>", **(named_specials or {})}
+    specials = ["[PAD]", "[UNK]", "<s>", "</s>", "<image>"] + [t for t in named.values() if t != "<image>"]
     vocab = {w: i for i, w in enumerate(specials + sorted(set(words)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -42,7 +44,7 @@ def build_lvlm_tokenizer(words=WORDS):
         eos_token="</s>",
         pad_token="[PAD]",
         unk_token="[UNK]",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=named,
     )
 
 
@@ -309,7 +311,6 @@ def save_square_datasets(root: str, n: int = 6, seed: int = 0) -> tuple[str, str
 IDEFICS3_TOKENS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
     f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
 ]
-GEMMA3_TOKENS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
 
 
 def _tokenizer_with(extra_specials, **named):
@@ -378,11 +379,14 @@ def build_tiny_gemma3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2,
     `mm_tokens_per_image` soft tokens (pooled 2x2)."""
     import transformers as T
 
-    tokenizer = _tokenizer_with(
-        GEMMA3_TOKENS, boi_token="<start_of_image>", eoi_token="<end_of_image>", image_token="<image_soft_token>"
+    tokenizer = build_lvlm_tokenizer(
+        named_specials={
+            "image_token": "<image_soft_token>",
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+        }
     )
     boi = tokenizer.convert_tokens_to_ids("<start_of_image>")
-    tokenizer.boi_token_id = boi
     tokens_per_image = tokens_per_image or (image_size // patch_size) ** 2 // 4
     text = T.Gemma3TextConfig(
         vocab_size=len(tokenizer),

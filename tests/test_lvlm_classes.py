@@ -203,3 +203,29 @@ def test_unreproduced_processor_options_are_refused_with_the_fix():
         pil_weights(10, 5, NEAREST)
     with pytest.raises(ValueError, match="`kind`='tiles'"):
         image_pipeline(T.SiglipImageProcessorPil(), "tiles")
+
+
+def test_the_command_evaluates_a_saved_folder_of_every_class(tiny, tmp_path, capsys):
+    import json
+
+    from _lvlm_tiny import save, save_image_only_processor, save_square_datasets
+
+    from mmt_ard.cli.eval_lvlm import main as eval_main
+
+    name, model, processor = tiny
+    folder = str(tmp_path / name)
+    if type(processor).__name__.startswith("ImageOnly"):  # its save_pretrained needs the video processor
+        save(folder, model)
+        keys = ("num_image_tokens", "vision_feature_select_strategy", "patch_size", "num_additional_image_tokens")
+        config = {k: getattr(processor, k) for k in keys if getattr(processor, k, None) is not None}
+        save_image_only_processor(folder, processor, **config)
+    else:
+        save(folder, model, processor)
+    cap_dir, _ = save_square_datasets(str(tmp_path), n=2)
+    out = tmp_path / "eval"
+    argv = ["--models", folder, "--datasets", cap_dir, "--output-dir", str(out), "--eps", "8/255", "--n-iter", "1"]
+    argv += ["--max-references", "1", "--no-refine", "--no-progress", "--image-size", "20x28"]
+    assert eval_main(argv) == 0, capsys.readouterr().err
+    result = json.loads((out / "results.json").read_text())["results"][0]
+    assert result["num_samples"] == 2 and result["attack_space"]["image_size"] == [20, 28]
+    assert LVLM_CLASSES[CLASSES[name]].pipeline in result["attack_space"]["pipeline"]

@@ -78,17 +78,23 @@ def image_only_processor_class(processor_class):
 
 
 def load_processor(spec: str, architecture: str):
-    """`AutoProcessor.from_pretrained(spec)`; where that fails only because the processor's video processor needs
-    torchvision, the same processor class without it (images only; `image_only_processor_class`)."""
+    """`AutoProcessor.from_pretrained(spec)`; where that fails on a machine without torchvision and the class's
+    processor holds a video processor (which needs torchvision), the same processor class without it (images only;
+    `image_only_processor_class`)."""
+    import importlib.util
     import inspect
 
     import transformers
 
+    name = architecture.replace("ForConditionalGeneration", "Processor")
     try:
         return transformers.AutoProcessor.from_pretrained(spec)
-    except ImportError as err:
-        name = architecture.replace("ForConditionalGeneration", "Processor")
-        if "video" not in str(err).lower() or not hasattr(transformers, name):
+    except Exception:  # without torchvision, building the video processor fails (ImportError or worse)
+        has_video = (
+            hasattr(transformers, name)
+            and "video_processor" in inspect.signature(getattr(transformers, name).__init__).parameters
+        )
+        if not has_video or importlib.util.find_spec("torchvision") is not None:
             raise
     cls = image_only_processor_class(getattr(transformers, name))
     kwargs = {}
