@@ -229,3 +229,18 @@ def test_the_command_evaluates_a_saved_folder_of_every_class(tiny, tmp_path, cap
     result = json.loads((out / "results.json").read_text())["results"][0]
     assert result["num_samples"] == 2 and result["attack_space"]["image_size"] == [20, 28]
     assert LVLM_CLASSES[CLASSES[name]].pipeline in result["attack_space"]["pipeline"]
+
+
+def test_the_command_refuses_pan_and_scan_before_evaluating(tmp_path, capsys):
+    from _lvlm_tiny import build_tiny_gemma3, save, save_square_datasets
+
+    from mmt_ard.cli.eval_lvlm import main as eval_main
+
+    model, processor = build_tiny_gemma3()
+    processor.image_processor.do_pan_and_scan = True
+    folder = save(str(tmp_path / "gemma3"), model, processor)
+    cap_dir, _ = save_square_datasets(str(tmp_path), n=2)
+    capsys.readouterr()
+    assert eval_main(["--models", folder, "--datasets", cap_dir, "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do_pan_and_scan" in err[0] and not (tmp_path / "out").exists()

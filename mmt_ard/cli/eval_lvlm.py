@@ -138,10 +138,10 @@ def main(argv: list[str]) -> int:
         if not os.path.exists(path):
             raise UsageError("--datasets", spec, "no such file or folder", "Give a [name=]folder or json file.")
     image_size = _image_size(args.image_size)
-    from ..evaluation.lvlm.model import check_lvlm
+    from ..evaluation.lvlm.model import check_lvlm, check_pipeline
 
-    for model in args.models:  # an unsupported class is refused before anything is evaluated (exit status 2)
-        check_lvlm(model)
+    for model in args.models:  # an unsupported class or processor is refused before anything is evaluated (exit 2)
+        check_pipeline(model, check_lvlm(model))
     running()  # the checks are done: from here on an error is a failure of the run (exit status 1)
     evaluate_lvlm(
         args.models,

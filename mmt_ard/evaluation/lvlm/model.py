@@ -49,6 +49,19 @@ def check_lvlm(spec: str) -> LVLMClass:
     return lvlm_class(_config_of(spec), spec, flag="--models")
 
 
+def check_pipeline(spec: str, entry: LVLMClass) -> None:
+    """Refuse, before anything is evaluated, an image processor whose options the differentiable pipeline does not
+    reproduce (Gemma 3's pan-and-scan, `do_rescale=False`, a resampling filter other than Pillow's bilinear, bicubic
+    or lanczos); reads only the image processor."""
+    from transformers import AutoImageProcessor
+
+    from ...lvlm.resample import pil_weights
+
+    image_processor = AutoImageProcessor.from_pretrained(spec)
+    pipeline = image_pipeline(image_processor, entry.pipeline)
+    pil_weights(2, 1, pipeline.resample)
+
+
 def load_lvlm(spec: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
     """`(model, processor)` of an LVLM the evaluation supports (`mmt_ard.lvlm.LVLM_CLASSES`), in eval mode, weights
     frozen, on `device`."""
