@@ -26,12 +26,14 @@ WORDS = (
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
-def build_lvlm_tokenizer(words=WORDS):
-    """A word-level fast tokenizer with `<image>` as a special token (bos/eos/pad inside the vocabulary)."""
+def build_lvlm_tokenizer(words=WORDS, named_specials=None):
+    """A word-level fast tokenizer with `<image>` as a special token (bos/eos/pad inside the vocabulary);
+    `named_specials` (`{"boi_token": "<start_of_image>", ...}`) adds more, kept by `save_pretrained`."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "<s>", "</s>", "<image>"]
+    named = {"image_token": "<image>", **(named_specials or {})}
+    specials = ["[PAD]", "[UNK]", "<s>", "</s>", "<image>"] + [t for t in named.values() if t != "<image>"]
     vocab = {w: i for i, w in enumerate(specials + sorted(set(words)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -42,7 +44,7 @@ def build_lvlm_tokenizer(words=WORDS):
         eos_token="</s>",
         pad_token="[PAD]",
         unk_token="[UNK]",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=named,
     )
 
 
@@ -303,3 +305,339 @@ def save_square_datasets(root: str, n: int = 6, seed: int = 0) -> tuple[str, str
     with open(os.path.join(vqa_dir, "annotations.json"), "w") as f:
         json.dump({"annotations": answers}, f)
     return cap_dir, vqa_dir
+
+
+# ---- tiny LVLMs of the classes with tiling or other image pipelines (issue 23) ----
+IDEFICS3_TOKENS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+]
+
+
+def _tokenizer_with(extra_specials, **named):
+    """`build_lvlm_tokenizer` plus more special tokens (named ones become tokenizer attributes)."""
+    tokenizer = build_lvlm_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": list(extra_specials)})
+    for name, value in named.items():
+        setattr(tokenizer, name, value)
+    return tokenizer
+
+
+def _llama_text(vocab_size: int):
+    return _text_config(vocab_size)
+
+
+def build_tiny_idefics3(
+    image_size=16, patch_size=4, hidden=32, layers=2, heads=2, seed=0, smolvlm=False, scale_factor=2, longest_edge=None
+):
+    """`(Idefics3ForConditionalGeneration or SmolVLMForConditionalGeneration, processor or image processor)`: a tiny
+    SigLIP-like tower at `image_size` px, images split into `image_size` crops plus the global image. With
+    `smolvlm=True` the processor is not built (SmolVLMProcessor needs the `num2words` package): the image processor
+    is returned instead."""
+    import transformers as T
+
+    tokenizer = _tokenizer_with(IDEFICS3_TOKENS)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision_kw = _vision_kw(image_size, patch_size, hidden, layers, heads)
+    scale = scale_factor
+    seq_len = (image_size // patch_size) ** 2 // scale**2
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if smolvlm:
+            config = T.SmolVLMConfig(
+                vision_config=T.SmolVLMVisionConfig(**vision_kw),
+                text_config=_llama_text(len(tokenizer)),
+                image_token_id=image_token_id,
+                scale_factor=scale,
+            )
+            model = T.SmolVLMForConditionalGeneration(config).eval()
+        else:
+            config = T.Idefics3Config(
+                vision_config=T.Idefics3VisionConfig(**vision_kw),
+                text_config=_llama_text(len(tokenizer)),
+                image_token_id=image_token_id,
+                scale_factor=scale,
+            )
+            model = T.Idefics3ForConditionalGeneration(config).eval()
+    cls = T.SmolVLMImageProcessorPil if smolvlm else T.Idefics3ImageProcessorPil
+    image_processor = cls(
+        size={"longest_edge": longest_edge or 2 * image_size},
+        max_image_size={"longest_edge": image_size},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    model.generation_config.pad_token_id = 0
+    if smolvlm:
+        return model, image_processor
+    processor = T.Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len, chat_template=CHAT_TEMPLATE
+    )
+    return model, processor
+
+
+def build_tiny_gemma3(image_size=16, patch_size=4, hidden=32, layers=2, heads=2, seed=0, tokens_per_image=None):
+    """`(Gemma3ForConditionalGeneration, Gemma3Processor)` with a tiny `SiglipVisionModel` tower; the image becomes
+    `mm_tokens_per_image` soft tokens (pooled 2x2)."""
+    import transformers as T
+
+    tokenizer = build_lvlm_tokenizer(
+        named_specials={
+            "image_token": "<image_soft_token>",
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+        }
+    )
+    boi = tokenizer.convert_tokens_to_ids("<start_of_image>")
+    tokens_per_image = tokens_per_image or (image_size // patch_size) ** 2 // 4
+    text = T.Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        sliding_window=64,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = T.Gemma3Config(
+            vision_config=T.SiglipVisionConfig(**_vision_kw(image_size, patch_size, hidden, layers, heads)),
+            text_config=text,
+            mm_tokens_per_image=tokens_per_image,
+            boi_token_index=boi,
+            eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+        )
+        model = T.Gemma3ForConditionalGeneration(config).eval()
+        # transformers initialises Gemma 3's image projection to zeros (the image would not reach the LM)
+        with torch.no_grad():
+            model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.5)
+    image_processor = T.Gemma3ImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    template = CHAT_TEMPLATE.replace("<image>", "<start_of_image>")
+    processor = T.Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens_per_image, chat_template=template
+    )
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
+def _ImageOnlyOnevisionProcessor(**kwargs):
+    """LlavaOnevisionProcessor without its video processor (which needs torchvision, not installed here)."""
+    import transformers as T
+
+    from mmt_ard.evaluation.lvlm.model import image_only_processor_class
+
+    return image_only_processor_class(T.LlavaOnevisionProcessor)(**kwargs)
+
+
+def save_image_only_processor(folder: str, processor, **processor_config) -> str:
+    """Save an image-only processor's parts (its `save_pretrained` needs the video processor): the image processor,
+    the tokenizer with the chat template, and `processor_config.json` with `processor_config`."""
+    processor.image_processor.save_pretrained(folder)
+    processor.tokenizer.chat_template = processor.chat_template
+    processor.tokenizer.save_pretrained(folder)
+    with open(os.path.join(folder, "processor_config.json"), "w") as f:
+        json.dump({"processor_class": type(processor).__name__.removeprefix("ImageOnly"), **processor_config}, f)
+    return folder
+
+
+def build_tiny_onevision(image_size=16, patch_size=4, seed=0, pinpoints=None):
+    """`(LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor)`: tiny SigLIP tower, any-resolution grid
+    pinpoints up to 2x2 crops."""
+    import transformers as T
+
+    pinpoints = pinpoints or [
+        [image_size, image_size],
+        [image_size, 2 * image_size],
+        [2 * image_size, image_size],
+        [2 * image_size, 2 * image_size],
+    ]
+    tokenizer = _tokenizer_with(["<video>"])  # its own video token: [UNK] would count as one
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = T.SiglipVisionConfig(**_vision_kw(image_size, patch_size, 32, 2, 2))
+    text = T.Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = T.LlavaOnevisionConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_id=image_token_id,
+            video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+            image_grid_pinpoints=pinpoints,
+            vision_feature_layer=-1,
+        )
+        model = T.LlavaOnevisionForConditionalGeneration(config).eval()
+    image_processor = T.LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    processor = _ImageOnlyOnevisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        num_image_tokens=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
+def build_tiny_paligemma(image_size=16, patch_size=4, seed=0):
+    """`(PaliGemmaForConditionalGeneration, PaliGemmaProcessor)` with a tiny SigLIP tower."""
+    import transformers as T
+
+    model, image_processor, tokenizer = build_tiny_siglip_lvlm("paligemma", image_size, patch_size, seed=seed)
+    image_processor.image_seq_length = (image_size // patch_size) ** 2
+    processor = T.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
+AYA_TOKENS = ["<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>", "TILE", "TILE_GLOBAL"]
+
+
+def build_tiny_aya_vision(image_size=16, patch_size=4, seed=0, max_patches=4):
+    """`(AyaVisionForConditionalGeneration, AyaVisionProcessor)`: a tiny SigLIP tower, images cut into up to
+    `max_patches` tiles plus a thumbnail (GotOcr2ImageProcessor's `crop_to_patches`), pixel-shuffled 2x2."""
+    import transformers as T
+
+    tokenizer = _tokenizer_with(AYA_TOKENS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = T.AyaVisionConfig(
+            vision_config=T.SiglipVisionConfig(**_vision_kw(image_size, patch_size, 32, 2, 2)),
+            text_config=T.Cohere2Config(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                pad_token_id=0,
+                bos_token_id=2,
+                eos_token_id=3,
+                sliding_window=64,
+            ),
+            downsample_factor=2,
+            image_token_id=tokenizer.convert_tokens_to_ids("<|IMG_PATCH|>"),
+            vision_feature_layer=-1,
+        )
+        model = T.AyaVisionForConditionalGeneration(config).eval()
+    image_processor = T.GotOcr2ImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=max_patches,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    processor = T.AyaVisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        img_size=image_size,
+        downsample_factor=2,
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
+def build_tiny_vipllava(image_size=16, patch_size=4, seed=0):
+    """`(VipLlavaForConditionalGeneration, LlavaProcessor)`: a tiny CLIP tower whose layers -2 and 1 feed the
+    projector (VipLLaVA reads several layers)."""
+    import transformers as T
+
+    _, processor = build_tiny_llava(image_size=image_size, patch_size=patch_size, seed=seed)
+    tokenizer = processor.tokenizer
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = T.VipLlavaConfig(
+            vision_config=T.CLIPVisionConfig(**_vision_kw(image_size, patch_size, 32, 3, 2)),
+            text_config=_text_config(len(tokenizer)),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            vision_feature_layer=[-2, 1],
+        )
+        model = T.VipLlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
+def build_tiny_llava_next_video(image_size=16, patch_size=4, seed=0):
+    """`(LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor without its video processor)`: images go
+    through LLaVA-NeXT's any-resolution pipeline."""
+    import transformers as T
+
+    from mmt_ard.evaluation.lvlm.model import image_only_processor_class
+
+    tokenizer = _tokenizer_with(["<video>"])
+    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = T.LlavaNextVideoConfig(
+            vision_config=T.CLIPVisionConfig(**_vision_kw(image_size, patch_size, 32, 3, 2)),
+            text_config=_text_config(len(tokenizer)),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+            image_grid_pinpoints=pinpoints,
+        )
+        model = T.LlavaNextVideoForConditionalGeneration(config).eval()
+    image_processor = T.LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    processor = image_only_processor_class(T.LlavaNextVideoProcessor)(
+        video_processor=None,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.generation_config.pad_token_id = 0
+    return model, processor
+
+
+def build_tiny_class(name: str, seed: int = 0):
+    """`(model, processor)` of a tiny LVLM of a registered class, by short name."""
+    if name == "llava":
+        return build_tiny_llava(image_size=16, seed=seed)
+    if name == "llava_next":
+        return build_tiny_llava(image_size=16, seed=seed, next_=True)
+    if name == "llava_onevision":
+        return build_tiny_onevision(seed=seed)
+    if name == "paligemma":
+        return build_tiny_paligemma(seed=seed)
+    if name == "idefics3":
+        return build_tiny_idefics3(seed=seed)
+    if name == "gemma3":
+        return build_tiny_gemma3(seed=seed)
+    if name == "aya_vision":
+        return build_tiny_aya_vision(seed=seed)
+    if name == "vipllava":
+        return build_tiny_vipllava(seed=seed)
+    if name == "llava_next_video":
+        return build_tiny_llava_next_video(seed=seed)
+    raise KeyError(name)

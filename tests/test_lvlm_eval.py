@@ -343,6 +343,8 @@ def test_cli(folders, tmp_path, capsys):
     assert eval_main(argv) == 0
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["protocol"]["eps_255"] == ["8/255"] and results["results"][0]["num_samples"] == 3
+    space = results["results"][0]["attack_space"]  # LLaVA: the processor's 16 x 16 grid, one crop
+    assert space["image_size"] == [16, 16] and space["crops"] == 1
     capsys.readouterr()
     assert eval_main(["--models", lvlm, "--datasets", str(tmp_path / "missing"), "--output-dir", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -351,8 +353,44 @@ def test_cli(folders, tmp_path, capsys):
 
 
 def test_unsupported_lvlm_for_evaluation(tmp_path, capsys):
-    lvlm = save(str(tmp_path / "next"), *build_tiny_llava(image_size=16, next_=True))
+    from mmt_ard.embedded.tiny import build_tiny_clip
+    from mmt_ard.lvlm import LVLM_CLASSES
+
+    not_an_lvlm = save(str(tmp_path / "clip"), *build_tiny_clip(hidden=32, layers=1, heads=2))
     cap_dir, _ = save_square_datasets(str(tmp_path), n=2)
-    assert eval_main(["--models", lvlm, "--datasets", cap_dir, "--output-dir", str(tmp_path / "o")]) == 1
-    err = capsys.readouterr().err
-    assert "LlavaNextForConditionalGeneration" in err and "LlavaForConditionalGeneration" in err
+    out = tmp_path / "o"
+    capsys.readouterr()
+    assert eval_main(["--models", not_an_lvlm, "--datasets", cap_dir, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmt-ard-eval-lvlm: error: ") and "CLIPModel" in err[0]
+    assert all(name in err[0] for name in LVLM_CLASSES)  # the supported classes, listed
+    assert not out.exists()  # nothing written
+
+
+def test_bad_images_follow_bad_samples(tmp_path, capsys):
+    """A truncated file stops the run naming it (exit 1), or is left out with `--bad-samples skip`; grayscale and
+    CMYK images are converted to RGB as the processors do."""
+    from PIL import Image
+
+    lvlm = save(str(tmp_path / "llava"), *build_tiny_llava(image_size=16))
+    cap_dir, _ = save_square_datasets(str(tmp_path), n=4)
+    images = os.path.join(cap_dir, "images")
+    Image.open(os.path.join(images, "0.png")).convert("L").save(os.path.join(images, "0.png"))
+    Image.open(os.path.join(images, "1.png")).convert("CMYK").save(os.path.join(images, "1.jpg"))
+    with open(os.path.join(cap_dir, "captions.json")) as f:
+        captions = json.load(f)
+    captions["images"][1]["file_name"] = "1.jpg"
+    with open(os.path.join(cap_dir, "captions.json"), "w") as f:
+        json.dump(captions, f)
+    data = open(os.path.join(images, "2.png"), "rb").read()
+    with open(os.path.join(images, "2.png"), "wb") as f:
+        f.write(data[: len(data) // 2])  # truncated
+    argv = ["--models", lvlm, "--datasets", cap_dir, "--eps", "8/255", "--n-iter", "1", "--max-references", "1"]
+    argv += ["--no-refine", "--no-progress"]
+    capsys.readouterr()
+    assert eval_main([*argv, "--output-dir", str(tmp_path / "stop")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2.png" in err[0] and "--bad-samples skip" in err[0], err
+    assert eval_main([*argv, "--output-dir", str(tmp_path / "skip"), "--bad-samples", "skip"]) == 0
+    result = json.load(open(tmp_path / "skip" / "results.json"))["results"][0]
+    assert result["num_samples"] == 3 and list(result["skipped"]) == ["2"]

@@ -471,3 +471,144 @@ def test_siglip_student_at_larger_resolution(tmp_path):
         ours = loaded.model.vision_tower(x).last_hidden_state
         theirs = siglip.vision_model(x, interpolate_pos_encoding=True).last_hidden_state
     assert (ours - theirs).abs().max().item() < 1e-5
+
+
+# ---- every registered class with a SigLIP tower (issue 23): Idefics3, SmolVLM, Gemma 3, and the tiling ones ----
+def _tower_of(model):
+    inner = model.model
+    return getattr(inner, "vision_tower", None) or inner.vision_model
+
+
+def _siglip_student(tmp_path, image_size=16):
+    from _lvlm_tiny import build_tiny_siglip_student
+
+    siglip, image_processor = build_tiny_siglip_student(image_size=image_size)
+    return save(str(tmp_path / f"siglip{image_size}"), siglip, image_processor), siglip
+
+
+def _build_class(name, image_size=16):
+    from _lvlm_tiny import build_tiny_aya_vision, build_tiny_gemma3, build_tiny_idefics3, build_tiny_onevision
+
+    if name == "aya_vision":
+        return build_tiny_aya_vision(image_size=image_size)
+    if name == "smolvlm":
+        return build_tiny_idefics3(image_size=image_size, smolvlm=True)
+    if name == "idefics3":
+        return build_tiny_idefics3(image_size=image_size)
+    if name == "gemma3":
+        return build_tiny_gemma3(image_size=image_size)
+    return build_tiny_onevision(image_size=image_size)
+
+
+@pytest.mark.parametrize("name", ["idefics3", "smolvlm", "gemma3", "onevision", "aya_vision"])
+def test_siglip_student_into_every_siglip_class(tmp_path, name):
+    student, siglip = _siglip_student(tmp_path)
+    model, processor = _build_class(name)
+    # LlavaOnevisionProcessor.save_pretrained needs its video processor (torchvision): save its parts
+    parts = (processor.image_processor, processor.tokenizer) if name == "onevision" else (processor,)
+    lvlm = save(str(tmp_path / name), model, *parts)
+    os.chmod(lvlm, 0o755)
+    out = str(tmp_path / "out")
+    old_umask = os.umask(0o022)
+    try:
+        report = export_to_lvlm(student, lvlm, out, log=None)
+    finally:
+        os.umask(old_umask)
+    assert report.tower == "siglip" and report.resized_from is None
+    assert os.stat(out).st_mode & 0o777 == 0o755  # as save_pretrained makes it under the umask, not 0700
+    arch = type(model).__name__
+    loaded, info = _load(arch, out)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = _tower_of(loaded)(x, output_hidden_states=True)
+        theirs = siglip.vision_model(x, output_hidden_states=True)
+    assert len(ours.hidden_states) == len(theirs.hidden_states) == 3
+    for a, b in zip(
+        ours.hidden_states + (ours.last_hidden_state,), theirs.hidden_states + (theirs.last_hidden_state,)
+    ):
+        assert (a - b).abs().max().item() < 1e-5
+    sd_a, sd_b = model.state_dict(), loaded.state_dict()
+    tower_keys = {k for k in sd_a if k.startswith(("model.vision_tower.", "model.vision_model."))}
+    assert tower_keys and sd_a.keys() == sd_b.keys()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a if k not in tower_keys)
+    assert not all(torch.equal(sd_a[k], sd_b[k]) for k in tower_keys)
+    _files_equal_except_weights(lvlm, out)
+    # a CLIP student does not go into these SigLIP towers; nothing is written
+    clip_dir, _ = _student(tmp_path / "clip")
+    with pytest.raises(ExportError, match="SigLIP tower"):
+        export_to_lvlm(clip_dir, lvlm, str(tmp_path / "refused"), log=None)
+    assert not os.path.exists(tmp_path / "refused") and _no_staging_left(tmp_path)
+
+
+def test_gemma3_stretch_is_reported_in_the_log_and_the_card(tmp_path):
+    student, siglip = _siglip_student(tmp_path, image_size=16)  # a 4x4 grid
+    lvlm = save(str(tmp_path / "gemma3"), *_build_class("gemma3", image_size=32))  # an 8x8 grid, as 224 -> 896 px
+    out = str(tmp_path / "out")
+    lines = []
+    report = export_to_lvlm(student, lvlm, out, log=lines.append)
+    assert report.resized_from == 4 and report.grid == 8
+    text = "\n".join(lines)
+    assert "from a 4x4 to a 8x8 grid" in text and "stretched 2.00x per side" in text and "16 px" in text
+    card = open(os.path.join(out, "README.md")).read()
+    assert "stretched 2.00x per side" in card and "mmt-ard-eval-lvlm --models" in card
+    loaded, _ = _load("Gemma3ForConditionalGeneration", out)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():  # the exported tower is the student run at 32 px with its grid interpolated
+        ours = _tower_of(loaded)(x).last_hidden_state
+        theirs = siglip.vision_model(x, interpolate_pos_encoding=True).last_hidden_state
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_paligemma_card_advises_what_eval_lvlm_accepts(tmp_path):
+    from _lvlm_tiny import build_tiny_paligemma
+
+    from mmt_ard.evaluation.lvlm.model import check_lvlm
+
+    student, _ = _siglip_student(tmp_path)
+    lvlm = save(str(tmp_path / "pali"), *build_tiny_paligemma())
+    out = str(tmp_path / "out")
+    export_to_lvlm(student, lvlm, out, log=None)
+    card = open(os.path.join(out, "README.md")).read()
+    assert '--caption-prompt "caption en"' in card
+    assert check_lvlm(out).architecture == "PaliGemmaForConditionalGeneration"  # the advised command accepts it
+
+
+def test_rectangular_and_classless_grids_resize_bicubic():
+    from mmt_ard.export import resize_position_embedding
+    from mmt_ard.export.position import grid_shape
+
+    g = torch.Generator().manual_seed(5)
+    grid = torch.randn(4 * 6, 8, generator=g)  # a 4 x 6 SigLIP grid (no class position)
+    out = resize_position_embedding(grid, 8 * 12, False, (4, 6), (8, 12))
+    expected = F.interpolate(grid.reshape(1, 4, 6, 8).permute(0, 3, 1, 2), size=(8, 12), mode="bicubic")
+    assert torch.allclose(out, expected.permute(0, 2, 3, 1).reshape(96, 8), atol=1e-6)
+    with_cls = torch.cat([torch.randn(1, 8, generator=g), grid])  # a CLIP-style class position is kept
+    out = resize_position_embedding(with_cls, 1 + 8 * 12, True, (4, 6), (8, 12))
+    assert torch.equal(out[0], with_cls[0]) and torch.allclose(out[1:], expected.permute(0, 2, 3, 1).reshape(96, 8))
+    assert grid_shape({"image_size": [32, 48], "patch_size": 8}, 24, False, "grid") == (4, 6)
+    assert grid_shape({"image_size": 32, "patch_size": 8}, 16, False, "grid") == (4, 4)
+    with pytest.raises(ValueError, match="do not match"):
+        resize_position_embedding(grid, 50, False, (4, 6), (5, 9))
+
+
+@pytest.mark.parametrize("name", ["vipllava", "llava_next_video"])
+def test_clip_student_into_every_clip_class(work, tmp_path, name):
+    from _lvlm_tiny import build_tiny_llava_next_video, build_tiny_vipllava
+
+    model, processor = (build_tiny_vipllava if name == "vipllava" else build_tiny_llava_next_video)(image_size=16)
+    lvlm = save(str(tmp_path / name), model, processor.image_processor, processor.tokenizer)
+    out = str(tmp_path / "out")
+    export_to_lvlm(work["student"], lvlm, out, log=None)
+    loaded, info = _load(type(model).__name__, out)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ours = loaded.model.vision_tower(x, output_hidden_states=True).hidden_states
+        theirs = work["clip"].vision_model(x, output_hidden_states=True).hidden_states
+    assert len(ours) == 4 and max((a - b).abs().max().item() for a, b in zip(ours, theirs)) < 1e-5
+    _assert_non_tower_bit_equal(model, loaded)
+    siglip_dir, _ = _siglip_student(tmp_path)  # a SigLIP student does not go into a CLIP tower
+    with pytest.raises(ExportError, match="CLIP tower"):
+        export_to_lvlm(siglip_dir, lvlm, str(tmp_path / "refused"), log=None)
+    assert not os.path.exists(tmp_path / "refused") and _no_staging_left(tmp_path)

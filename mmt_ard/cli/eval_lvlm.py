@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--models", nargs="+", required=True, help="LVLM folders or Hub ids (LlavaForConditionalGeneration)."
+        "--models",
+        nargs="+",
+        required=True,
+        help="LVLM folders or Hub ids of a registered class (docs/lvlm.md: LLaVA, LLaVA-NeXT, LLaVA-OneVision, "
+        "PaliGemma, Idefics3, SmolVLM, Aya Vision, Gemma 3).",
     )
     parser.add_argument(
         "--datasets",
@@ -72,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--caption-max-new-tokens", type=int, default=d.caption_max_new_tokens, help="Caption length.")
     parser.add_argument("--vqa-max-new-tokens", type=int, default=d.vqa_max_new_tokens, help="Answer length.")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="Samples per attack batch.")
+    parser.add_argument(
+        "--bad-samples",
+        choices=["error", "skip"],
+        default="error",
+        help="A missing, truncated or unreadable image: stop with an error naming the file, or leave the sample out "
+        "(counted in results.json).",
+    )
+    parser.add_argument(
+        "--image-size",
+        default=None,
+        help="The attack space: every image is resized once to HxW (or SxS for one number) before the attack; the "
+        "model's own pipeline (tiling, global image) runs on it differentiably. Default: single-crop classes their "
+        "processor's input size, tiling classes the tower's input size.",
+    )
     parser.add_argument(
         "--dtype",
         choices=["bfloat16", "float16", "float32"],
@@ -120,6 +138,11 @@ def main(argv: list[str]) -> int:
         path = spec.split("=", 1)[1] if "=" in spec and not os.path.exists(spec) else spec
         if not os.path.exists(path):
             raise UsageError("--datasets", spec, "no such file or folder", "Give a [name=]folder or json file.")
+    image_size = _image_size(args.image_size)
+    from ..evaluation.lvlm.model import check_lvlm, check_pipeline
+
+    for model in args.models:  # an unsupported class or processor is refused before anything is evaluated (exit 2)
+        check_pipeline(model, check_lvlm(model))
     running()  # the checks are done: from here on an error is a failure of the run (exit status 1)
     evaluate_lvlm(
         args.models,
@@ -129,11 +152,26 @@ def main(argv: list[str]) -> int:
         device=args.device,
         dtype=args.dtype,
         gradient_checkpointing=args.gradient_checkpointing,
+        image_size=image_size,
+        bad_samples=args.bad_samples,
         resume=not args.no_resume,
         progress=not args.no_progress,
     )
     print(f"[{PROG}] wrote {args.output_dir}/results.json, results.md, robustness.png")
     return 0
+
+
+def _image_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().replace("x", " ").split()
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise UsageError("--image-size", text, "not a size", "Give HxW (e.g. 384x512) or one side (e.g. 384).")
+    return (sides[0], sides[-1])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,6 @@
-"""Export a robust student's vision tower into Hugging Face LVLM checkpoints (LLaVA, LLaVA-NeXT, and LVLMs with a
-SigLIP tower: PaliGemma, LLaVA-OneVision). See docs/lvlm.md and the `mmt-ard-export` command."""
+"""Export a robust student's vision tower into Hugging Face LVLM checkpoints of every class of the shared registry
+(`mmt_ard.lvlm.LVLM_CLASSES`: LLaVA, LLaVA-NeXT, LLaVA-OneVision, PaliGemma, Idefics3, SmolVLM, Aya Vision, Gemma 3). See
+docs/lvlm.md and the `mmt-ard-export` command."""
 
 from .._lazy import lazy_exports
 

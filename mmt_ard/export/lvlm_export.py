@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..models.families import ModelFamily
 from .families import LVLMFamily, lvlm_family, tower_family_of
 from .model_card import read_front_matter, render_lvlm_card
+from .position import grid_shape
 from .safetensors_io import overwrite_tensors, read_tensor, tensor_layout
 from .students import StudentTower, load_student
 from .tower import (
@@ -42,8 +43,9 @@ class ExportReport:
         architecture: the LVLM class.
         tower: `clip` or `siglip`.
         image_size: the LVLM's input size (unchanged).
-        grid: the LVLM's patch grid side (unchanged).
-        resized_from: the student's grid side when the position grid was resized, else None.
+        grid: the LVLM's patch grid side (unchanged; `[rows, columns]` for a rectangular grid).
+        resized_from: the student's grid side (`[rows, columns]` if rectangular) when the position grid was resized,
+            else None.
         normalization: `same`, or `adjusted` when the patch embedding was rewritten for the LVLM's mean/std.
         dtype: the checkpoint dtype the tower's tensors were written in.
         tower_tensors: number of tensors rewritten.
@@ -57,8 +59,8 @@ class ExportReport:
     architecture: str
     tower: str
     image_size: int | None
-    grid: int | None
-    resized_from: int | None
+    grid: int | list[int] | None
+    resized_from: int | list[int] | None
     normalization: str
     dtype: str
     tower_tensors: int
@@ -180,7 +182,7 @@ def export_to_lvlm(
 
     st: StudentTower = load_student(student, student_processor)
     layout = tensor_layout(lvlm_dir)
-    prefix = find_tower_prefix(layout, into)
+    prefix = find_tower_prefix(layout, into, family.tower_keys)
     lvlm_positions = layout[prefix + POSITION].shape[0] if prefix + POSITION in layout else None
     student_positions = st.state_dict[POSITION].shape[0] if POSITION in st.state_dict else None
     student_desc = f"{st.kind.title} " + describe_tower(st.vision_config, student_positions, st.kind.class_token)
@@ -207,21 +209,35 @@ def export_to_lvlm(
             )
         state = fold_normalization(state, kind, st.image_mean, st.image_std, lvlm_mean, lvlm_std)
         normalization = "adjusted"
-    plan = plan_tower(state, layout, prefix, kind, student_desc, lvlm_desc)
+    plan = plan_tower(state, layout, prefix, kind, student_desc, lvlm_desc, st.vision_config, vision_config)
 
     # ---- the log lines and the model card say what happens to the tower ----
     image_size = config_value(vision_config, "image_size")
-    grid = None if lvlm_positions is None else (lvlm_positions - (1 if kind.class_token else 0)) ** 0.5
-    grid = None if grid is None else round(grid)
+    lvlm_grid = None if lvlm_positions is None else grid_shape(vision_config, lvlm_positions, kind.class_token, "grid")
+    grid = None if lvlm_grid is None else (lvlm_grid[0] if lvlm_grid[0] == lvlm_grid[1] else list(lvlm_grid))
     say(f"student {st.source!r}" + (f" (weights from {st.path!r})" if st.path and st.path != st.source else ""))
     say(f"LVLM {into!r}: {family.architecture}, {lvlm_desc}; tower tensors under `{prefix}`")
     if plan.resized:
         src, dst = plan.resized
-        say(
-            f"resized the student's position embeddings from a {src}x{src} to a {dst}x{dst} grid (bicubic"
-            + (", class position kept" if kind.class_token else "")
-            + f"); the LVLM's image size ({image_size} px) and its {dst * dst} patch tokens per image are unchanged"
+        stretch = max(dst[0] / src[0], dst[1] / src[1])
+        per_side = (
+            f"{stretch:.2f}x per side"
+            if dst[0] / src[0] == dst[1] / src[1]
+            else f"{dst[0] / src[0]:.2f}x in height, {dst[1] / src[1]:.2f}x in width"
         )
+        say(
+            f"resized the student's position embeddings from a {src[0]}x{src[1]} to a {dst[0]}x{dst[1]} grid (bicubic"
+            + (", class position kept" if kind.class_token else "")
+            + f"), stretched {per_side}; the LVLM's image size ({image_size} px) and its {dst[0] * dst[1]} "
+            "patch positions per crop are unchanged"
+        )
+        if stretch >= 2:
+            say(
+                f"the student's positions are stretched {stretch:.2f}x: it was trained at "
+                f"{config_value(st.vision_config, 'image_size')} px and runs at {image_size} px here, where its "
+                "robustness is not guaranteed; measure it with mmt-ard-eval-lvlm, or train the student at the "
+                "LVLM's resolution"
+            )
     if "default" in st.normalization_source or "default" in lvlm_norm_source:
         say(f"image normalisation: the student's from {st.normalization_source}, the LVLM's from {lvlm_norm_source}")
     if normalization == "adjusted":
@@ -240,6 +256,7 @@ def export_to_lvlm(
             "name": os.path.basename(os.path.abspath(output_dir)),
             "lvlm": into,
             "architecture": family.architecture,
+            "prompt": family.prompt,
             "tower": kind.name,
             "student": st.source,
             "student_path": st.path,
@@ -273,7 +290,9 @@ def export_to_lvlm(
         tower=kind.name,
         image_size=image_size,
         grid=grid,
-        resized_from=plan.resized[0] if plan.resized else None,
+        resized_from=(plan.resized[0][0] if plan.resized[0][0] == plan.resized[0][1] else list(plan.resized[0]))
+        if plan.resized
+        else None,
         normalization=normalization,
         dtype=",".join(dtypes),
         tower_tensors=len(plan.tensors),

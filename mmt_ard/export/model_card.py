@@ -126,6 +126,11 @@ def render_lvlm_card(info: dict) -> str:
         (
             f"mmt-ard-eval-lvlm --models {info.get('hub_model_id') or 'path/to/this/folder'} "
             "--datasets data/coco_val --output-dir eval_lvlm"
+            + (
+                ' --caption-prompt "caption en" --vqa-prompt "answer en {question}"'
+                if info.get("prompt") == "prefix"
+                else ""
+            )
         ),
         "```",
         "",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.families import ModelFamily
-from .position import grid_side, resize_position_embedding
+from .position import grid_shape, resize_position_embedding
 from .safetensors_io import TensorInfo
 
 PATCH_WEIGHT = "embeddings.patch_embedding.weight"
@@ -50,8 +50,8 @@ def describe_tower(config, num_positions: int | None = None, has_class_token: bo
         f"{config_value(config, 'num_attention_heads')} heads, patch {patch}, {size} px"
     )
     if num_positions is not None:
-        side = grid_side(num_positions, has_class_token)
-        text += f" ({side}x{side} grid)"
+        rows, cols = grid_shape(config, num_positions, has_class_token, "position embedding")
+        text += f" ({rows}x{cols} grid)"
     return text
 
 
@@ -78,16 +78,20 @@ def close(a, b, tol: float = 1e-5) -> bool:
     return len(a) == len(b) and all(abs(float(x) - float(y)) <= tol for x, y in zip(a, b))
 
 
-def find_tower_prefix(layout: dict[str, TensorInfo], where: str) -> str:
+def find_tower_prefix(layout: dict[str, TensorInfo], where: str, markers: tuple[str, ...] = ("vision_tower",)) -> str:
     """The key prefix of the vision tower in a checkpoint (`vision_tower.`, `vision_tower.vision_model.`,
-    `model.vision_tower.`, ...), found from its patch embedding."""
+    `model.vision_tower.`, Idefics3's `model.vision_model.`, ...), found from its patch embedding under one of the
+    registry entry's `markers`."""
     prefixes = sorted(
-        key[: -len(PATCH_WEIGHT)] for key in layout if key.endswith(PATCH_WEIGHT) and "vision_tower" in key
+        key[: -len(PATCH_WEIGHT)]
+        for key in layout
+        if key.endswith(PATCH_WEIGHT) and any(m.rstrip(".") in key for m in markers)
     )
     if len(prefixes) != 1:
         raise ExportError(
-            f"Could not find one vision tower in the checkpoint of {where!r} (patch embeddings under `vision_tower`: "
-            f"{prefixes or 'none'}); is it a supported LVLM saved by transformers?"
+            f"Could not find one vision tower in the checkpoint of {where!r} (patch embeddings under "
+            f"{' or '.join(f'`{m}`' for m in markers)}: {prefixes or 'none'}); is it a supported LVLM saved by "
+            "transformers?"
         )
     return prefixes[0]
 
@@ -134,7 +138,8 @@ class TowerPlan:
     Args:
         tensors: LVLM checkpoint key -> the new tensor (fp32; cast to the checkpoint's dtype when written).
         infos: LVLM checkpoint key -> where it lives.
-        resized: `(student grid side, LVLM grid side)` when the position grid was resized, else None.
+        resized: `((rows, columns) of the student's grid, (rows, columns) of the LVLM's)` when the position grid was
+            resized, else None.
         dropped: student tensors the LVLM's tower has no place for (e.g. a SigLIP head the LVLM does not keep).
         kept: LVLM tower tensors with no student counterpart that are kept as they are (buffers such as
             `position_ids`).
@@ -142,7 +147,7 @@ class TowerPlan:
 
     tensors: dict[str, torch.Tensor]
     infos: dict[str, TensorInfo]
-    resized: tuple[int, int] | None
+    resized: tuple[tuple[int, int], tuple[int, int]] | None
     dropped: list[str]
     kept: list[str]
 
@@ -154,8 +159,11 @@ def plan_tower(
     kind: ModelFamily,
     student_desc: str,
     lvlm_desc: str,
+    student_config=None,
+    lvlm_config=None,
 ) -> TowerPlan:
-    """Map the student's tower tensors onto the LVLM checkpoint's tower keys; refuse on any shape mismatch."""
+    """Map the student's tower tensors onto the LVLM checkpoint's tower keys; refuse on any shape mismatch. The
+    configs give rectangular position grids (`image_size` as `(height, width)`); square grids need none."""
     tower_keys = sorted(k for k in layout if k.startswith(prefix))
     tensors, infos, kept, problems = {}, {}, [], []
     resized = None
@@ -169,9 +177,9 @@ def plan_tower(
             continue
         tensor = student_state[rel]
         if rel == POSITION and tuple(tensor.shape) != info.shape and tensor.shape[1:] == info.shape[1:]:
-            src = grid_side(tensor.shape[0], kind.class_token, "student's position embedding")
-            dst = grid_side(info.shape[0], kind.class_token, "LVLM's position embedding")
-            tensor = resize_position_embedding(tensor, info.shape[0], kind.class_token)
+            src = grid_shape(student_config, tensor.shape[0], kind.class_token, "student's position embedding")
+            dst = grid_shape(lvlm_config, info.shape[0], kind.class_token, "LVLM's position embedding")
+            tensor = resize_position_embedding(tensor, info.shape[0], kind.class_token, src, dst)
             resized = (src, dst)
         if tuple(tensor.shape) != info.shape:
             problems.append(f"`{rel}`: student {list(tensor.shape)} vs LVLM {list(info.shape)}")

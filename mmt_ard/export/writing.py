@@ -38,6 +38,7 @@ def atomic_directory(output_dir: str, overwrite: bool = False):
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.staging-", dir=parent)
     try:
         yield staging
+        _open_permissions(staging)
         _move_into_place(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -58,6 +59,18 @@ def _move_into_place(staging: str, out: str, overwrite: bool) -> None:
         else:
             raise FileExistsError(f"{out!r} appeared while exporting: the export is left in {staging!r}.")
     os.rename(staging, out)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _open_permissions(staging: str) -> None:
+    """`tempfile.mkdtemp` makes the staging folder (and so the output) 0700; give it what `os.makedirs` (and so
+    `save_pretrained`) gives under the user's umask, e.g. 0755."""
+    os.chmod(staging, 0o777 & ~_umask())
 
 
 def copy_tree(src: str, dst: str, skip: set[str] | None = None) -> list[str]:

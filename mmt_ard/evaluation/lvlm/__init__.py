@@ -16,6 +16,8 @@ _EXPORTS = {
     "ptb_tokenize": ".metrics",
     "vqa_accuracy": ".metrics",
     "LVLMAdapter": ".model",
+    "PipelineAdapter": ".model",
+    "make_adapter": ".model",
     "load_lvlm": ".model",
     "LVLMProtocol": ".protocol",
     "evaluate_lvlm": ".runner",

@@ -4,6 +4,11 @@
 normalisation happens inside `loss` and `generate`, differentiably, so budgets are in [0, 1] pixel units), the
 prompts (the processor's chat template), the per-sample language-model cross-entropy of a reference text after the
 prompt, and greedy generation. Weights may be bf16; the pixels, the normalisation and the loss stay fp32.
+
+`LVLMAdapter` serves single-crop LLaVAs, batched. `PipelineAdapter` serves every class of the registry
+(`mmt_ard.lvlm.LVLM_CLASSES`): the attack space is the image at a stated size, and the class's own image pipeline
+(tiling, global image, padding, normalisation; `mmt_ard.lvlm.pipelines`) runs on it differentiably, one sample at a
+time. `make_adapter` picks one; `load_lvlm` loads any registered class.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ import json
 import os
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-EVAL_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+from ...lvlm import LVLM_CLASSES, LVLMClass, image_pipeline, lvlm_class, pil_resize, supported_classes
+from ...lvlm.resample import BICUBIC
+
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -35,23 +43,98 @@ def _config_of(spec: str) -> dict:
         raise OSError(f"--models {spec!r}: not a local folder and not loadable from the Hub ({err}).") from err
 
 
+def check_lvlm(spec: str) -> LVLMClass:
+    """The registry entry of an LVLM folder or Hub id (reads only its config); a one-line `ValueError` naming its
+    class and listing the supported ones otherwise."""
+    return lvlm_class(_config_of(spec), spec, flag="--models")
+
+
+def check_pipeline(spec: str, entry: LVLMClass) -> None:
+    """Refuse, before anything is evaluated, an image processor whose options the differentiable pipeline does not
+    reproduce (Gemma 3's pan-and-scan, `do_rescale=False`, a resampling filter other than Pillow's bilinear, bicubic
+    or lanczos); reads only the image processor."""
+    from transformers import AutoImageProcessor
+
+    from ...lvlm.resample import pil_weights
+
+    image_processor = AutoImageProcessor.from_pretrained(spec)
+    pipeline = image_pipeline(image_processor, entry.pipeline)
+    pil_weights(2, 1, pipeline.resample)
+
+
 def load_lvlm(spec: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
-    """`(model, processor)` of an LVLM the evaluation supports, in eval mode, weights frozen, on `device`."""
-    config = _config_of(spec)
-    archs = config.get("architectures") or []
-    arch = next((a for a in archs if a in EVAL_ARCHITECTURES), None)
-    if arch is None:
-        raise ValueError(
-            f"--models {spec!r} is a {archs[0] if archs else config.get('model_type')}: mmt-ard-eval-lvlm evaluates "
-            f"{', '.join(EVAL_ARCHITECTURES)} (one image crop per image: LLaVA-1.5 and other LLaVAs, CLIP or SigLIP "
-            "tower). Any-resolution LVLMs (LLaVA-NeXT, LLaVA-OneVision) and PaliGemma are not supported by the "
-            "evaluation yet (mmt-ard-export supports them)."
-        )
+    """`(model, processor)` of an LVLM the evaluation supports (`mmt_ard.lvlm.LVLM_CLASSES`), in eval mode, weights
+    frozen, on `device`."""
+    entry = check_lvlm(spec)
     import transformers
 
-    model = getattr(transformers, arch).from_pretrained(spec, dtype=dtype)
-    processor = transformers.AutoProcessor.from_pretrained(spec)
+    model = getattr(transformers, entry.architecture).from_pretrained(spec, dtype=dtype)
+    processor = load_processor(spec, entry.architecture)
     return model.to(device).eval().requires_grad_(False), processor
+
+
+def image_only_processor_class(processor_class):
+    """A subclass of an LVLM processor that accepts `video_processor=None`.
+
+    LLaVA-OneVision's and SmolVLM's processors hold a video processor, which transformers 5.x builds only where
+    torchvision is installed; images never go through it. This class lets such a processor be built (and used on
+    images) without one."""
+
+    class ImageOnlyProcessor(processor_class):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = f"ImageOnly{processor_class.__name__}"
+    return ImageOnlyProcessor
+
+
+def load_processor(spec: str, architecture: str):
+    """`AutoProcessor.from_pretrained(spec)`; where that fails on a machine without torchvision and the class's
+    processor holds a video processor (which needs torchvision), the same processor class without it (images only;
+    `image_only_processor_class`)."""
+    import importlib.util
+    import inspect
+
+    import transformers
+
+    name = architecture.replace("ForConditionalGeneration", "Processor")
+    try:
+        return transformers.AutoProcessor.from_pretrained(spec)
+    except Exception:  # without torchvision, building the video processor fails (ImportError or worse)
+        has_video = (
+            hasattr(transformers, name)
+            and "video_processor" in inspect.signature(getattr(transformers, name).__init__).parameters
+        )
+        if not has_video or importlib.util.find_spec("torchvision") is not None:
+            raise
+    cls = image_only_processor_class(getattr(transformers, name))
+    kwargs = {}
+    config_path = os.path.join(spec, "processor_config.json") if os.path.isdir(spec) else None
+    if config_path and os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            accepted = inspect.signature(cls.__init__).parameters
+            kwargs = {
+                k: v for k, v in json.load(f).items() if k in accepted and k not in ("image_processor", "tokenizer")
+            }
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec)
+    kwargs.setdefault("chat_template", getattr(tokenizer, "chat_template", None))
+    image_processor = transformers.AutoImageProcessor.from_pretrained(spec)
+    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **kwargs)
+
+
+def make_adapter(model: nn.Module, processor, gradient_checkpointing: bool = False, image_size=None) -> LVLMAdapter:
+    """The adapter for a loaded LVLM: `LVLMAdapter` (batched) for single-crop LLaVAs, `PipelineAdapter` (the class's
+    own image pipeline, one sample at a time) for every other registered class."""
+    arch = type(model).__name__
+    if arch not in LVLM_CLASSES:
+        raise ValueError(
+            f"a {arch} is not an LVLM class the evaluation supports. Supported classes: {supported_classes()}."
+        )
+    if arch == "LlavaForConditionalGeneration" and image_size is None:
+        return LVLMAdapter(model, processor, gradient_checkpointing=gradient_checkpointing)
+    return PipelineAdapter(model, processor, gradient_checkpointing=gradient_checkpointing, image_size=image_size)
 
 
 def _pair(size) -> tuple[int, int] | None:
@@ -205,6 +288,16 @@ class LVLMAdapter:
         ce = ce.view(labels.shape) * valid
         return ce.sum(1) / lengths  # (B,)
 
+    def attack_space(self) -> dict:
+        """What the attack perturbs, for results.json: pixels in [0, 1] at `image_size`, and what the tower sees."""
+        h, w = self.image_size
+        return {
+            "image_size": [int(h), int(w)],
+            "pipeline": "the processor's resize and centre crop once, then normalisation inside the model's input",
+            "crops": 1,
+            "crop_size": [int(h), int(w)],
+        }
+
     @torch.no_grad()
     def generate(self, x: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[str]:
         """Greedy replies to `prompts` on images `x` (`(B, 3, H, W)` in [0, 1])."""
@@ -220,3 +313,176 @@ class LVLMAdapter:
             pad_token_id=pad,
         )
         return [t.strip() for t in self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)]
+
+
+def _side(image_size) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = image_size
+    return int(h), int(w)
+
+
+class PipelineAdapter(LVLMAdapter):
+    """Loss and generation of any registered LVLM class on pixels in [0, 1], through its own image pipeline made
+    differentiable (`mmt_ard.lvlm.pipelines`).
+
+    The attack space is the image at `image_size` (every image of a dataset is brought to it once, before the
+    attack: single-crop classes by their processor's own resize and crop, tiling classes by Pillow's bicubic resize
+    of the 8-bit image); the pipeline then does what the processor does to that image (tiling, the global image,
+    padding, normalisation) differentiably. Samples go through the model one at a time, so a batch's results are the
+    samples' own.
+
+    Args:
+        model: a model of a class in `mmt_ard.lvlm.LVLM_CLASSES`.
+        processor: its processor.
+        gradient_checkpointing: recompute the activations of the language model's and the tower's layers in the
+            backward pass.
+        image_size: the attack space `(H, W)` (or one side); default: single-crop classes the processor's input
+            size, tiling classes the tower's input size (the base image's side).
+    """
+
+    def __init__(self, model: nn.Module, processor, gradient_checkpointing: bool = False, image_size=None):
+        super().__init__(model, processor, gradient_checkpointing=gradient_checkpointing)
+        arch = type(model).__name__
+        if arch not in LVLM_CLASSES:
+            raise ValueError(f"a {arch} is not a supported LVLM class. Supported classes: {supported_classes()}.")
+        self.entry = LVLM_CLASSES[arch]
+        self.pipeline = image_pipeline(processor, self.entry.pipeline)
+        if image_size is not None:
+            self.image_size = _side(image_size)
+        elif self.entry.pipeline != "single":
+            side = int(model.config.vision_config.image_size)
+            self.image_size = (side, side)
+        self._text: dict[tuple, dict] = {}
+
+    # ---- pixels ----
+    def load_image(self, path: str) -> torch.Tensor:
+        """One image file as `(3, h, w)` fp32 in [0, 1] (grayscale, CMYK, palette: converted to RGB, as the
+        processors do); the error names the file."""
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")
+        except (OSError, ValueError) as err:
+            raise OSError(f"could not read the image {path!r} ({type(err).__name__}: {err}).") from err
+        return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255.0
+
+    def to_attack_space(self, image: torch.Tensor) -> torch.Tensor:
+        """`(3, h, w)` in [0, 1] -> `(3, H, W)` at `image_size`, on the 8-bit grid (exactly Pillow's result)."""
+        if self.entry.pipeline == "single" and self.image_size == _pair_of_processor(self.image_processor):
+            ip = self.pipeline.ip
+            x = self.pipeline._resize(image, ip.size) if getattr(ip, "do_resize", True) else image
+            if getattr(ip, "do_center_crop", False) and getattr(ip, "crop_size", None):
+                x = self.pipeline._center_crop(x, ip.crop_size)
+            if tuple(x.shape[-2:]) == self.image_size:
+                return x.detach()
+        return pil_resize(image, self.image_size, BICUBIC).detach()
+
+    def pixels(self, image_paths: list[str]) -> torch.Tensor:
+        """Images brought to the attack space: `(B, 3, H, W)` fp32 in [0, 1]."""
+        return torch.stack([self.to_attack_space(self.load_image(p)) for p in image_paths])
+
+    def pixels_from_arrays(self, arrays) -> torch.Tensor:
+        """`(h, w, 3)` uint8 arrays brought to the attack space: `(B, 3, H, W)` fp32 in [0, 1]."""
+        return torch.stack(
+            [self.to_attack_space(torch.from_numpy(np.asarray(a)).permute(2, 0, 1).float() / 255.0) for a in arrays]
+        )
+
+    def image_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`(3, H, W)` in [0, 1] -> the model's image keyword arguments (batch of one), differentiable; the pixel
+        values in the model's dtype, the rest as the processor gives them."""
+        out = self.pipeline(x)
+        return {
+            k: (v.to(self.device, self.dtype) if k == "pixel_values" else v.to(self.device)) for k, v in out.items()
+        }
+
+    # ---- text ----
+    def prompt(self, instruction: str) -> str:
+        if self.entry.prompt == "prefix":  # PaliGemma: `<image>` + the task prefix; the processor expands the image
+            return f"{getattr(self.processor, 'image_token', '<image>')}{instruction}"  # tokens and adds bos
+        return super().prompt(instruction)
+
+    def text_inputs(self, prompt: str, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """The processor's text outputs (`input_ids`, `attention_mask`, `token_type_ids`, ...) for `prompt` with an
+        image of `size`: the image tokens depend only on the image's size (cached)."""
+        key = (prompt, tuple(size))
+        if key not in self._text:
+            from PIL import Image
+
+            dummy = Image.new("RGB", (size[1], size[0]))
+            enc = self.processor(text=[prompt], images=[dummy], return_tensors="pt")
+            image_keys = set(self.pipeline(torch.zeros(3, *size)))
+            self._text[key] = {
+                k: v for k, v in enc.items() if k not in image_keys and k not in ("labels", "num_crops")
+            }
+        return self._text[key]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.text_inputs(prompt, self.image_size)["input_ids"][0].tolist()
+
+    def _one(self, x: torch.Tensor, prompt: str, tail: list[int] | None):
+        """Model inputs of one sample: the prompt (plus `tail`, the reply's ids) and its image."""
+        text = self.text_inputs(prompt, tuple(x.shape[-2:]))
+        ids = text["input_ids"]
+        extra = {k: v for k, v in text.items() if k not in ("input_ids", "attention_mask")}
+        if tail:
+            t = torch.tensor([tail], dtype=ids.dtype)
+            ids = torch.cat([ids, t], dim=1)
+            if "token_type_ids" in extra:
+                reply = torch.full_like(t, self.entry.reply_token_type)
+                extra["token_type_ids"] = torch.cat([extra["token_type_ids"], reply], dim=1)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra}
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs.update(self.image_inputs(x))
+        return inputs
+
+    def loss(self, x: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        """Per-sample mean cross-entropy of `targets[i]` after `prompts[i]` on image `x[i]`: `(B,)` fp32."""
+        losses = []
+        for i in range(x.shape[0]):
+            tail = self.target_ids(targets[i])
+            inputs = self._one(x[i], prompts[i], tail)
+            with self._checkpointing():
+                out = self.model(**inputs, use_cache=False, logits_to_keep=len(tail) + 1)
+            logits = out.logits[0, :-1].float()  # (T, V): position j predicts the j-th of the last T tokens
+            labels = inputs["input_ids"][0, -len(tail) :]
+            losses.append(F.cross_entropy(logits, labels))
+        return torch.stack(losses)
+
+    @torch.no_grad()
+    def generate_ids(self, x: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+        """Greedy reply token ids, one sample at a time (`(B, 3, H, W)` in [0, 1])."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        replies = []
+        for i in range(x.shape[0]):
+            inputs = self._one(x[i].to(self.device), prompts[i], None)
+            out = self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad
+            )
+            replies.append(out[0, inputs["input_ids"].shape[1] :].tolist())
+        return replies
+
+    def generate(self, x: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy replies, one sample at a time (`(B, 3, H, W)` in [0, 1])."""
+        ids = self.generate_ids(x, prompts, max_new_tokens)
+        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
+
+    def attack_space(self) -> dict:
+        h, w = self.image_size
+        layout = self.pipeline.layout(self.pipeline(torch.zeros(3, h, w)))
+        space = {
+            "image_size": [int(h), int(w)],
+            "pipeline": f"{self.entry.pipeline} ({type(self.pipeline.ip).__name__}, {self.pipeline.backend} backend)",
+            **layout,
+        }
+        note = self.pipeline.backend_note()
+        if note:
+            space["backend_note"] = note
+        return space
+
+
+def _pair_of_processor(image_processor) -> tuple[int, int] | None:
+    crop = _pair(getattr(image_processor, "crop_size", None))
+    do_crop = getattr(image_processor, "do_center_crop", False)
+    return (crop if do_crop and crop else None) or _pair(getattr(image_processor, "size", None))

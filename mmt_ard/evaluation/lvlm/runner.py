@@ -27,7 +27,7 @@ from ..robust_eval import load_results, package_versions
 from .attack import targeted_batch, worst_case_batch
 from .data import LVLMTaskData, load_lvlm_data
 from .metrics import METRIC_NAMES, cider_scores, postprocess_answer, postprocess_caption, sample_scores, vqa_accuracy
-from .model import DTYPES, LVLMAdapter, load_lvlm
+from .model import DTYPES, LVLMAdapter, load_lvlm, make_adapter
 from .protocol import LVLMProtocol
 from .report import markdown_table, write_lvlm_reports
 
@@ -45,6 +45,43 @@ def _read_state(path: str | None, fingerprint: str) -> dict:
         if state.get("fingerprint") == fingerprint:
             return state
     return {"fingerprint": fingerprint, "samples": {}}
+
+
+BAD_IMAGE_FIX = (
+    "Fix or remove the file, or pass --bad-samples skip (`bad_samples='skip'`) to leave such samples out (they are "
+    "counted in results.json)"
+)
+
+
+def screen_images(data: LVLMTaskData, bad_samples: str = "error") -> tuple[LVLMTaskData, dict[str, str]]:
+    """Decode every image of `data` once before anything is evaluated. A missing, truncated or unreadable file is
+    a bad sample: with `bad_samples="error"` a `BadSampleError` names the file, the sample and the dataset; with
+    `"skip"` the sample is left out. Grayscale, CMYK and palette images are fine (converted to RGB, as the
+    processors do).
+
+    Returns:
+        the data without the bad samples, and `{sample_id: why}` for those left out.
+    """
+    from PIL import Image
+
+    from ...data import bad_sample, bad_sample_policy
+
+    policy = bad_sample_policy(bad_samples)
+    keep, skipped = [], {}
+    for sample in data.samples:
+        try:
+            with Image.open(sample.image_path) as im:
+                im.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError, truncated files, ...
+            name = f"{sample.sample_id} (image {sample.image_path!r}) of dataset {data.name!r}"
+            skipped[sample.sample_id] = bad_sample(policy, name, err, BAD_IMAGE_FIX)
+            continue
+        keep.append(sample)
+    if not skipped:
+        return data, {}
+    if not keep:
+        raise ValueError(f"Every image of dataset {data.name!r} is unreadable ({len(skipped)} samples): nothing to do.")
+    return dataclasses.replace(data, samples=keep), skipped
 
 
 class _Scorer:
@@ -209,6 +246,7 @@ def evaluate_lvlm_on_data(
         "clean": float(np.mean(clean_scores)),
         "adversarial": adversarial,
         "targeted": targeted,
+        "attack_space": adapter.attack_space(),
         "time_s": round(elapsed, 2),
         "seconds_per_sample": round(elapsed / max(n, 1), 3),
     }
@@ -238,6 +276,8 @@ def evaluate_lvlm(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     gradient_checkpointing: bool = False,
+    image_size: int | tuple[int, int] | None = None,
+    bad_samples: str = "error",
     resume: bool = True,
     progress: bool = True,
     verbose: bool = True,
@@ -256,7 +296,13 @@ def evaluate_lvlm(
         device: `cuda`, `cpu`, ... (default: CUDA when available).
         dtype: weights' dtype for models loaded here (`bfloat16`, `float16`, `float32`; default bf16 on CUDA, fp32 on
             CPU). The attack state (pixels, normalisation, loss) is fp32 whatever it is.
-        gradient_checkpointing: recompute decoder activations in the backward pass (for 7B LVLMs on one GPU).
+        gradient_checkpointing: recompute the activations of the language model's and the vision tower's layers in
+            the backward pass (for 7B LVLMs on one GPU; many crops per image multiply the tower's activations).
+        image_size: the attack space, `(H, W)` or one side: every image is brought to this size once before the
+            attack (default: single-crop classes their processor's input size, tiling classes the tower's input
+            size). Recorded in results.json (`attack_space`) with the number of crops the tower sees.
+        bad_samples: a sample whose image file is missing, truncated or unreadable: `error` stops before the pair is
+            evaluated with a `BadSampleError` naming the file; `skip` leaves it out (`skipped` in results.json).
         resume: skip finished pairs and finished batches found in `output_dir`.
         progress: progress bars.
         verbose: print the protocol, one line per result and the table.
@@ -311,14 +357,19 @@ def evaluate_lvlm(
                 if isinstance(d_spec, LVLMTaskData)
                 else load_lvlm_data(d_spec, name=d_name, num_samples=proto.num_samples, seed=proto.seed)
             )
+            data, skipped = screen_images(data, bad_samples)
             fingerprint = proto.fingerprint(m_source, data.source)
+            if skipped:  # another set of samples gives other numbers
+                fingerprint = f"{fingerprint}-skip{len(skipped)}"
+            if image_size is not None:  # another attack space gives other numbers
+                fingerprint = f"{fingerprint}-{'x'.join(str(v) for v in _sides(image_size))}"
             done = records.get((m_name, data.name))
             if done is not None and done.get("protocol_fingerprint") == fingerprint:
                 if verbose:
                     print(f"[mmt-ard-eval-lvlm] skip {m_name} x {data.name}: finished under the same protocol")
                 continue
             if adapter is None:
-                adapter = _adapter(spec, device, dtype, gradient_checkpointing)
+                adapter = _adapter(spec, device, dtype, gradient_checkpointing, image_size)
             state_path = (
                 os.path.join(output_dir, STATE_DIR, f"{_safe(m_name)}__{_safe(data.name)}.json")
                 if output_dir
@@ -336,6 +387,7 @@ def evaluate_lvlm(
                 "dataset_source": data.source,
                 "protocol_fingerprint": fingerprint,
                 **result,
+                **({"skipped": skipped} if skipped else {}),
             }
             flush()
             if verbose:
@@ -351,18 +403,22 @@ def _is_pair(obj) -> bool:
     return isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], torch.nn.Module)
 
 
-def _adapter(spec, device, dtype, gradient_checkpointing) -> LVLMAdapter:
+def _sides(image_size) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+
+
+def _adapter(spec, device, dtype, gradient_checkpointing, image_size=None) -> LVLMAdapter:
     if isinstance(spec, LVLMAdapter):
         return spec
     if _is_pair(spec):
         model, processor = spec
-        return LVLMAdapter(model.to(device), processor, gradient_checkpointing=gradient_checkpointing)
+        return make_adapter(model.to(device), processor, gradient_checkpointing, image_size)
     if not isinstance(spec, str):
         raise TypeError(
             f"model of type {type(spec).__name__}: pass a folder, a Hub id, (model, processor) or an adapter."
         )
     model, processor = load_lvlm(spec, dtype=dtype, device=device)
-    return LVLMAdapter(model, processor, gradient_checkpointing=gradient_checkpointing)
+    return make_adapter(model, processor, gradient_checkpointing, image_size)
 
 
 def _one_line(r: dict) -> str:
