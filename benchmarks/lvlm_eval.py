@@ -17,10 +17,10 @@ early). Run it twice to see the variation; results go to `--out` as JSON.
     python benchmarks/lvlm_eval.py --out benchmarks/results/lvlm_eval_h200.json        # GPU, a few minutes
     python benchmarks/lvlm_eval.py --shape tiny --batch-sizes 1 2 --iters 2             # the same code on a CPU
 
-Other classes (`--lvlm-class llava_next | llava_onevision | paligemma | idefics3 | gemma3`) are built at the shapes
-of a public checkpoint of the class (`FULL_SHAPES`, from its published config.json: reported, not downloaded here)
-with random weights and run through `PipelineAdapter`, the class's own image pipeline, at the attack space
-`--image-size` (default: a 640x480 COCO-sized image, so the tiling classes cut it into several crops):
+Other classes (`--lvlm-class llava_next | llava_onevision | paligemma | idefics3 | smolvlm | gemma3`) are built at
+the shapes of a public checkpoint of the class (`FULL_SHAPES`, from its published config.json: reported, not
+downloaded here) with random weights and run through `PipelineAdapter`, the class's own image pipeline, at the attack
+space `--image-size` (default: a 640x480 COCO-sized image, so the tiling classes cut it into several crops):
 
     python benchmarks/lvlm_eval.py --lvlm-class idefics3 --batch-sizes 1 2 --out benchmarks/results/lvlm_eval_idefics3_<gpu>.json
     python benchmarks/lvlm_eval.py --lvlm-class gemma3 --shape tiny --batch-sizes 1 --iters 1   # on a CPU
@@ -135,7 +135,7 @@ FULL_SHAPES = {
         dict(vocab_size=257216, hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
              num_attention_heads=8, num_key_value_heads=1, head_dim=256),
     ),
-    "idefics3": (  # HuggingFaceTB/SmolVLM-256M-Instruct's shapes (an Idefics3 model: SmolVLM's processor needs num2words)
+    "idefics3": (  # HuggingFaceTB/SmolVLM-256M-Instruct's shapes, as an Idefics3 model
         dict(image_size=512, patch_size=16, scale_factor=4, longest_edge=2048),
         dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
         dict(vocab_size=49280, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -149,6 +149,8 @@ FULL_SHAPES = {
              sliding_window=1024),
     ),
 }  # fmt: skip
+# the same checkpoint as a SmolVLMForConditionalGeneration with SmolVLMProcessor
+FULL_SHAPES["smolvlm"] = FULL_SHAPES["idefics3"]
 
 
 def _rebuilt(config, overrides: dict):
@@ -171,6 +173,7 @@ def build_class(name: str, shape: str, device: torch.device, dtype: torch.dtype)
         "llava_onevision": tiny.build_tiny_onevision,
         "paligemma": tiny.build_tiny_paligemma,
         "idefics3": tiny.build_tiny_idefics3,
+        "smolvlm": lambda **kw: tiny.build_tiny_idefics3(smolvlm=True, **kw),
         "gemma3": tiny.build_tiny_gemma3,
     }
     if shape == "tiny":

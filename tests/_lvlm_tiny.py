@@ -329,10 +329,11 @@ def _llama_text(vocab_size: int):
 def build_tiny_idefics3(
     image_size=16, patch_size=4, hidden=32, layers=2, heads=2, seed=0, smolvlm=False, scale_factor=2, longest_edge=None
 ):
-    """`(Idefics3ForConditionalGeneration or SmolVLMForConditionalGeneration, processor or image processor)`: a tiny
-    SigLIP-like tower at `image_size` px, images split into `image_size` crops plus the global image. With
-    `smolvlm=True` the processor is not built (SmolVLMProcessor needs the `num2words` package): the image processor
-    is returned instead."""
+    """`(Idefics3ForConditionalGeneration, Idefics3Processor)` or, with `smolvlm=True`,
+    `(SmolVLMForConditionalGeneration, SmolVLMProcessor without its video processor)`: a tiny SigLIP-like tower at
+    `image_size` px, images split into `image_size` crops plus the global image, `image_seq_len` image tokens per crop
+    (pixel-shuffled by `scale_factor`). SmolVLMProcessor needs the `num2words` package and, for its video processor,
+    torchvision (not installed here: images never go through it)."""
     import transformers as T
 
     tokenizer = _tokenizer_with(IDEFICS3_TOKENS)
@@ -367,7 +368,16 @@ def build_tiny_idefics3(
     )
     model.generation_config.pad_token_id = 0
     if smolvlm:
-        return model, image_processor
+        from mmt_ard.evaluation.lvlm.model import image_only_processor_class
+
+        processor = image_only_processor_class(T.SmolVLMProcessor)(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            image_seq_len=seq_len,
+            chat_template=CHAT_TEMPLATE,
+        )
+        return model, processor
     processor = T.Idefics3Processor(
         image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len, chat_template=CHAT_TEMPLATE
     )
@@ -632,6 +642,8 @@ def build_tiny_class(name: str, seed: int = 0):
         return build_tiny_paligemma(seed=seed)
     if name == "idefics3":
         return build_tiny_idefics3(seed=seed)
+    if name == "smolvlm":
+        return build_tiny_idefics3(seed=seed, smolvlm=True)
     if name == "gemma3":
         return build_tiny_gemma3(seed=seed)
     if name == "aya_vision":

@@ -6,7 +6,7 @@ tower. Export into each class: tests/test_lvlm_export.py."""
 import numpy as np
 import pytest
 import torch
-from _lvlm_tiny import build_tiny_class, build_tiny_idefics3
+from _lvlm_tiny import build_tiny_class
 from PIL import Image
 
 from mmt_ard.evaluation.lvlm import text_attack
@@ -20,6 +20,7 @@ CLASSES = {
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
     "paligemma": "PaliGemmaForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration",
+    "smolvlm": "SmolVLMForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",
     "aya_vision": "AyaVisionForConditionalGeneration",
     "vipllava": "VipLlavaForConditionalGeneration",
@@ -46,7 +47,7 @@ def tiny(request):
 
 
 def test_registry_covers_the_classes_and_refuses_others_in_one_line():
-    assert set(CLASSES.values()) | {"SmolVLMForConditionalGeneration"} <= set(LVLM_CLASSES)
+    assert set(CLASSES.values()) == set(LVLM_CLASSES)  # every registered class has its tiny model here
     with pytest.raises(ValueError) as err:
         lvlm_class({"architectures": ["Qwen2VLForConditionalGeneration"]}, "some/qwen")
     msg = str(err.value)
@@ -86,15 +87,36 @@ def test_pipeline_equals_the_processor_on_every_image_input(tiny):
         assert set(out) <= set(ref), set(out) - set(ref)
 
 
-def test_smolvlm_pipeline_equals_its_image_processor():
-    _, image_processor = build_tiny_idefics3(smolvlm=True)
-    pipe = image_pipeline(image_processor, LVLM_CLASSES["SmolVLMForConditionalGeneration"].pipeline)
-    for arr in _images(1):
-        ref = image_processor(images=[Image.fromarray(arr)], return_tensors="pt")
-        out = pipe(_tensor(arr))
-        assert set(out) == set(ref)
-        for key in ref:
-            assert (out[key].double() - ref[key].double()).abs().max().item() <= 1e-5
+def test_smolvlm_image_only_processor_prompts_as_smolvlms_own():
+    """Without torchvision SmolVLMProcessor is built without its video processor, whose frame count and rate its own
+    `apply_chat_template` reads (for videos only): the image-only processor renders an image prompt as SmolVLMProcessor
+    does with a video processor (the tiny template and SmolVLM's own), the processor expands it to the image tokens of
+    every crop, and a video is refused in one line."""
+    from types import SimpleNamespace
+
+    import transformers as T
+    from _lvlm_tiny import build_tiny_idefics3
+    from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
+
+    _, processor = build_tiny_idefics3(smolvlm=True)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color is this"}]}]
+    image = Image.fromarray(_images(5)[0])
+    with_video = SimpleNamespace(num_frames=64, fps=1)  # SmolVLM's video processor's defaults
+    for template in (None, DEFAULT_CHAT_TEMPLATE):  # the tiny one, and SmolVLM's own
+        kw = {"chat_template": template, "add_generation_prompt": True}
+        ours = processor.apply_chat_template(conversation, **kw)
+        processor.video_processor = with_video
+        try:
+            theirs = T.SmolVLMProcessor.apply_chat_template(processor, conversation, **kw)
+        finally:
+            processor.video_processor = None
+        assert ours == theirs and ours.count("<image>") == 1
+    assert "<image>" in ours and ours.endswith("Assistant:")
+    enc = processor(text=[ours], images=[image], return_tensors="pt")
+    assert (enc["input_ids"] == processor.image_token_id).sum().item() == processor.image_seq_len * 5  # 4 crops + 1
+    video = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "describe"}]}]
+    with pytest.raises(ValueError, match="without a video processor.*images only"):
+        processor.apply_chat_template(video, add_generation_prompt=True)
 
 
 def test_greedy_reply_and_image_tokens_equal_the_processors(tiny):
@@ -217,6 +239,7 @@ def test_the_command_evaluates_a_saved_folder_of_every_class(tiny, tmp_path, cap
     if type(processor).__name__.startswith("ImageOnly"):  # its save_pretrained needs the video processor
         save(folder, model)
         keys = ("num_image_tokens", "vision_feature_select_strategy", "patch_size", "num_additional_image_tokens")
+        keys += ("image_seq_len",)  # SmolVLM's image tokens per crop
         config = {k: getattr(processor, k) for k in keys if getattr(processor, k, None) is not None}
         save_image_only_processor(folder, processor, **config)
     else:

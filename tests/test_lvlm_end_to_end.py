@@ -1,8 +1,7 @@
 """A robust tower's worth in a modern LVLM, end to end on tiny models (docs/lvlm.md, "A SigLIP student in
 SmolVLM-shaped and LLaVA-OneVision models"): a SigLIP student trained with `mmt-ard-train`, exported with
-`mmt-ard-export` into a tiny Idefics3 (SmolVLM's architecture: SmolVLM's own processor needs the `num2words` package,
-not installed here) and a tiny LLaVA-OneVision built from their configs, both evaluated by `mmt-ard-eval-lvlm` through
-their own tiling pipelines."""
+`mmt-ard-export` into a tiny SmolVLM and a tiny LLaVA-OneVision built from their configs and processor classes, both
+evaluated by `mmt-ard-eval-lvlm` through their own tiling pipelines."""
 
 import io
 import json
@@ -60,7 +59,9 @@ def test_siglip_student_trained_exported_into_smolvlm_and_onevision_shapes_and_e
     train_main(*parse_args(args))
 
     # 2. tiny LVLMs from their configs, saved as transformers users save them
-    idefics3 = save(str(tmp_path / "idefics3"), *build_tiny_idefics3(image_size=16))
+    smolvlm_model, smolvlm_processor = build_tiny_idefics3(image_size=16, smolvlm=True)
+    smolvlm = save(str(tmp_path / "smolvlm"), smolvlm_model)  # its processor's save_pretrained needs torchvision
+    save_image_only_processor(smolvlm, smolvlm_processor, image_seq_len=smolvlm_processor.image_seq_len)
     onevision_model, onevision_processor = build_tiny_onevision(image_size=16)
     onevision = save(str(tmp_path / "onevision"), onevision_model)
     save_image_only_processor(
@@ -68,14 +69,14 @@ def test_siglip_student_trained_exported_into_smolvlm_and_onevision_shapes_and_e
     )
 
     # 3. export the trained student into both
-    for lvlm in (idefics3, onevision):
+    for lvlm in (smolvlm, onevision):
         assert export_main(["--student", str(run), "--into", lvlm, "--output-dir", lvlm + "-robust", "--quiet"]) == 0
     from transformers import SiglipModel
 
     trained = SiglipModel.from_pretrained(str(run))
     from safetensors.torch import load_file
 
-    for lvlm, key in ((idefics3, "model.vision_model."), (onevision, "model.vision_tower.")):
+    for lvlm, key in ((smolvlm, "model.vision_model."), (onevision, "model.vision_tower.")):
         weights = load_file(os.path.join(lvlm + "-robust", "model.safetensors"))
         patch = [v for k, v in weights.items() if k.endswith("embeddings.patch_embedding.weight")]
         assert len(patch) == 1 and torch.equal(patch[0], trained.vision_model.embeddings.patch_embedding.weight)
@@ -84,13 +85,13 @@ def test_siglip_student_trained_exported_into_smolvlm_and_onevision_shapes_and_e
     cap_dir, _ = save_square_datasets(str(tmp_path), n=2)
     out = tmp_path / "eval"
     argv = [
-        "--models", idefics3, idefics3 + "-robust", onevision, onevision + "-robust", "--datasets", cap_dir,
+        "--models", smolvlm, smolvlm + "-robust", onevision, onevision + "-robust", "--datasets", cap_dir,
         "--output-dir", str(out), "--eps", "8/255", "--n-iter", "2", "--max-references", "1", "--num-samples", "2",
         "--no-refine", "--no-progress", "--image-size", "24x40",
     ]  # fmt: skip
     assert eval_main(argv) == 0
     results = json.loads((out / "results.json").read_text())["results"]
-    assert [r["model"] for r in results] == ["idefics3", "idefics3-robust", "onevision", "onevision-robust"]
+    assert [r["model"] for r in results] == ["smolvlm", "smolvlm-robust", "onevision", "onevision-robust"]
     for r in results:
         space = r["attack_space"]
         assert space["image_size"] == [24, 40] and space["crops"] > 1  # several crops per image

@@ -504,8 +504,9 @@ def _build_class(name, image_size=16):
 def test_siglip_student_into_every_siglip_class(tmp_path, name):
     student, siglip = _siglip_student(tmp_path)
     model, processor = _build_class(name)
-    # LlavaOnevisionProcessor.save_pretrained needs its video processor (torchvision): save its parts
-    parts = (processor.image_processor, processor.tokenizer) if name == "onevision" else (processor,)
+    # LlavaOnevisionProcessor's and SmolVLMProcessor's save_pretrained need their video processor (torchvision): save
+    # their parts
+    parts = (processor.image_processor, processor.tokenizer) if name in ("onevision", "smolvlm") else (processor,)
     lvlm = save(str(tmp_path / name), model, *parts)
     os.chmod(lvlm, 0o755)
     out = str(tmp_path / "out")

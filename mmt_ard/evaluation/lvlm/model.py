@@ -78,13 +78,32 @@ def image_only_processor_class(processor_class):
 
     LLaVA-OneVision's and SmolVLM's processors hold a video processor, which transformers 5.x builds only where
     torchvision is installed; images never go through it. This class lets such a processor be built (and used on
-    images) without one."""
+    images) without one. Its chat template is applied by `ProcessorMixin.apply_chat_template` when there is no video
+    processor: SmolVLM's own `apply_chat_template` reads the video processor's frame count and rate, for videos
+    only, and fails without one."""
+    from transformers.processing_utils import ProcessorMixin
 
     class ImageOnlyProcessor(processor_class):
         def check_argument_for_proper_class(self, argument_name, argument):
             if argument_name == "video_processor" and argument is None:
                 return None
             return super().check_argument_for_proper_class(argument_name, argument)
+
+        def apply_chat_template(self, conversation, *args, **kwargs):
+            if getattr(self, "video_processor", None) is not None:
+                return super().apply_chat_template(conversation, *args, **kwargs)
+            conversations, _ = self._normalize_conversations(conversation)
+            if any(
+                isinstance(c, dict) and c.get("type") == "video"
+                for conv in conversations
+                for message in conv
+                for c in (message.get("content") or [])
+            ):
+                raise ValueError(
+                    f"{type(self).__name__} was built without a video processor (torchvision is not installed): "
+                    "it takes images only."
+                )
+            return ProcessorMixin.apply_chat_template(self, conversation, *args, **kwargs)
 
     ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = f"ImageOnly{processor_class.__name__}"
     return ImageOnlyProcessor
