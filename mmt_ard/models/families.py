@@ -45,6 +45,8 @@ def base_model(model: nn.Module) -> nn.Module:
     A `PeftModel` forwards unknown attributes (`get_image_features`, `text_model`, ...) to the wrapped model, so the
     wrapper is recognised by its `peft_config`, not by what it seems to have.
     """
+    from torch import nn  # here, so that listing the families (a command's --help) does not import torch
+
     for _ in range(4):
         if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):  # PeftModel
             model = model.get_base_model()
