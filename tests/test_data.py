@@ -233,6 +233,35 @@ class TestPrepare:
         assert set(a.column_names) == {"image", "label", "filename", "sample_id"}
         assert prepare_dataset(ds)["sample_id"] == list(range(6))
 
+    def test_streamed_ids_are_one_per_row_across_files_passes_and_processes(self, tmp_path, monkeypatch):
+        """Two parquet files streamed through `datasets`: every row keeps one `sample_id`, unique over both files,
+        whatever the shuffle, the pass (`set_epoch` reorders the files) or the process reading it: the teacher cache
+        and the bad-sample counts key on it."""
+        import datasets
+        from datasets.distributed import split_dataset_by_node
+
+        monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # a 5 s sleep per shuffled stream
+        rows = good_rows(8)
+        files = [write_parquet(tmp_path / f"part{k}.parquet", rows[4 * k : 4 * k + 4]) for k in range(2)]
+        stream = load_image_dataset(files, "train", streaming=True)
+        assert stream.n_shards == 2
+
+        def ids(ds):
+            return sorted((r["filename"], r["sample_id"]) for r in ds)
+
+        ordered = prepare_dataset(stream, shuffle=False)
+        reference = ids(ordered)
+        assert [name for name, _ in reference] == sorted(r["filename"] for r in rows)
+        assert len({i for _, i in reference}) == 8
+        shuffled = prepare_dataset(stream, seed=0)  # interleaves the files (training's default)
+        assert ids(shuffled) == reference
+        ordered.set_epoch(3)  # the pass whose seed reads part1 before part0
+        shuffled.set_epoch(3)
+        assert ids(ordered) == reference and ids(shuffled) == reference
+        ordered.set_epoch(0)
+        by_rank = [ids(split_dataset_by_node(ordered, rank=r, world_size=2)) for r in range(2)]  # one file each
+        assert by_rank[0] and by_rank[1] and sorted(by_rank[0] + by_rank[1]) == reference
+
     def test_missing_column_and_bad_max(self, parquet_file):
         ds = load_image_dataset(parquet_file, "train")
         with pytest.raises(ValueError, match="no column \\['img'\\]"):

@@ -428,7 +428,8 @@ def prepare_dataset(
 
     Returns:
         The same kind of dataset with columns `image_column`, `label_column`, `sample_id` (the row's index in the
-        source), and a file-name column when the source has one.
+        source; in a stream of `n` shards, `j * n + i` for row `j` of shard `i`), and a file-name column when the
+        source has one.
     """
     import datasets
 
@@ -444,7 +445,7 @@ def prepare_dataset(
     if max_samples is not None and max_samples <= 0:
         raise ValueError(f"`max_samples`={max_samples} must be a positive number of samples (or unset).")
     if isinstance(dataset, datasets.IterableDataset):
-        dataset = dataset.map(lambda _, i: {ID_COLUMN: i}, with_indices=True)
+        dataset = _with_stream_ids(dataset)
         if shuffle:
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         return dataset.take(max_samples) if max_samples is not None else dataset
@@ -454,6 +455,29 @@ def prepare_dataset(
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.select(range(max_samples))
     return dataset
+
+
+def _with_stream_ids(dataset):
+    """A streamed `dataset` whose `sample_id` names one row in every pass, DataLoader worker and process: row `j` of
+    shard `i` (of `n`) gets `j * n + i`.
+
+    One counter over the stream (`map(..., with_indices=True)`) does not: `datasets` restarts it in each shard that
+    `shuffle` interleaves, in each DataLoader worker and process (each reads its own shards), and `set_epoch` reorders
+    the shards under it, so ids repeat within a pass and move between rows across passes. The teacher cache
+    (`cache_teacher_outputs`) and the count of bad samples key on these ids."""
+    import datasets
+
+    n = dataset.n_shards
+    features = dataset.features  # given to `map`: `concatenate_datasets` would otherwise read each shard's head
+    if features is not None:
+        features = datasets.Features({**features, ID_COLUMN: datasets.Value("int64")})
+    shards = [
+        dataset.shard(num_shards=n, index=i).map(
+            lambda _, j, i=i: {ID_COLUMN: j * n + i}, with_indices=True, features=features
+        )
+        for i in range(n)
+    ]  # one map per shard: its counter starts at 0 in whichever worker, process or pass reads the shard
+    return shards[0] if n == 1 else datasets.concatenate_datasets(shards)
 
 
 # ---- decoding ----
