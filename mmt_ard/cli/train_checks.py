@@ -6,10 +6,10 @@ output folder holds no other run, the checkpoint to resume exists.
 
 from __future__ import annotations
 
+from ..pipeline.run_dir import check_output_dir, resume_value
 from ..training.config import MMTARDConfig
 from .errors import UsageError
 from .names import check_data_files, check_dataset_name, check_files, check_model_name, check_wds_folder
-from .run_dir import check_output_dir, resume_value
 from .train_args import ScriptArguments, parse_eps
 from .train_flags import check_flags_used
 
