@@ -14,11 +14,10 @@ from mmt_ard.training import MMTARDConfig
 def test_quick_embedded_run_from_python(tmp_path):
     out = tmp_path / "run"
     script_args = ScriptArguments(quick=True, embedded_cache_dir=str(tmp_path / "cache"))
-    config = MMTARDConfig(output_dir=str(out), disable_tqdm=True, dataloader_pin_memory=False, **{**DISTILLATION_DEFAULTS, **QUICK_DEFAULTS})
-    results = run_training(script_args, config)
+    settings = {**DISTILLATION_DEFAULTS, **QUICK_DEFAULTS, "output_dir": str(out), "dataloader_pin_memory": False}
+    results = run_training(script_args, MMTARDConfig(**settings, disable_tqdm=True))
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / "results.json").read_text())["robustness"]["rows"] == results["robustness"]["rows"]
     # the library, like the command, refuses to write over a finished run
-    again = MMTARDConfig(output_dir=str(out), dataloader_pin_memory=False, **{**DISTILLATION_DEFAULTS, **QUICK_DEFAULTS})
     with pytest.raises(RunFolderError, match="holds another run"):
-        run_training(script_args, again)
+        run_training(script_args, MMTARDConfig(**settings))
