@@ -20,8 +20,8 @@ __all__ = ["ScriptArguments", "parse_eps"]
 
 @dataclass
 class ScriptArguments:
-    """Arguments of `mmt-ard-train` (and `examples/run_mmt_ard.py`) that are not training arguments (those live in
-    `MMTARDConfig`).
+    """Arguments of a training run (`run_training`, `mmt-ard-train`, `examples/run_mmt_ard.py`) that are not training
+    arguments (those live in `MMTARDConfig`).
 
     Args:
         config: a `.yaml`/`.yml`/`.json` file of arguments (script and `MMTARDConfig` fields); flags override it.
