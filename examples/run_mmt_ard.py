@@ -24,11 +24,13 @@ file only runs it. Its pieces, for the same run from Python:
     from mmt_ard.cli.train import main, make_parser
 
     script_args, config, explicit = make_parser().parse_args_and_config(["--output_dir", "runs/digits"])
-    results = main(script_args, config, explicit)   # load, evaluate, train, evaluate, save, push
+    results = main(script_args, config, explicit)   # check, load, evaluate, train, evaluate, save, push
 
-`main` reads as the run's summary: `load_run_inputs` (mmt_ard/cli/train_inputs.py: the embedded default or your
-models and data), `rows_before_training`, `MMTARDTrainer(...).train()`, `pgd_rows` (mmt_ard/cli/train_report.py),
-`save_student`, `push_to_hub` (mmt_ard/cli/publish.py).
+`main` checks the arguments (mmt_ard/cli/train_checks.py) and runs the library's
+`mmt_ard.pipeline.run_training` (mmt_ard/pipeline/run.py), which reads as the run's summary: `load_run_inputs`
+(mmt_ard/pipeline/inputs.py: the embedded default or your models and data), `rows_before_training`,
+`MMTARDTrainer(...).train()`, `pgd_rows` (mmt_ard/pipeline/report.py), `save_student`, `push_to_hub`
+(mmt_ard/pipeline/publish.py).
 """
 
 import sys

@@ -27,6 +27,11 @@ MOVED: dict[str, str] = {
     "mmt_ard.known_datasets": "mmt_ard.data.known_datasets",
     "mmt_ard.tiny": "mmt_ard.embedded.tiny",
     **{f"mmt_ard.{name}": f"mmt_ard.training.{name}" for name in _TRAINING},
+    # the training run's library logic, out of the command line (`mmt_ard.pipeline`)
+    "mmt_ard.cli.train_inputs": "mmt_ard.pipeline.inputs",
+    "mmt_ard.cli.train_report": "mmt_ard.pipeline.report",
+    "mmt_ard.cli.run_dir": "mmt_ard.pipeline.run_dir",
+    "mmt_ard.cli.publish": "mmt_ard.pipeline.publish",
 }
 
 

@@ -221,8 +221,8 @@ class TestPieces:
         assert split_config_path(["--quick"]) == (None, ["--quick"])
 
     def test_skipped_samples_of_every_process_merge_once(self, tmp_path):
-        from mmt_ard.cli.train_inputs import skip_log_path
-        from mmt_ard.cli.train_report import collect_skipped_samples
+        from mmt_ard.pipeline.inputs import skip_log_path
+        from mmt_ard.pipeline.report import collect_skipped_samples
 
         assert collect_skipped_samples(str(tmp_path)) is None  # nothing skipped: no file
         for rank, names in ((0, ["a.png", "b.png"]), (1, ["b.png", "c.png"])):
@@ -246,7 +246,7 @@ class TestPieces:
     def test_push_failure_names_the_fix(self, tmp_path, monkeypatch):
         import huggingface_hub
 
-        from mmt_ard.cli.publish import HubPushError, push_to_hub
+        from mmt_ard.pipeline.publish import HubPushError, push_to_hub
 
         def refuse(self, *args, **kwargs):
             raise PermissionError("no token")
@@ -257,7 +257,7 @@ class TestPieces:
         assert "PermissionError: no token" in str(err.value)
 
     def test_weights_checksum_tells_replicas_apart(self):
-        from mmt_ard.cli.train_report import weights_checksum
+        from mmt_ard.pipeline.report import weights_checksum
 
         a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
         b.load_state_dict(a.state_dict())

@@ -247,7 +247,7 @@ def test_a_hub_parquet_dataset_streams_from_its_data_files(data, monkeypatch, tm
     import datasets
 
     from mmt_ard.cli.train_args import parse_args
-    from mmt_ard.cli.train_inputs import load_training_data
+    from mmt_ard.pipeline.inputs import load_training_data
 
     files, real_load = data["parquet"], datasets.load_dataset
 

@@ -1,8 +1,9 @@
 """The console commands, built on the library: applications, not building blocks.
 
 * `mmt-ard-train` (`train.py`; also `examples/run_mmt_ard.py`): distil a robust CLIP student, evaluate it, save it
-  with a model card, push it. Its arguments (`train_args.py`), inputs (`train_inputs.py`) and report
-  (`train_report.py`) are small modules a Python user can call one by one.
+  with a model card, push it. Here: its parser (`train_args.py`) and the checks of its flags and names
+  (`train_checks.py`, `train_flags.py`, `names.py`); the run itself is library code, `mmt_ard.pipeline`
+  (`run_training`, and its inputs, report, run folder and publishing as small modules a Python user can call).
 * `mmt-ard-eval` (`evaluate.py`): robust zero-shot evaluation with `mmt_ard.evaluation`.
 
 Every command reports user errors the same way (`errors.py`): one line `<command>: error: <what>=<value>: <why>.

@@ -147,7 +147,7 @@ def running() -> None:
 # imported cannot have raised them, and the commands stay quick to start)
 RUN_TIME_ERRORS = (
     ("mmt_ard.data.bad_samples", "BadSampleError"),
-    ("mmt_ard.cli.publish", "HubPushError"),
+    ("mmt_ard.pipeline.publish", "HubPushError"),
     ("mmt_ard.training.memory", "TrainingOutOfMemoryError"),
     ("mmt_ard.training.nonfinite", "NonFiniteLossError"),
 )

@@ -4,7 +4,8 @@
     mmt-ard-train run.yaml --max_steps 100                       # a YAML/JSON config; flags override it
     accelerate launch -m mmt_ard.cli.train --student openai/clip-vit-base-patch32 ...   # several processes
 
-`examples/run_mmt_ard.py` runs the same `main`. `mmt-ard-train --help` lists every option (`ScriptArguments` and
+`main` checks the arguments and runs the library's `mmt_ard.pipeline.run_training` (which a Python user can call
+without the command line); `examples/run_mmt_ard.py` runs the same `main`. `mmt-ard-train --help` lists every option (`ScriptArguments` and
 `MMTARDConfig`); docs/quickstart.md and docs/configuration.md describe them. From Python:
 
 >>> script_args, config, explicit = parse_args(["--student", "openai/clip-vit-base-patch32", ...])
@@ -13,152 +14,51 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import sys
-import time
 from typing import TYPE_CHECKING
 
 from .errors import run_command, running
-from .publish import HubPushError
-from .train_args import ScriptArguments, make_parser, parse_args, parse_eps
+from .train_args import ScriptArguments, make_parser, parse_args
 
 if TYPE_CHECKING:
+    from ..pipeline.publish import HubPushError
     from ..training.config import MMTARDConfig
-    from ..training.trainer import MMTARDTrainer
 
 __all__ = ["HubPushError", "ScriptArguments", "cli", "main", "make_parser", "parse_args"]
 
-logger = logging.getLogger("mmt_ard.train")
 PROG = "mmt-ard-train"
 
 
+def __getattr__(name: str):
+    if name == "HubPushError":  # `from mmt_ard.cli.train import HubPushError`, without importing it for --help
+        from ..pipeline.publish import HubPushError
+
+        return HubPushError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def main(script_args: ScriptArguments, config: MMTARDConfig, explicit: set[str] = frozenset()) -> dict:
-    """Check the arguments, load the models and data, evaluate them, train, evaluate, save, push; returns the results
-    dictionary (also written to `output_dir/results.json`, and rendered as the model card `output_dir/README.md`).
+    """Check the arguments, then run `mmt_ard.pipeline.run_training`: load the models and data, evaluate them, train,
+    evaluate, save, push; returns the results dictionary (also written to `output_dir/results.json`, and rendered as
+    the model card `output_dir/README.md`).
 
     A flag the run would ignore, a name that cannot be found, or an `output_dir` holding another run raise a
-    `UsageError` (`check_run`) before anything is loaded or written."""
+    `UsageError` or a `ValueError` (`check_run`) before anything is loaded or written."""
     # imported here, not at the top: `mmt-ard-train --help` and a refused flag need only the parser
-    from ..training.model_card import save_model_card
-    from ..training.trainer import MMTARDTrainer
-    from .publish import push_to_hub, save_student
-    from .run_dir import RunSettingsCallback, run_settings, write_run_settings
+    from ..pipeline.run import run_training
     from .train_checks import check_run
-    from .train_inputs import load_run_inputs
-    from .train_report import (
-        collect_results,
-        collect_skipped_samples,
-        pgd_rows,
-        print_summary,
-        rows_before_training,
-        teacher_confidence_report,
-        weights_checksum,
-        write_checksum,
-    )
 
-    start = time.perf_counter()
-    sa = script_args
-    check_run(sa, config, explicit)
-    _setup(sa, config)
-    push, config.push_to_hub = config.push_to_hub, False  # the Trainer would create the repo at init: push at the end
-    hub_model_id = config.hub_model_id or os.path.basename(os.path.normpath(config.output_dir))
-
-    # models and data: the embedded default (no --student) or the ones the arguments name
-    eps_list = [parse_eps(e) for e in sa.eval_eps] if sa.eval_eps else [config.eval_attack_eps]
-    inputs = load_run_inputs(sa, config)
-    rows = rows_before_training(inputs, sa, config, eps_list)
-
-    # training
-    trainer = MMTARDTrainer(
-        model=inputs.student,
-        args=config,
-        teachers=inputs.teachers,
-        class_names=inputs.class_names,
-        processing_class=inputs.processor,
-        train_dataset=inputs.train_dataset,
-        eval_dataset=inputs.eval_dataset,
-        data_collator=inputs.collator,
-    )
-    settings = run_settings(sa, config)
-    trainer.add_callback(RunSettingsCallback(settings))
-    running()  # the checks are done: from here on an error is a failure of the run (exit status 1)
-    _prepare_output_dir(trainer, sa, config, settings)
-    confidences = teacher_confidence_report(trainer, inputs.train_dataset, inputs.collator) if inputs.teachers else {}
-    student_module = trainer.accelerator.unwrap_model(trainer.model).student
-    initial_checksum = weights_checksum(student_module)
-    train_result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    if inputs.eval_dataset is not None:
-        rows += pgd_rows(trainer, inputs.eval_dataset, eps_list, "student (after)")
-
-    # saving: the student, its checksums, the skipped samples, results.json and the model card
-    output_dir = config.output_dir
-    saved_as = save_student(trainer, output_dir, lora=sa.lora_r > 0, merged=sa.save_merged)
-    if sa.dump_checksums:
-        write_checksum(output_dir, config, initial_checksum, weights_checksum(student_module))
-    trainer.accelerator.wait_for_everyone()  # every process has read its last sample
-    skipped = collect_skipped_samples(output_dir) if trainer.is_world_process_zero() else None
-    num_skipped = skipped["count"] if skipped else inputs.collator.num_skipped
-    pushed_as = hub_model_id if push else None
-    metrics = train_result.metrics
-    results = collect_results(
-        sa, config, inputs, trainer, metrics, rows, confidences, saved_as, num_skipped, pushed_as
-    )
-    results["training"]["total_wall_clock_s"] = round(time.perf_counter() - start, 1)
-    results["explicit_arguments"] = sorted(explicit)
-    if trainer.is_world_process_zero():
-        write_run_settings(output_dir, settings)
-        save_model_card(results, output_dir)
-        with open(os.path.join(output_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2, default=str)
-        print_summary(results, output_dir)
-
-    # pushing, once everything is saved
-    if push and trainer.is_world_process_zero():
-        url = push_to_hub(output_dir, hub_model_id, token=config.hub_token, private=config.hub_private_repo)
-        logger.info("Pushed to %s", url)
-        results["pushed_to"] = url
-    return results
-
-
-def _prepare_output_dir(trainer: MMTARDTrainer, sa: ScriptArguments, config: MMTARDConfig, settings: dict) -> None:
-    """`--overwrite_output_dir`: delete the earlier run now that this one starts; `--resume_from_checkpoint`: warn
-    about settings that differ from the checkpoint's."""
-    from .run_dir import check_resume, clear_run, warn_settings_changes
-
-    if trainer.is_world_process_zero():
-        if sa.overwrite_output_dir:
-            clear_run(config.output_dir)
-        if config.resume_from_checkpoint:
-            warn_settings_changes(check_resume(config.output_dir, config.resume_from_checkpoint), settings)
-    trainer.accelerator.wait_for_everyone()
-
-
-def _setup(sa: ScriptArguments, config: MMTARDConfig) -> None:
-    """Logging, torch threads (1 for the embedded default's tiny matrices) and the seed."""
-    import torch
-    from transformers import set_seed
-
-    _configure_logging()
-    logger.setLevel(config.get_process_log_level())
-    threads = sa.num_threads or (1 if sa.student is None else None)
-    if threads:
-        torch.set_num_threads(threads)
-    set_seed(config.seed)
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
-    )
+    check_run(script_args, config, explicit)
+    return run_training(script_args, config, explicit, on_start=running)
 
 
 def cli(argv: list[str] | None = None) -> int:
     """The console command: parse, check, run `main`; returns the exit status (see `mmt_ard.cli.errors`): 0 done,
     1 a failure while running (e.g. the Hub push, after everything was saved), 2 a wrong command line or
     configuration (one line on stderr; nothing ran), 75 preempted."""
-    _configure_logging()  # before parsing: what the parser decides (e.g. step checkpoints turned on) is logged
+    from ..pipeline.run import configure_logging
+
+    configure_logging()  # before parsing: what the parser decides (e.g. step checkpoints turned on) is logged
     try:
         return run_command(PROG, _command, argv)
     finally:

@@ -1,15 +1,18 @@
 """What `mmt-ard-train` checks before it loads or writes anything: every flag is used, every name can be found, the
 output folder holds no other run, the checkpoint to resume exists.
 
->>> check_run(script_args, config, explicit)   # a UsageError (exit status 2) on the first problem
+>>> check_run(script_args, config, explicit)   # a UsageError or a ValueError (exit status 2) on the first problem
+
+The run folder's own checks (`check_output_dir`) are library code (`mmt_ard.pipeline.run_dir`, a `RunFolderError`)
+that `mmt_ard.pipeline.run_training` runs too, for a Python caller who skips these.
 """
 
 from __future__ import annotations
 
+from ..pipeline.run_dir import check_output_dir, resume_value
 from ..training.config import MMTARDConfig
 from .errors import UsageError
 from .names import check_data_files, check_dataset_name, check_files, check_model_name, check_wds_folder
-from .run_dir import check_output_dir, resume_value
 from .train_args import ScriptArguments, parse_eps
 from .train_flags import check_flags_used
 

@@ -24,8 +24,8 @@ from ..training.config import MMTARDConfig
 from ..training.model_card import MMTARD_SETTING_KEYS, family_summary, format_eps, robustness_table
 from ..training.precision import describe as describe_precision
 from ..training.trainer import MMTARDTrainer
-from .train_args import ScriptArguments
-from .train_inputs import SKIP_LOG_PATTERN, RunInputs
+from .arguments import ScriptArguments
+from .inputs import SKIP_LOG_PATTERN, RunInputs
 
 logger = logging.getLogger(__name__)
 

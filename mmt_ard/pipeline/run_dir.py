@@ -22,8 +22,7 @@ from transformers import TrainerCallback
 from ..training.checkpointing import STAGING_PREFIX, is_complete_checkpoint, last_good_checkpoint, list_checkpoints
 from ..training.config import MMTARDConfig
 from ..training.model_card import MMTARD_SETTING_KEYS
-from .errors import UsageError
-from .train_args import ScriptArguments
+from .arguments import ScriptArguments
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +99,16 @@ SCRIPT_SETTINGS = (
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1", "last"), ("false", "no", "0", "none", "")
 
 
+class RunFolderError(ValueError):
+    """An `output_dir` or `--resume_from_checkpoint` that a run cannot use (a `ValueError`: the commands report it
+    as a configuration error, exit status 2). Its message reads like the commands' `UsageError`:
+    `<what>=<value>: <why>. <fix>`."""
+
+    def __init__(self, what: str, value=None, why: str = "", fix: str = ""):
+        self.what, self.value, self.why, self.fix = what, value, why, fix
+        super().__init__(f"{what}={value!r}: {why.rstrip('.')}. {fix}".strip())
+
+
 def run_contents(output_dir: str) -> list[str]:
     """What in `output_dir` marks a run: `checkpoint-*` folders and `RUN_FILES`, sorted; `[]` for a free folder."""
     if not os.path.isdir(output_dir):
@@ -149,23 +158,25 @@ def check_output_dir(output_dir: str, resume, overwrite: bool) -> None:
     `--resume_from_checkpoint` nor `--overwrite_output_dir` says what to do with; check the checkpoint to resume."""
     what = "--output_dir"
     if not str(output_dir).strip():
-        raise UsageError(what, output_dir, "is empty", "Give a folder path (it is created if needed).")
+        raise RunFolderError(what, output_dir, "is empty", "Give a folder path (it is created if needed).")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise UsageError(what, output_dir, "is a file, not a folder", "Give a folder path (it is created if needed).")
+        raise RunFolderError(
+            what, output_dir, "is a file, not a folder", "Give a folder path (it is created if needed)."
+        )
     parent = os.path.abspath(output_dir)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise UsageError(what, output_dir, f"cannot be created: {parent!r} is a file", "Give another folder path.")
+        raise RunFolderError(what, output_dir, f"cannot be created: {parent!r} is a file", "Give another folder path.")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(
+        raise RunFolderError(
             what,
             output_dir,
             f"cannot be written: no write permission on {parent!r}",
             "Give a folder you can write to.",
         )
     if resume is not None and overwrite:
-        raise UsageError(
+        raise RunFolderError(
             "--resume_from_checkpoint",
             resume,
             "given with --overwrite_output_dir: continue the run or start over, not both",
@@ -178,7 +189,7 @@ def check_output_dir(output_dir: str, resume, overwrite: bool) -> None:
         return
     found = run_contents(output_dir)
     if found:
-        raise UsageError(
+        raise RunFolderError(
             what,
             output_dir,
             f"holds another run ({_summary(found)})",
@@ -187,7 +198,7 @@ def check_output_dir(output_dir: str, resume, overwrite: bool) -> None:
         )
     clobbered = files_a_run_writes(output_dir)
     if clobbered:
-        raise UsageError(
+        raise RunFolderError(
             what,
             output_dir,
             f"holds files a run writes and would replace ({', '.join(clobbered[:5])})",
@@ -196,12 +207,12 @@ def check_output_dir(output_dir: str, resume, overwrite: bool) -> None:
 
 
 def check_resume(output_dir: str, resume) -> str:
-    """The checkpoint a `--resume_from_checkpoint` value points at (a complete one), or a `UsageError`."""
+    """The checkpoint a `--resume_from_checkpoint` value points at (a complete one), or a `RunFolderError`."""
     what = "--resume_from_checkpoint"
     if resume is True:
         found = last_good_checkpoint(output_dir) if os.path.isdir(output_dir) else None
         if found is None:
-            raise UsageError(
+            raise RunFolderError(
                 what,
                 "true",
                 f"{output_dir!r} holds no complete checkpoint-* folder to resume",
@@ -209,14 +220,14 @@ def check_resume(output_dir: str, resume) -> str:
             )
         return found
     if not os.path.isdir(resume):
-        raise UsageError(
+        raise RunFolderError(
             what,
             resume,
             "no such checkpoint folder",
             "Give a checkpoint-N folder, or true for the newest complete one in --output_dir.",
         )
     if not is_complete_checkpoint(resume):
-        raise UsageError(
+        raise RunFolderError(
             what,
             resume,
             "is not a complete checkpoint (it needs trainer_state.json and the student's weights)",

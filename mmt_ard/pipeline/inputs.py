@@ -25,7 +25,7 @@ from ..data.stream import STREAM_FORMATS, ShardedStream
 from ..training.config import MMTARDConfig
 from ..training.lora import apply_lora
 from ..training.teachers import Teacher
-from .train_args import ScriptArguments
+from .arguments import ScriptArguments
 
 logger = logging.getLogger(__name__)
 
