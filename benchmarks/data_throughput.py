@@ -16,7 +16,7 @@ workers, side by side in one run:
   decoding and resizing alone cost).
 
 The images are synthetic, ImageNet-sized and ImageNet-like in decode cost: `--width` x `--height` (default 500 x
-375, ImageNet's most common size) JPEGs at quality 90, smooth colour fields with shapes, grain and sensor-like noise
+375, a common ImageNet size) JPEGs at quality 90, smooth colour fields with shapes, grain and sensor-like noise
 (about 100 KB each, near ImageNet's ~110 KB mean), built once into `--work-dir` and reused.
 
 Reported per (source, workers): images/s of wall time after the first batch (workers started), and images per

@@ -111,3 +111,23 @@ def test_two_concurrent_quick_runs_build_once_and_agree(tmp_path):
         [(r["model"], r["clean_accuracy"], r["robust_accuracy"]) for r in x["robustness"]["rows"]] for x in results
     ]
     assert rows[0] == rows[1]
+
+
+def test_phases_do_not_depend_on_the_callers_thread_count():
+    """The cache key is the recipe: phases built by a caller with 2 torch threads equal those built with 1 (float
+    reductions split by thread count would otherwise make them differ, ~1e-4 after 40 steps)."""
+    import torch
+
+    recipe = EmbeddedRecipe(clean_steps=2, robust_steps=1, student_steps=2)
+    before = torch.get_num_threads()
+    built = {}
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            out = build_embedded_models(recipe, None, use_cpu=True, disable_tqdm=True)
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+            built[threads] = {p: out[p][0].state_dict() for p in PHASES}
+    finally:
+        torch.set_num_threads(before)
+    for p in PHASES:
+        assert all(torch.equal(built[2][p][k], built[1][p][k]) for k in built[1][p]), p
