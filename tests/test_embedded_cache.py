@@ -63,8 +63,10 @@ def test_build_holds_a_process_lock_and_publishes_once(fake_training, tmp_path):
     assert not any(first["phases"][p]["cached"] for p in PHASES)
 
     published = {p: os.stat(cache / name / p / "model.safetensors").st_ino for p in PHASES}
+    os.remove(cache / f".{name}.lock")
     second = build_embedded_models(TINY, str(cache))
     assert len(calls) == 1  # read, not rebuilt
+    assert not (cache / f".{name}.lock").exists()  # a complete entry is read without the lock (read-only caches)
     assert all(second["phases"][p]["cached"] for p in PHASES)
     assert {p: os.stat(cache / name / p / "model.safetensors").st_ino for p in PHASES} == published
 

@@ -341,6 +341,8 @@ def build_embedded_models(
         return {**_train_phases(recipe, train_dataset, config_kwargs), "cache_path": None}
     path = os.path.join(cache_dir, recipe.fingerprint())
     main = _is_main_process()
+    if _main_process_decides(_is_complete(path)):  # a published entry never changes: read it without the lock
+        return _load_cache(path)
     with _cache_lock(path, main):
         if _main_process_decides(_is_complete(path)):
             built = _load_cache(path)
