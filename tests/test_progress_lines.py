@@ -10,6 +10,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
 from transformers import PrinterCallback, ProgressCallback
 
 from mmt_ard.training import progress
@@ -60,6 +61,19 @@ def test_without_a_terminal_one_line_per_logging_step_and_no_bar(tmp_path):
     assert not [line for line in lines if line.startswith("{")]  # not PrinterCallback's dictionaries
 
 
+@pytest.fixture
+def transformers_warning_verbosity():
+    """transformers' own default turns the bar off above `warning` verbosity: pin it (another test may have changed
+    it in this process)."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    yield
+    hf_logging.set_verbosity(before)
+
+
+@pytest.mark.usefixtures("transformers_warning_verbosity")
 def test_terminal_keeps_the_bar_and_an_explicit_choice_wins(make_trainer, monkeypatch):
     monkeypatch.setattr(sys, "stderr", FakeTerminal())
     assert progress_bar_fits()
