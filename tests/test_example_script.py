@@ -490,7 +490,7 @@ class TestEmbedded:
         assert (tmp_path / "emb" / "model.safetensors").is_file()
         card = (tmp_path / "emb" / "README.md").read_text()
         assert "embedded-default" in card and "scikit-learn digits" in card
-        (entry,) = os.listdir(cache)
+        (entry,) = [e for e in os.listdir(cache) if not e.startswith(".")]  # beside it: its hidden lock file
         assert sorted(os.listdir(cache / entry)) == [
             "clean_teacher",
             "phases.json",

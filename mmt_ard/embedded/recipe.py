@@ -17,6 +17,7 @@ bundled 8x8 digits upsampled to `image_size` (1438 train / 359 test, a fixed see
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -260,6 +261,57 @@ def _wait_for_everyone() -> None:
         torch.distributed.barrier()
 
 
+def _main_process_decides(value: bool) -> bool:
+    """Process 0's `value` on every process (all must train the phases together, or none)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    if torch.distributed.get_world_size() == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def _is_complete(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "phases.json")) and all(
+        os.path.isfile(os.path.join(path, p, "model.safetensors")) for p in PHASES
+    )
+
+
+@contextlib.contextmanager
+def _cache_lock(path: str, main: bool):
+    """Hold `<cache_dir>/.<fingerprint>.lock` (an OS file lock, released by the kernel if the process dies) while
+    one recipe's cache entry is checked, built and published; only process 0 of a run takes it (every process of
+    the run trains the phases together). Other runs, users or test workers wait for it."""
+    if not main:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    lock = FileLock(os.path.join(parent, f".{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("Another run is building the embedded teachers and student in %s: waiting for it.", path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _load_cache(path: str) -> dict:
+    with open(os.path.join(path, "phases.json")) as f:
+        phases = json.load(f)
+    out = {p: _load(os.path.join(path, p)) for p in PHASES}
+    for p in PHASES:
+        phases[p]["cached"] = True
+    logger.info("Embedded teachers and student reused from %s", path)
+    return {**out, "phases": phases, "cache_path": path}
+
+
 def build_embedded_models(
     recipe: EmbeddedRecipe | None = None,
     cache_dir: str | None = DEFAULT_CACHE_DIR,
@@ -267,6 +319,11 @@ def build_embedded_models(
     **config_kwargs,
 ) -> dict:
     """The clean teacher, robust teacher and pre-trained student of the embedded default, trained or from the cache.
+
+    Runs that start at the same time on one machine (two users, a test suite in parallel, several launches) share
+    the cache safely: the first to need a recipe builds it while holding a file lock, the others wait and then read
+    it; an entry is written into a temporary folder and published with one rename, so a reader never sees a partial
+    one, and a published entry is never modified or deleted.
 
     Args:
         recipe: the recipe (defaults to `EmbeddedRecipe()`).
@@ -280,16 +337,48 @@ def build_embedded_models(
         `description`.
     """
     recipe = recipe or EmbeddedRecipe()
-    path = os.path.join(cache_dir, recipe.fingerprint()) if cache_dir else None
-    if path and all(os.path.isfile(os.path.join(path, p, "model.safetensors")) for p in PHASES):
-        with open(os.path.join(path, "phases.json")) as f:
-            phases = json.load(f)
-        out = {p: _load(os.path.join(path, p)) for p in PHASES}
-        for p in PHASES:
-            phases[p]["cached"] = True
-        logger.info("Embedded teachers and student reused from %s", path)
-        return {**out, "phases": phases, "cache_path": path}
+    if not cache_dir:
+        return {**_train_phases(recipe, train_dataset, config_kwargs), "cache_path": None}
+    path = os.path.join(cache_dir, recipe.fingerprint())
+    main = _is_main_process()
+    if _main_process_decides(_is_complete(path)):  # a published entry never changes: read it without the lock
+        return _load_cache(path)
+    with _cache_lock(path, main):
+        if _main_process_decides(_is_complete(path)):
+            built = _load_cache(path)
+        else:
+            built = _train_phases(recipe, train_dataset, config_kwargs)
+            if main:
+                _save_cache(path, built, recipe)
+            built["cache_path"] = path
+    _wait_for_everyone()  # the other processes read nothing before process 0 has published
+    return built
 
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """One intra-op thread inside, the caller's count restored after.
+
+    How a CPU float reduction is split depends on the thread count, so phases trained with 2 threads end ~1e-4 away
+    from the same phases trained with 1 (measured on `--quick`-sized phases of 40 steps), under the same cache key:
+    a cache entry would then depend on who built it. With one thread it depends on the recipe (and the code) only,
+    and tiny models lose nothing.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_phases(recipe: EmbeddedRecipe, train_dataset, config_kwargs: dict) -> dict:
+    """Train the three phases (`MMTARDTrainer`, `tecoa` preset); `{phase: (model, processor), "phases": info}`."""
+    with _one_torch_thread():
+        return _train_phases_now(recipe, train_dataset, config_kwargs)
+
+
+def _train_phases_now(recipe: EmbeddedRecipe, train_dataset, config_kwargs: dict) -> dict:
     if train_dataset is None:
         train_dataset, _ = digits_splits(recipe.image_size, recipe.seed)
     r = recipe
@@ -354,31 +443,35 @@ def build_embedded_models(
     simplex_text_head(student, s_proc, DIGIT_NAMES, r.template, seed=r.seed + 2)
     student = run("student", student, s_proc, steps=r.student_steps, learning_rate=r.student_lr)
     shutil.rmtree(work, ignore_errors=True)
-    models = {"clean_teacher": (teacher, t_proc), "robust_teacher": (robust, t_proc), "student": (student, s_proc)}
+    return {
+        "clean_teacher": (teacher, t_proc),
+        "robust_teacher": (robust, t_proc),
+        "student": (student, s_proc),
+        "phases": phases,
+    }
 
-    if path and _is_main_process():
-        _save_cache(path, models, phases, recipe)
-    _wait_for_everyone()
-    return {**models, "phases": phases, "cache_path": path}
 
-
-def _save_cache(path: str, models: dict, phases: dict, recipe: EmbeddedRecipe) -> None:
-    """Write all phases to a temporary folder, then move it into place (readers never see a partial cache)."""
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp_", dir=parent)
-    for phase, (model, processor) in models.items():
+def _save_cache(path: str, built: dict, recipe: EmbeddedRecipe) -> None:
+    """Publish a cache entry (called with the entry's lock held): write every phase into a temporary folder beside
+    it, then rename that folder to `path` (readers never see a partial entry). Leftovers of builders that died
+    (temporary folders, an incomplete entry from older versions) are removed first; a complete entry is never
+    touched."""
+    parent, name = os.path.split(path)
+    for leftover in os.listdir(parent):
+        if leftover.startswith(f".tmp_{name}_"):  # only the lock holder writes these: the writer is gone
+            shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp_{name}_", dir=parent)
+    for phase in PHASES:
+        model, processor = built[phase]
         model.save_pretrained(os.path.join(tmp, phase))
         processor.save_pretrained(os.path.join(tmp, phase))
     with open(os.path.join(tmp, "phases.json"), "w") as f:
-        json.dump(phases, f, indent=2)
+        json.dump(built["phases"], f, indent=2)
     with open(os.path.join(tmp, "recipe.json"), "w") as f:
         json.dump(asdict(recipe), f, indent=2)
-    try:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        logger.info("Embedded teachers and student cached in %s", path)
-    except OSError as err:  # another run cached the same recipe meanwhile: keep theirs
-        logger.warning("Could not move the embedded cache into %s (%s); using the fresh models.", path, err)
-        shutil.rmtree(tmp, ignore_errors=True)
+    if os.path.lexists(path):  # incomplete (a complete entry is read, never rebuilt): move it out of the way first
+        stale = tempfile.mkdtemp(prefix=f".tmp_{name}_stale_", dir=parent)
+        os.replace(path, os.path.join(stale, name))
+        shutil.rmtree(stale, ignore_errors=True)
+    os.replace(tmp, path)
+    logger.info("Embedded teachers and student cached in %s", path)

@@ -17,6 +17,7 @@ from ..runtime.distributed import cpu_multi_process_launch
 from ..runtime.preemption import DEFAULT_SIGNALS, parse_signals
 from .precision import PRECISIONS, cuda_bf16_available, resolve_precision
 from .presets import ATTACK_LOSSES, PRESETS, get_preset
+from .progress import progress_bar_fits
 from .validation import check_field, check_prompt_templates
 from .weighting import WEIGHTINGS
 
@@ -223,6 +224,9 @@ class MMTARDConfig(TrainingArguments):
         self.preset_required_roles = tuple(preset["required_roles"])
         self.preset_make_original = bool(preset.get("make_original", False))
         self.preset_max_teachers = preset.get("max_teachers")
+        if self.disable_tqdm is None and not progress_bar_fits():
+            # no terminal (a batch job's log file): a plain line per logging step, not bar refreshes (`progress`)
+            self.disable_tqdm = True
         if not self.use_cpu and cpu_multi_process_launch():
             # without it Accelerate sets up no process group and each process trains alone (see `distributed`)
             logger.info("Several processes launched and no GPU: `use_cpu=True`, they train together on CPU (gloo).")

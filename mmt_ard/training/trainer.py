@@ -25,7 +25,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer
+from transformers import PrinterCallback, Trainer
 from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
@@ -51,6 +51,7 @@ from .losses import TeacherTerm, fused_distillation_loss
 from .memory import BatchSizeSearch
 from .nonfinite import NonFiniteGuard
 from .precision import PrecastForward
+from .progress import LogLineCallback
 from .step_metrics import timed_phase, weighted_sums
 from .stream_resume import is_stream, positions_to_resume, save_positions, stream_loader
 from .teacher_cache import TeacherOutputCache, sample_ids_of
@@ -216,6 +217,9 @@ class MMTARDTrainer(Trainer):
         super().__init__(model=bundle, args=args, processing_class=processing_class, **kwargs)
         for module in self.teacher_modules:
             module.to(self.accelerator.device)  # placed by Accelerate, never wrapped, never in the optimizer
+        if self.args.disable_tqdm:  # no bar: one plain line per log record, not `PrinterCallback`'s dictionaries
+            self.pop_callback(PrinterCallback)
+            self.add_callback(LogLineCallback)
         self._batch_search = BatchSizeSearch(self)  # out-of-memory handling, `auto_find_batch_size` (`memory`)
         self.add_callback(self._batch_search.callback)
         self._preemption = None  # SIGTERM/SIGUSR1: save after the step and exit with status 75 (`preemption`)
